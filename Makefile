@@ -1,0 +1,26 @@
+# The two entry points a fresh machine needs (as root): `make demo`, `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+VFSTRACE := $(VENV)/bin/vfstrace
+DEMO_SECONDS ?= 30
+
+.PHONY: setup demo test test-fast clean
+
+setup:
+	bash scripts/setup.sh
+
+# The main job: watch a bundled stress workload on the best tier this kernel allows.
+demo: setup
+	$(VFSTRACE) doctor
+	$(VFSTRACE) watch -d $(DEMO_SECONDS) --workload stress
+
+# The whole suite: unit, recorded-trace, live-kernel and VM tests.
+test: setup
+	$(PY) -m pytest -v $(PYTEST_ARGS)
+
+# Unit and recorded-trace tests only (no root, no VM).
+test-fast: setup
+	$(PY) -m pytest -v -m "not live and not vm" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

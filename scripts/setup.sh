@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything vfstrace needs on a fresh Debian 12 machine, idempotently:
+# system packages (BCC, bpftrace, bpftool, qemu for the VM tests, kernel
+# headers BCC can fall back on) and a venv that sees Debian's python3-bpfcc.
+# Run as root. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-bpfcc python3-venv python3-dev bpftrace bpftool
+  linux-headers-amd64 kmod
+  qemu-system-x86 busybox-static cpio xz-utils zstd
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: must run as root (apt-get and BPF need it)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv uses Debian's python3 so that Debian's bcc module is importable.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.vfstrace-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+echo "setup: ready (.venv/bin/vfstrace)"

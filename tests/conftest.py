@@ -1,0 +1,37 @@
+"""Shared test helpers.
+
+Live-kernel and VM tests call :func:`need` for what they require. Where it is
+missing they skip with the reason printed; with VFSTRACE_STRICT=1 (set by CI)
+the same condition fails the test instead, so CI cannot pass by skipping.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+STRICT = os.environ.get("VFSTRACE_STRICT") == "1"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (or, under VFSTRACE_STRICT=1, fail) unless ``condition`` holds."""
+    if condition:
+        return
+    if STRICT:
+        pytest.fail(f"VFSTRACE_STRICT=1 and this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@pytest.fixture
+def fixtures_dir():
+    return FIXTURES

@@ -1,0 +1,58 @@
+"""The `vfstrace` command line.
+
+Each command lives in the module named for what it does and is registered
+here; any VfstraceError a command raises becomes one line on stderr and its
+exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from vfstrace import __version__
+from vfstrace.errors import VfstraceError
+
+# (module, attribute) of every command; imported when the CLI starts.
+COMMANDS = [
+    ("vfstrace.doctor", "doctor_cmd"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfstrace")
+def cli():
+    """Watch path lookups and dentry pruning; find lookup/prune races.
+
+    \b
+    Start with `vfstrace doctor` to see what this kernel allows.
+    """
+
+
+for _mod, _attr in COMMANDS:
+    cli.add_command(getattr(importlib.import_module(_mod), _attr))
+
+
+def main(argv=None):
+    try:
+        rv = cli.main(args=argv, prog_name="vfstrace", standalone_mode=False)
+    except VfstraceError as e:
+        click.echo(f"vfstrace: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("vfstrace: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The one event schema shared by live streams, trace files and DataFrames.
+
+Every record vfstrace handles, whether it came from a kprobe, a tracepoint,
+the simulator or a hand-written JSON Lines file, has exactly the columns in
+:data:`COLUMNS`, typed as in :data:`ARROW_SCHEMA`.  Keeping one schema means
+the correlator never needs to know which tier produced its input.
+
+The kernel side writes ``struct vfs_event`` (bpf/vfstrace.h); :data:`BPF_EVENT_DTYPE`
+is the same layout as a numpy dtype, and tests/test_events.py compiles the
+header with the host C compiler and checks every offset against it, so the two
+agree by test, not by hope.
+
+Kinds (``kind`` column) and what their columns mean
+--------------------------------------------------
+WALK_ENTER / LOOKUP_ENTER
+    A path component lookup starts on ``tid``. ``parent`` is the directory
+    dentry, ``name`` the component, ``flags & RCU`` set in RCU-walk mode.
+WALK_RETURN / LOOKUP_RETURN
+    It returned. ``dentry`` is the dentry found (0 if none), ``ino`` its inode
+    number (0 if negative), ``seq`` the d_seq the walk sampled when it found
+    the dentry, ``seq2`` the dentry's d_seq read at return, ``ret`` 0, -ENOENT,
+    -ECHILD (RCU walk gave up and will retry in ref-walk) or another -errno.
+    ``flags`` carries RCU, NEGATIVE (d_inode NULL at return) and SEQ_CHANGED
+    (seq != seq2, judged in the kernel at the moment of return).
+SEQ_CHECK
+    A d_seq re-check site ran on ``tid`` (``op`` names the site, e.g.
+    try_to_unlazy). ``ret`` 0: the sampled sequence still held; -ECHILD: it
+    changed and the walk dropped out of RCU mode to retry.
+PRUNE
+    Dentry teardown began (dentry_kill / __dentry_kill entry): ``dentry``,
+    ``parent``, ``ino``, ``name``, ``seq``.
+UNHASH
+    The dentry was unhashed (__d_drop / ___d_drop): lookups can no longer
+    find it; its d_seq was bumped (``seq``).
+IPUT
+    The dentry let go of its inode (dentry_iput / dentry_unlink_inode):
+    from here d_inode is NULL. ``ino`` is the inode being released.
+D_FREE / D_ALLOC
+    The dentry cache freed / allocated the object at ``dentry``. After a
+    D_ALLOC the address names a new dentry (address reuse).
+PATH_SYSCALL
+    A path system call returned: ``op`` the syscall, ``path`` its path,
+    ``ret`` its result (e.g. -ENOENT).
+NS_OP
+    A namespace operation: ``op`` is UNLINK, RMDIR, RENAME, LINK or MKDIR,
+    ``path`` the (old) path, ``path2`` the new path for RENAME/LINK, ``ret``
+    its result. ``dentry``/``parent``/``name`` where the tier knows them.
+SHRINK_START / SHRINK_END
+    A slab shrinker ran (vmscan:mm_shrink_slab_start/end); ``ret`` is the
+    number of objects freed at SHRINK_END, ``name`` the shrinker if known.
+LOST
+    The kernel dropped ``ret`` events on ``cpu`` (ring/perf buffer full).
+    Lost events are data: they are stored, counted and shown, never hidden.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+COMM_LEN = 16
+NAME_LEN = 64
+PATH_LEN = 256
+
+ENOENT = -errno.ENOENT
+ECHILD = -errno.ECHILD
+
+
+class Kind(enum.IntEnum):
+    """Event kinds. Values are stable: they are stored in trace files."""
+
+    WALK_ENTER = 1
+    WALK_RETURN = 2
+    LOOKUP_ENTER = 3
+    LOOKUP_RETURN = 4
+    SEQ_CHECK = 5
+    PRUNE = 6
+    UNHASH = 7
+    IPUT = 8
+    D_FREE = 9
+    D_ALLOC = 10
+    PATH_SYSCALL = 11
+    NS_OP = 12
+    SHRINK_START = 13
+    SHRINK_END = 14
+    LOST = 15
+
+
+class Op(enum.IntEnum):
+    """Sub-kind: the syscall, namespace operation or re-check site."""
+
+    NONE = 0
+    # PATH_SYSCALL
+    OPENAT = 1
+    OPENAT2 = 2
+    NEWFSTATAT = 3
+    STATX = 4
+    FACCESSAT = 5
+    FACCESSAT2 = 6
+    EXECVE = 7
+    READLINKAT = 8
+    CHDIR = 9
+    OPEN = 10
+    STAT = 11
+    LSTAT = 12
+    ACCESS = 13
+    READLINK = 14
+    # NS_OP
+    UNLINK = 32
+    RMDIR = 33
+    RENAME = 34
+    LINK = 35
+    MKDIR = 36
+    # SEQ_CHECK sites
+    TRY_TO_UNLAZY = 64
+    TRY_TO_UNLAZY_NEXT = 65
+    UNLAZY_WALK = 66
+    COMPLETE_WALK = 67
+    STEP_INTO = 68
+    LEGITIMIZE = 69
+
+
+class Flag(enum.IntFlag):
+    """Bits of the ``flags`` column."""
+
+    NONE = 0
+    RCU = 1  # the walk was in RCU (lockless) mode
+    NEGATIVE = 2  # d_inode was NULL when observed
+    SEQ_CHANGED = 4  # the dentry's d_seq differed from the walk's sample
+    UNHASHED = 8  # the dentry was unhashed when observed
+    PRUNE_INFLIGHT = 16  # the kernel side saw a prune of this dentry in flight
+    TRUNCATED = 32  # a path or name was cut to fit the event
+
+
+# Column order is part of the format; see docs/trace-format.md.
+ARROW_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.uint64()),
+        ("ts_ns", pa.uint64()),
+        ("cpu", pa.uint32()),
+        ("pid", pa.uint32()),
+        ("tid", pa.uint32()),
+        ("comm", pa.string()),
+        ("kind", pa.uint8()),
+        ("op", pa.uint16()),
+        ("dentry", pa.uint64()),
+        ("parent", pa.uint64()),
+        ("ino", pa.uint64()),
+        ("name", pa.string()),
+        ("path", pa.string()),
+        ("path2", pa.string()),
+        ("seq", pa.uint32()),
+        ("seq2", pa.uint32()),
+        ("ret", pa.int64()),
+        ("flags", pa.uint32()),
+    ]
+)
+
+COLUMNS = tuple(ARROW_SCHEMA.names)
+STRING_COLUMNS = ("comm", "name", "path", "path2")
+NUMPY_DTYPES = {
+    f.name: (object if f.name in STRING_COLUMNS else f.type.to_pandas_dtype())
+    for f in ARROW_SCHEMA
+}
+
+# Layout of struct vfs_event / struct vfs_path_event in bpf/vfstrace.h.
+BPF_EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("dentry", "<u8"),
+        ("parent", "<u8"),
+        ("ino", "<u8"),
+        ("ret", "<i8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("cpu", "<u4"),
+        ("seq", "<u4"),
+        ("seq2", "<u4"),
+        ("flags", "<u4"),
+        ("kind", "<u2"),
+        ("op", "<u2"),
+        ("_pad", "<u4"),
+        ("comm", f"S{COMM_LEN}"),
+        ("name", f"S{NAME_LEN}"),
+    ]
+)
+BPF_PATH_EVENT_DTYPE = np.dtype(
+    BPF_EVENT_DTYPE.descr + [("path", f"S{PATH_LEN}"), ("path2", f"S{PATH_LEN}")]
+)
+
+
+def empty_frame():
+    """A zero-row DataFrame with the schema's columns and dtypes."""
+    return ARROW_SCHEMA.empty_table().to_pandas()
+
+
+def kind_name(k: int) -> str:
+    try:
+        return Kind(int(k)).name.lower()
+    except ValueError:
+        return f"kind{int(k)}"
+
+
+def op_name(o: int) -> str:
+    try:
+        return Op(int(o)).name.lower()
+    except ValueError:
+        return f"op{int(o)}"
+
+
+def _decode_str(col: np.ndarray) -> np.ndarray:
+    # Fixed-width NUL-padded bytes from the kernel -> Python str objects.
+    # errors="replace": file names are bytes, not always UTF-8.
+    return np.array(
+        [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in col.tolist()],
+        dtype=object,
+    )
+
+
+def frame_from_records(rec: np.ndarray):
+    """Turn kernel records (BPF_EVENT_DTYPE or BPF_PATH_EVENT_DTYPE) into schema columns.
+
+    ``event_id`` is left 0: the trace writer numbers events in arrival order.
+    """
+    import pandas as pd
+
+    n = len(rec)
+    cols = {}
+    for name in COLUMNS:
+        if name in rec.dtype.names:
+            col = rec[name]
+            cols[name] = _decode_str(col) if name in STRING_COLUMNS else col.astype(NUMPY_DTYPES[name], copy=False)
+        elif name in STRING_COLUMNS:
+            cols[name] = np.full(n, "", dtype=object)
+        else:
+            cols[name] = np.zeros(n, dtype=NUMPY_DTYPES[name])
+    return pd.DataFrame(cols, columns=list(COLUMNS))
+
+
+def c_defines() -> str:
+    """#define lines for every Kind, Op and Flag, for kernel-side programs."""
+    lines = [f"#define VFS_K_{k.name} {int(k)}" for k in Kind]
+    lines += [f"#define VFS_OP_{o.name} {int(o)}" for o in Op]
+    lines += [f"#define VFS_F_{f.name} {int(f)}" for f in Flag if f.name != "NONE"]
+    return "\n".join(lines) + "\n"
