@@ -14,8 +14,9 @@ import abc
 class Tracer(abc.ABC):
     tier: str = "?"
 
-    def __init__(self, options):
+    def __init__(self, options, choice=None):
         self.options = options.validate()
+        self.choice = choice  # vfstrace.doctor.TierChoice: tier, symbols, reason
 
     @abc.abstractmethod
     def program_text(self) -> str:
@@ -64,3 +65,28 @@ def import_bcc():
             "(installs Debian's python3-bpfcc) and use .venv/bin/vfstrace"
         ) from None
     return bcc
+
+
+# tier name -> (module, class); modules are imported only when chosen.
+TIERS = {
+    "fentry": ("tracers.kprobe", "KprobeTracer"),
+    "kprobe": ("tracers.kprobe", "KprobeTracer"),
+    "tracepoint": ("tracers.tracepoint", "TracepointTracer"),
+}
+
+
+def make_tracer(choice, options) -> Tracer:
+    """Build the tracer for a tier chosen by vfstrace.doctor.choose_tier().
+
+    ``choice`` carries ``tier`` (fentry, kprobe or tracepoint) and the
+    resolved probe symbols; the tracer reads what it needs from it.
+    """
+    import importlib
+
+    from vfstrace.errors import TierUnavailable
+
+    try:
+        mod, cls = TIERS[choice.tier]
+    except KeyError:
+        raise TierUnavailable(f"unknown tier {choice.tier!r}") from None
+    return getattr(importlib.import_module(mod), cls)(options, choice)
