@@ -1,0 +1,378 @@
+"""`vfstrace doctor`: what this kernel allows, and which tier `watch` would use.
+
+Every answer comes from asking the kernel, not from its version number:
+bpf() is tried by creating a map, kprobes by opening a real kprobe perf
+event on a harmless function, the BPF ring buffer by creating one, fentry
+by bpftrace's own load test. The same checks drive :func:`choose_tier`, so
+what doctor says is what `watch` does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from vfstrace import symbols
+from vfstrace.errors import PrivilegeError, TierUnavailable
+
+TRACEFS = "/sys/kernel/tracing"
+DEBUGFS = "/sys/kernel/debug"
+SECURITYFS = "/sys/kernel/security"
+
+EXIT_NO_TIER = TierUnavailable.exit_code
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_BPF = 321  # x86_64
+_SYS_PERF_EVENT_OPEN = 298
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_ARRAY = 2
+_BPF_MAP_TYPE_RINGBUF = 27
+
+
+@dataclass
+class Check:
+    ok: bool | None
+    detail: str
+
+
+@dataclass
+class TierChoice:
+    """The tier `watch` will use and everything a tracer needs to set it up."""
+
+    tier: str
+    reason: str
+    symbols: dict = field(default_factory=dict)
+    kfunc: bool = False
+    ringbuf: bool = False
+    headers: str | None = None
+    headers_match: str = "none"
+    kernel_release: str = ""
+
+
+@dataclass
+class Report:
+    kernel_release: str
+    checks: dict[str, Check]
+    roles: dict[str, symbols.RoleResolution]
+    tiers: dict[str, Check]
+    choice: TierChoice | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self):
+        return {
+            "kernel_release": self.kernel_release,
+            "checks": {k: asdict(v) for k, v in self.checks.items()},
+            "roles": {k: v.to_dict() for k, v in self.roles.items()},
+            "tiers": {k: asdict(v) for k, v in self.tiers.items()},
+            "tier": self.choice.tier if self.choice else "none",
+            "tier_reason": self.choice.reason if self.choice else self.no_tier_reason(),
+            "headers": self.choice.headers if self.choice else None,
+            "notes": self.notes,
+        }
+
+    def no_tier_reason(self) -> str:
+        return "; ".join(f"{t}: {c.detail}" for t, c in self.tiers.items())
+
+
+def _bpf_map_create(map_type: int, key: int, value: int, entries: int) -> tuple[bool, str]:
+    attr = (ctypes.c_uint32 * 32)()
+    attr[0], attr[1], attr[2], attr[3] = map_type, key, value, entries
+    _libc.syscall.restype = ctypes.c_long
+    fd = _libc.syscall(_SYS_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return False, os.strerror(err)
+    os.close(fd)
+    return True, "map created"
+
+
+def _kprobe_pmu_type() -> int | None:
+    try:
+        return int(Path("/sys/bus/event_source/devices/kprobe/type").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _try_kprobe_attach(func: str = "vfs_getattr") -> tuple[bool, str]:
+    """Open (and close) a real kprobe perf event: the attach path BCC uses."""
+    pmu = _kprobe_pmu_type()
+    if pmu is None:
+        return False, "no kprobe PMU (/sys/bus/event_source/devices/kprobe): CONFIG_KPROBES/CONFIG_KPROBE_EVENTS not set"
+
+    class PerfEventAttr(ctypes.Structure):
+        _fields_ = [
+            ("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+            ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+            ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+            ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+            ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64),
+            ("branch_sample_type", ctypes.c_uint64), ("sample_regs_user", ctypes.c_uint64),
+            ("sample_stack_user", ctypes.c_uint32), ("clockid", ctypes.c_int32),
+            ("sample_regs_intr", ctypes.c_uint64), ("aux_watermark", ctypes.c_uint32),
+            ("sample_max_stack", ctypes.c_uint16), ("reserved", ctypes.c_uint16),
+        ]
+
+    name = ctypes.create_string_buffer(func.encode())
+    attr = PerfEventAttr()
+    attr.type = pmu
+    attr.size = ctypes.sizeof(PerfEventAttr)
+    attr.config1 = ctypes.cast(name, ctypes.c_void_p).value
+    fd = _libc.syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, 0, -1, 8)
+    if fd < 0:
+        return False, f"kprobe on {func} refused: {os.strerror(ctypes.get_errno())}"
+    os.close(fd)
+    return True, f"a kprobe on {func} attached and detached"
+
+
+def _mount(fstype: str, target: str) -> bool:
+    r = subprocess.run(["mount", "-t", fstype, "nodev" if fstype != "securityfs" else "none", target],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def _ensure_mounted(fstype: str, target: str, probe: str, notes: list[str]) -> bool:
+    if os.path.exists(os.path.join(target, probe)):
+        return True
+    if os.path.isdir(target) and _mount(fstype, target):
+        notes.append(f"mounted {fstype} on {target}")
+        return os.path.exists(os.path.join(target, probe))
+    return False
+
+
+def _kernel_config(release: str) -> dict[str, str]:
+    for p in (f"/boot/config-{release}", "/proc/config.gz"):
+        try:
+            if p.endswith(".gz"):
+                import gzip
+
+                text = gzip.open(p, "rt").read()
+            else:
+                text = Path(p).read_text()
+        except OSError:
+            continue
+        return dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.M))
+    return {}
+
+
+def find_headers(release: str) -> tuple[str | None, str]:
+    """Kernel headers BCC can compile against: (path, exact|fallback|none)."""
+    for p in (f"/lib/modules/{release}/build", f"/lib/modules/{release}/source"):
+        if os.path.isdir(os.path.join(p, "include")):
+            return os.path.realpath(p), "exact"
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return "/sys/kernel/kheaders.tar.xz", "exact"
+    cands = sorted(Path("/usr/src").glob("linux-headers-*-amd64"), key=lambda p: p.name)
+    cands = [c for c in cands if (c / "include").is_dir() or (c / "Makefile").exists()]
+    if cands:
+        return str(cands[-1]), "fallback"
+    return None, "none"
+
+
+def _bpftrace_info() -> dict[str, str]:
+    exe = shutil.which("bpftrace")
+    if not exe:
+        return {}
+    try:
+        # bpftrace prints its feature report on stderr.
+        r = subprocess.run([exe, "--info"], capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(re.findall(r"^\s*([\w ]+?):\s*(\S.*)$", out, re.M))
+
+
+def _bcc_importable() -> tuple[bool, str]:
+    try:
+        import bcc  # noqa: F401  (probe only; vfstrace itself never needs it)
+    except ImportError:
+        return False, "python module bcc missing: run `bash scripts/setup.sh` (Debian python3-bpfcc)"
+    return True, f"bcc {getattr(bcc, '__version__', '?')} importable"
+
+
+def _tracepoints_present() -> tuple[bool, str]:
+    need = ["syscalls/sys_enter_openat", "syscalls/sys_exit_openat", "syscalls/sys_enter_newfstatat",
+            "kmem/kmem_cache_free", "vmscan/mm_shrink_slab_start"]
+    missing = [t for t in need if not os.path.isdir(f"{TRACEFS}/events/{t}")]
+    if missing:
+        return False, f"missing tracepoints: {', '.join(missing)}"
+    return True, "syscall, kmem and vmscan tracepoints present"
+
+
+def diagnose(kallsyms: symbols.KernelSymbols | None = None) -> Report:
+    """Run every check. Needs root for the BPF, kprobe and tracefs checks."""
+    release = os.uname().release
+    notes: list[str] = []
+    c: dict[str, Check] = {}
+
+    c["root"] = Check(os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "not root")
+    ok, why = _bpf_map_create(_BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+    c["bpf"] = Check(ok, f"bpf(BPF_MAP_CREATE): {why}")
+    ok, why = _bpf_map_create(_BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    c["ringbuf"] = Check(ok, f"BPF ring buffer map: {why}" + ("" if ok else " (perf buffer will be used)"))
+    btf = os.path.exists("/sys/kernel/btf/vmlinux")
+    c["btf"] = Check(btf, "/sys/kernel/btf/vmlinux present" if btf else "no kernel BTF")
+
+    _ensure_mounted("securityfs", SECURITYFS, "lockdown", notes)
+    try:
+        lock = Path(f"{SECURITYFS}/lockdown").read_text().strip()
+        mode = re.search(r"\[(\w+)\]", lock)
+        mode = mode.group(1) if mode else lock
+        c["lockdown"] = Check(mode == "none", f"lockdown: {mode}")
+    except OSError:
+        c["lockdown"] = Check(None, "lockdown state unknown (no securityfs)")
+
+    tfs = _ensure_mounted("tracefs", TRACEFS, "events", notes)
+    c["tracefs"] = Check(tfs, f"tracefs at {TRACEFS}" if tfs else "tracefs not mountable")
+    _ensure_mounted("debugfs", DEBUGFS, "tracing", notes)
+    ok, why = _tracepoints_present() if tfs else (False, "no tracefs")
+    c["tracepoints"] = Check(ok, why)
+
+    ok, why = _try_kprobe_attach()
+    cfg = _kernel_config(release)
+    if cfg and not ok:
+        why += f" (kernel config: CONFIG_KPROBES {cfg.get('CONFIG_KPROBES', 'is not set')})"
+    c["kprobes"] = Check(ok, why)
+
+    info = _bpftrace_info()
+    if "kfunc" in info or "fentry" in info:
+        kf = (info.get("kfunc") or info.get("fentry", "no")).startswith("yes")
+        c["fentry"] = Check(kf, "bpftrace --info: kfunc " + ("yes" if kf else "no: this kernel refuses BPF fentry/fexit (tracing) programs"))
+    else:
+        c["fentry"] = Check(None, "unknown (bpftrace missing)")
+    c["bpftrace"] = Check(bool(info), f"bpftrace {info['version']}" if "version" in info else "bpftrace not installed")
+    ok, why = _bcc_importable()
+    c["bcc"] = Check(ok, why)
+    hdr, match = find_headers(release)
+    c["headers"] = Check(
+        {"exact": True, "fallback": None, "none": False}[match],
+        {"exact": f"exact match: {hdr}",
+         "fallback": f"no headers for {release}; fallback {hdr} (tracepoint programs only: struct layouts not trusted)",
+         "none": f"no kernel headers for {release} (tracepoint tier can still use bpftrace)"}[match],
+    )
+
+    ks = kallsyms or symbols.running_kernel_symbols(TRACEFS, DEBUGFS)
+    if not ks.text:
+        notes.append("/proc/kallsyms gave no text symbols (not root?)")
+    roles = symbols.resolve(ks)
+    tiers = _judge_tiers(c, roles, match)
+    choice = _choice_from(tiers, c, roles, hdr, match, release)
+    return Report(release, c, roles, tiers, choice, notes)
+
+
+_KPROBE_ROLES = ("lookup", "prune", "iput")
+
+
+def _judge_tiers(c, roles, headers_match) -> dict[str, Check]:
+    t: dict[str, Check] = {}
+    base = [k for k in ("root", "bpf", "bcc") if not c[k].ok]
+    missing_roles = [r for r in _KPROBE_ROLES if not roles[r].symbol]
+    blocked = [f"{r} ({roles[r].reason})" for r in _KPROBE_ROLES if roles[r].symbol and roles[r].attachable is False]
+
+    def kprobe_like(name, feature):
+        why = []
+        if base:
+            why.append("needs " + ", ".join(c[k].detail for k in base))
+        if not c[feature].ok:
+            why.append(c[feature].detail)
+        if headers_match != "exact":
+            why.append("no kernel headers matching this kernel (struct dentry layout unknown)")
+        if missing_roles:
+            why.append("roles not found: " + ", ".join(missing_roles))
+        if blocked:
+            why.append("not attachable: " + "; ".join(blocked))
+        t[name] = Check(not why, "; ".join(why) if why else f"{feature} available, roles resolved, exact headers")
+
+    kprobe_like("fentry", "fentry")
+    kprobe_like("kprobe", "kprobes")
+    why = []
+    if not c["root"].ok:
+        why.append("needs root")
+    if not c["bpf"].ok:
+        why.append(c["bpf"].detail)
+    if not c["tracepoints"].ok:
+        why.append(c["tracepoints"].detail)
+    if not (c["bcc"].ok and headers_match != "none"):
+        why.append("needs bcc with kernel headers (exact or fallback)")
+    t["tracepoint"] = Check(not why, "; ".join(why) if why else
+                            "syscall/kmem/vmscan tracepoints with bcc" + (" (fallback headers)" if headers_match == "fallback" else ""))
+    return t
+
+
+def _choice_from(tiers, c, roles, hdr, match, release, requested="auto") -> TierChoice | None:
+    order = ["fentry", "kprobe", "tracepoint"] if requested == "auto" else [requested]
+    for name in order:
+        if tiers.get(name) and tiers[name].ok:
+            syms = {r: roles[r].symbol for r in symbols.ROLES}
+            syms["recheck"] = list(roles["recheck"].symbols)
+            syms["all"] = {r: list(roles[r].symbols) for r in symbols.ROLES}
+            skipped = [f"{t}: {tiers[t].detail}" for t in ["fentry", "kprobe", "tracepoint"][: ["fentry", "kprobe", "tracepoint"].index(name)]]
+            reason = tiers[name].detail + (" — better tiers unavailable: " + "; ".join(skipped) if skipped else "")
+            return TierChoice(name, reason, syms, bool(c["fentry"].ok), bool(c["ringbuf"].ok), hdr, match, release)
+    return None
+
+
+def choose_tier(requested: str = "auto") -> TierChoice:
+    """The tier to trace with; TierUnavailable (one line) if it cannot run."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
+    if requested not in ("auto", "fentry", "kprobe", "tracepoint"):
+        raise TierUnavailable(f"unknown tier {requested!r} (auto, fentry, kprobe, tracepoint)")
+    rep = diagnose()
+    choice = _choice_from(rep.tiers, rep.checks, rep.roles, *find_headers(rep.kernel_release), rep.kernel_release, requested)
+    if choice is None:
+        if requested == "auto":
+            raise TierUnavailable(f"no tracing tier can run on {rep.kernel_release}: {rep.no_tier_reason()}")
+        raise TierUnavailable(f"the {requested} tier cannot run on {rep.kernel_release}: {rep.tiers[requested].detail}")
+    return choice
+
+
+def _mark(ok) -> str:
+    return {True: "yes", False: "NO", None: "?"}[ok]
+
+
+def render_text(rep: Report) -> str:
+    from tabulate import tabulate
+
+    out = [f"kernel {rep.kernel_release}", ""]
+    out.append(tabulate([(k, _mark(v.ok), v.detail) for k, v in rep.checks.items()], headers=["check", "ok", "detail"]))
+    out.append("")
+    out.append(tabulate(
+        [(r.role, r.symbol or "-", _mark(r.attachable), r.reason) for r in rep.roles.values()],
+        headers=["role", "symbol", "attachable", "why"],
+    ))
+    out.append("")
+    out.append(tabulate([(k, _mark(v.ok), v.detail) for k, v in rep.tiers.items()], headers=["tier", "can run", "why"]))
+    out.append("")
+    if rep.choice:
+        out.append(f"watch would use: {rep.choice.tier} ({rep.choice.reason})")
+    else:
+        out.append("watch would use: none — no tier can run here")
+    for n in rep.notes:
+        out.append(f"note: {n}")
+    return "\n".join(out)
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor_cmd(as_json):
+    """Say what this kernel allows and which tier `watch` would use, and why.
+
+    Exit status: 0 when a tier can run, 4 when none can, 5 when not root.
+    """
+    if os.geteuid() != 0:
+        raise PrivilegeError("doctor needs root to try bpf(), kprobes and tracefs: run it as root")
+    rep = diagnose()
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        click.echo(render_text(rep))
+    if rep.choice is None:
+        raise SystemExit(EXIT_NO_TIER)
