@@ -18,6 +18,7 @@ from vfstrace.errors import VfstraceError
 # (module, attribute) of every command; imported when the CLI starts.
 COMMANDS = [
     ("vfstrace.doctor", "doctor_cmd"),
+    ("vfstrace.store", "convert"),
 
 ]
 
