@@ -19,6 +19,9 @@ from vfstrace.errors import VfstraceError
 COMMANDS = [
     ("vfstrace.doctor", "doctor_cmd"),
     ("vfstrace.store", "convert"),
+    ("vfstrace.analyze", "analyze"),
+    ("vfstrace.report", "report"),
+    ("vfstrace.export", "export"),
 
 ]
 
