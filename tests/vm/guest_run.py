@@ -1,0 +1,98 @@
+"""Runs inside a vfstrace guest (chrooted into the overlay root) as its last step.
+
+Reads the spec the host wrote into the results share: the command as an argv
+list (never a shell string), its working directory and environment, and the
+symlinks that make this kernel's headers and modules visible where BCC looks
+(/lib/modules/$(uname -r)/build, /usr/src/linux-headers-*). Runs the command,
+copies its stdout/stderr both to files in the share and to the console, and
+writes result.json with the exit code and `uname -r`.
+
+Standard library only: it runs under the host's /usr/bin/python3.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+
+def make_link(target, link):
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    if os.path.islink(link) or os.path.isfile(link):
+        os.unlink(link)
+    elif os.path.isdir(link):
+        shutil.rmtree(link)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(target, link)
+
+
+def pump(src, path, console):
+    with open(path, "wb") as f:
+        while True:
+            chunk = src.read1(65536)
+            if not chunk:
+                break
+            f.write(chunk)
+            f.flush()
+            console.write(chunk)
+            console.flush()
+
+
+def main():
+    spec_path = sys.argv[1]
+    with open(spec_path) as f:
+        spec = json.load(f)
+    meta = os.path.dirname(spec_path)
+    console = sys.stdout.buffer
+    for target, link in spec["links"]:
+        try:
+            make_link(target, link)
+        except OSError as e:
+            print(f"vfstrace-guest: cannot link {link} -> {target}: {e}", flush=True)
+    release = os.uname().release
+    cwd = spec["cwd"]
+    if not os.path.isdir(cwd):
+        print(f"vfstrace-guest: {cwd} does not exist here; running in /", flush=True)
+        cwd = "/"
+    print(spec["started_mark"], release, flush=True)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            spec["argv"], cwd=cwd, env=spec["env"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except OSError as e:
+        rc = 127 if isinstance(e, FileNotFoundError) else 126
+        msg = f"vfstrace-guest: cannot run {spec['argv'][0]}: {e}\n"
+        with open(os.path.join(meta, "stderr"), "w") as f:
+            f.write(msg)
+        open(os.path.join(meta, "stdout"), "w").close()
+        console.write(msg.encode())
+    else:
+        threads = [
+            threading.Thread(target=pump, args=(proc.stdout, os.path.join(meta, "stdout"), console)),
+            threading.Thread(target=pump, args=(proc.stderr, os.path.join(meta, "stderr"), console)),
+        ]
+        for t in threads:
+            t.start()
+        rc = proc.wait()
+        if rc < 0:  # killed by a signal: report it the way a shell does
+            rc = 128 - rc
+        for t in threads:
+            t.join()
+    result = {"returncode": rc, "kernel_release": release, "command_s": round(time.monotonic() - t0, 2)}
+    tmp = os.path.join(meta, "result.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(meta, "result.json"))
+    print(f"vfstrace-guest: command exited with {rc}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
