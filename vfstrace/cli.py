@@ -17,6 +17,7 @@ from vfstrace.errors import VfstraceError
 
 # (module, attribute) of every command; imported when the CLI starts.
 COMMANDS = [
+    ("vfstrace.vm", "vm_group"),
     ("vfstrace.doctor", "doctor_cmd"),
     ("vfstrace.store", "convert"),
     ("vfstrace.analyze", "analyze"),
