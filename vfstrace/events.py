@@ -135,6 +135,7 @@ class Flag(enum.IntFlag):
     UNHASHED = 8  # the dentry was unhashed when observed
     PRUNE_INFLIGHT = 16  # the kernel side saw a prune of this dentry in flight
     TRUNCATED = 32  # a path or name was cut to fit the event
+    EXISTS_AFTER = 64  # ENOENT path re-checked from user space right after: present (tracepoint tier)
 
 
 # Column order is part of the format; see docs/trace-format.md.

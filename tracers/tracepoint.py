@@ -1,0 +1,364 @@
+"""Tracepoint tier: live tracing on kernels that allow BPF on tracepoints only.
+
+This is the tier that runs on kernels built without kprobes or fentry (this
+project's own CI host: 6.18 without CONFIG_KPROBES / CONFIG_FPROBE). It sees
+syscall results, namespace operations, dentry-cache frees/allocations and
+shrinker runs (bpf/tracepoint.c says exactly what crosses to user space), so
+its verdicts are of lower resolution than the kprobe tier: it cannot see the
+walk's d_seq, only that an ENOENT happened while dentries were being freed.
+
+Transient ENOENT ("existed just before and just after"): the kernel side
+streams every ENOENT but, by default, not the successes (streaming every
+successful stat/open would be the whole syscall firehose). Instead, right
+after an ENOENT row arrives, the tracer re-checks the path from user space
+(``os.lstat``) and sets ``Flag.EXISTS_AFTER`` when it is there now. Only
+absolute paths are re-checked: a relative path was resolved against a cwd
+or directory fd the trace does not carry. "Existed just before" comes from
+the trace (an earlier successful syscall or a creating NS_OP) when
+successes are streamed (``options.extra["stream_success"]``), and otherwise
+from the absence of any namespace operation on the path. Re-checks are
+capped per poll so a storm of ENOENTs cannot stall the drain.
+
+Kernel headers: tracepoint programs read only tracepoint argument records,
+whose layout BCC takes from the format files, so mismatched headers are safe
+here; BCC still needs *some* headers to compile. :func:`bcc_kernel_source`
+turns the headers doctor found into a tree libbcc accepts (a Debian split
+-common/-amd64 pair becomes one symlink farm) and the tracer prints a notice
+when they are not the running kernel's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tracers import Tracer, import_bcc
+from tracers.stream import PAGE_SIZE, PerfStream, RingStream, merge_lost, records_to_frame
+from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
+from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, c_defines
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCE = BPF_DIR / "tracepoint.c"
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+HEADER_CACHE = Path(os.environ.get("VFSTRACE_CACHE", "/var/cache/vfstrace")) / "bcc-headers"
+
+# Path syscalls and namespace operations, by tracepoint name (sys_enter_<name>).
+PATH_SYSCALLS = (
+    "openat", "openat2", "newfstatat", "statx", "faccessat", "faccessat2", "execve",
+    "readlinkat", "chdir", "open", "newstat", "newlstat", "access", "readlink",
+)
+NS_SYSCALLS = ("unlinkat", "unlink", "rmdir", "mkdirat", "mkdir", "renameat2", "renameat", "rename", "linkat", "link")
+# Order of the per-CPU `counts` slots in bpf/tracepoint.c.
+COUNTER_NAMES = (
+    "dropped_events", "dropped_path_events", "path_syscalls", "path_ok_not_streamed",
+    "path_other_errno_not_streamed", "filtered_task", "filtered_prefix", "ns_ops",
+    "dentry_frees", "dentry_allocs", "shrinker_runs", "exit_without_enter",
+)
+RECHECK_CAP = 4096  # user-space re-checks per poll
+
+
+def tracefs() -> Path:
+    """The mounted tracefs; mounts it at /sys/kernel/tracing when absent (root only)."""
+    for d in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(d, "events")):
+            return Path(d)
+    if os.geteuid() == 0 and os.path.isdir(TRACEFS_CANDIDATES[0]):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS_CANDIDATES[0]], capture_output=True)
+        if os.path.isdir(os.path.join(TRACEFS_CANDIDATES[0], "events")):
+            return Path(TRACEFS_CANDIDATES[0])
+    raise TierUnavailable("tracefs is not mounted and could not be mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+
+
+def tracepoint_format(category: str, name: str, root: Path | None = None) -> str | None:
+    """The tracepoint's format file text, or None if this kernel lacks it."""
+    root = root or tracefs()
+    try:
+        return (root / "events" / category / name / "format").read_text()
+    except OSError:
+        return None
+
+
+def available_tracepoints(root: Path | None = None) -> dict[str, bool]:
+    """Which of the tier's tracepoints exist here, keyed by the VFS_HAVE_ name."""
+    root = root or tracefs()
+    have = {}
+    for sc in PATH_SYSCALLS + NS_SYSCALLS:
+        have[sc] = (root / "events/syscalls" / f"sys_enter_{sc}").is_dir() and (
+            root / "events/syscalls" / f"sys_exit_{sc}"
+        ).is_dir()
+    for ev in ("kmem_cache_free", "kmem_cache_alloc"):
+        fmt = tracepoint_format("kmem", ev, root) or ""
+        # Only with a __data_loc `name` (see bpf/tracepoint.c) and a `ptr`.
+        have[ev] = "__data_loc char[] name;" in fmt and " ptr;" in fmt
+    for ev in ("mm_shrink_slab_start", "mm_shrink_slab_end"):
+        have[ev] = tracepoint_format("vmscan", ev, root) is not None
+    return have
+
+
+def _has_full_tree(d: Path) -> bool:
+    return (d / "include/linux/kconfig.h").is_file() and (d / "include/generated/autoconf.h").is_file()
+
+
+def bcc_kernel_source(headers: str | None) -> str | None:
+    """A directory libbcc accepts as BCC_KERNEL_SOURCE for ``headers``.
+
+    Debian splits headers into linux-headers-<v>-common (sources) and
+    -<arch> (generated config); /lib/modules/<v>/ links them as source and
+    build. libbcc wants both in one tree, so such a pair becomes a symlink
+    farm under /var/cache/vfstrace/bcc-headers/<v> (built once).
+    """
+    if not headers:
+        return None
+    d = Path(headers)
+    if _has_full_tree(d):
+        return str(d)
+    build, source = d, None
+    if (d / "build").is_dir() and (d / "source").is_dir():
+        build, source = (d / "build").resolve(), (d / "source").resolve()
+    elif d.name.startswith("linux-headers-"):
+        common = d.parent / (d.name.rsplit("-", 1)[0] + "-common")
+        if common.is_dir():
+            source = common
+        else:
+            mk = d / "Makefile"
+            if mk.is_file():  # Debian's -amd64 Makefile includes the -common one
+                for line in mk.read_text(errors="replace").splitlines():
+                    if line.startswith("include ") and "-common" in line:
+                        source = Path(line.split()[1]).parent
+    if source is None or not source.is_dir() or not build.is_dir():
+        return None
+    farm = HEADER_CACHE / build.name
+    if not _has_full_tree(farm):
+        tmp = farm.with_name(farm.name + f".tmp{os.getpid()}")
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for src in (source, build):
+            r = subprocess.run(["cp", "-rsf", f"{src}/.", f"{tmp}/"], capture_output=True, text=True)
+            if r.returncode != 0 and not _has_full_tree(tmp):
+                raise MissingDependency(f"could not assemble kernel headers for BCC from {src}: {r.stderr.strip()[:200]}")
+        subprocess.run(["rm", "-rf", str(farm)], check=False)
+        os.replace(tmp, farm)
+    return str(farm) if _has_full_tree(farm) else None
+
+
+def find_fallback_headers() -> str | None:
+    """Any installed kernel headers BCC can compile tracepoint programs with."""
+    cands = sorted(Path("/lib/modules").glob("*/build"), reverse=True)
+    cands += sorted(Path("/usr/src").glob("linux-headers-*"), reverse=True)
+    for c in cands:
+        if c.name.endswith("-common"):
+            continue
+        if _has_full_tree(c.resolve()) or (c.resolve().is_dir() and "linux-headers-" in c.resolve().name):
+            return str(c.resolve())
+    return None
+
+
+def _ring_bytes(pages: int) -> int:
+    return max(1, pages) * PAGE_SIZE
+
+
+class TracepointTracer(Tracer):
+    tier = "tracepoint"
+
+    def __init__(self, options, choice=None):
+        super().__init__(options, choice)
+        scale = max(1, self.options.ring_pages // 256)
+        # Dentry frees arrive in bursts of 10^5..10^6 under drop_caches: 32 MiB
+        # (about 200k records) per default for them, 16 MiB for path events.
+        self.ev_pages = 8192 * scale
+        self.path_pages = 4096 * scale
+        self.stream_success = bool(self.options.extra.get("stream_success", False))
+        self.stream_dentry = bool(self.options.extra.get("stream_dentry", True))
+        self.recheck = bool(self.options.extra.get("recheck", True))
+        self.use_perf = bool(self.options.extra.get("perf_buffer", False)) or (
+            choice is not None and getattr(choice, "ringbuf", True) is False
+        )
+        self._bpf = None
+        self._streams = []
+        self._attached: list[str] = []
+        self._have: dict[str, bool] | None = None
+        self.notice: str | None = None
+        self.rechecked = 0
+
+    # -- program -----------------------------------------------------------
+    def _defines(self) -> list[str]:
+        o = self.options
+        d = [f"VFS_SELF_PID={os.getpid()}"]
+        d.append(f"VFS_EV_RING_PAGES={self.ev_pages}")
+        d.append(f"VFS_PATH_RING_PAGES={self.path_pages}")
+        d.append(f"VFS_STREAM_SUCCESS={int(self.stream_success)}")
+        d.append(f"VFS_STREAM_DENTRY={int(self.stream_dentry)}")
+        if o.pid is not None:
+            d.append(f"VFS_FILTER_PID={int(o.pid)}")
+        if o.comm is not None:
+            w0, w1 = o.comm_words()
+            d += ["VFS_FILTER_COMM=1", f"VFS_COMM0={int(w0)}ULL", f"VFS_COMM1={int(w1)}ULL"]
+        if o.path_prefix is not None:
+            d.append("VFS_FILTER_PREFIX=1")
+        if self.use_perf:
+            d.append("VFS_USE_PERF=1")
+        have = self._have if self._have is not None else {}
+        d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v]
+        return d
+
+    def program_text(self) -> str:
+        if self._have is None:
+            try:
+                self._have = available_tracepoints()
+            except VfstraceError:
+                self._have = {}
+        lines = ["/* vfstrace tracepoint tier; compiled with: */"]
+        lines += [f"#define {d.replace('=', ' ', 1)}" for d in self._defines()]
+        return "\n".join(lines) + "\n" + c_defines() + SOURCE.read_text()
+
+    # -- lifecycle ---------------------------------------------------------
+    def _prepare_headers(self) -> None:
+        release = os.uname().release
+        if Path(f"/lib/modules/{release}/build/include/linux/kconfig.h").exists() and not os.environ.get(
+            "BCC_KERNEL_SOURCE"
+        ):
+            return
+        if os.environ.get("BCC_KERNEL_SOURCE"):
+            return
+        headers = getattr(self.choice, "headers", None) or find_fallback_headers()
+        src = bcc_kernel_source(headers)
+        if src is None:
+            raise MissingDependency(
+                f"no kernel headers BCC can compile with (none for {release}): "
+                "install linux-headers-amd64 (scripts/setup.sh does)"
+            )
+        os.environ["BCC_KERNEL_SOURCE"] = src
+        self.notice = (
+            f"notice: no headers for {release}; compiling the tracepoint program against {src} "
+            "(safe here: tracepoint records are laid out from the kernel's format files, no struct is read)"
+        )
+        print(f"vfstrace: {self.notice}", file=sys.stderr)
+
+    def load(self) -> None:
+        if self._bpf is not None:
+            return
+        if os.geteuid() != 0:
+            raise PrivilegeError("the tracepoint tier needs root (CAP_BPF + CAP_PERFMON): run as root")
+        bcc = import_bcc()
+        root = tracefs()
+        self._have = available_tracepoints(root)
+        if not any(self._have.get(s) for s in PATH_SYSCALLS):
+            raise TierUnavailable("no syscalls:sys_enter_* tracepoints on this kernel (CONFIG_FTRACE_SYSCALLS off)")
+        self._prepare_headers()
+        text = c_defines() + SOURCE.read_text()
+        cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
+        try:
+            import contextlib
+            import io
+
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                self._bpf = bcc.BPF(text=text, cflags=cflags)
+        except Exception as e:  # libbcc raises bare Exception on compile/attach failure
+            raise TierUnavailable(f"tracepoint program failed to load: {str(e).splitlines()[0]}") from None
+        self._attached = [
+            f"tracepoint:syscalls:sys_{p}_{sc}" for sc in PATH_SYSCALLS + NS_SYSCALLS if self._have.get(sc) for p in ("enter", "exit")
+        ]
+        self._attached += [f"tracepoint:kmem:{e}" for e in ("kmem_cache_free", "kmem_cache_alloc") if self._have.get(e)]
+        self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
+        if self.options.path_prefix is not None:
+            self._set_prefix(self.options.path_prefix.encode())
+        counts = self._bpf["counts"]
+        if self.use_perf:
+            pages = max(8, self.options.ring_pages)
+            self._streams = [
+                PerfStream(self._bpf, "events", BPF_EVENT_DTYPE, pages, counts, 0),
+                PerfStream(self._bpf, "pevents", BPF_PATH_EVENT_DTYPE, pages, counts, 1),
+            ]
+        else:
+            self._streams = [
+                RingStream.from_bcc(self._bpf["events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
+                RingStream.from_bcc(self._bpf["pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
+            ]
+
+    def _set_prefix(self, b: bytes) -> None:
+        t = self._bpf["prefix"]
+        leaf = t.Leaf()
+        leaf.len = len(b)
+        for i, ch in enumerate(b):
+            leaf.p[i] = ch
+        t[t.Key(0)] = leaf
+
+    def poll_records(self, timeout_ms: int = 100) -> list[np.ndarray]:
+        """Raw record batches, one per stream (the bench measures this layer)."""
+        if self._bpf is None:
+            raise VfstraceError("tracer not loaded")
+        import time
+
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        while True:
+            out = [s.poll_records(0) for s in self._streams]
+            if any(len(r) for r in out) or time.monotonic() >= deadline:
+                return out
+            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def poll(self, timeout_ms: int = 100):
+        import pandas as pd
+
+        batches = [records_to_frame(r) for r in self.poll_records(timeout_ms) if len(r)]
+        if not batches:
+            return records_to_frame(np.empty(0, dtype=BPF_EVENT_DTYPE))
+        df = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+        df = df.sort_values("ts_ns", kind="stable", ignore_index=True)
+        if self.recheck:
+            self._recheck(df)
+        return df
+
+    def _recheck(self, df) -> None:
+        """Set EXISTS_AFTER on ENOENT rows whose absolute path exists now."""
+        mask = (df["kind"].values == int(Kind.PATH_SYSCALL)) & (df["ret"].values == ENOENT)
+        idx = np.flatnonzero(mask)[:RECHECK_CAP]
+        if not len(idx):
+            return
+        flags = df["flags"].values.copy()
+        paths = df["path"].values
+        seen: dict[str, bool] = {}
+        for i in idx:
+            p = paths[i]
+            if not p.startswith("/"):
+                continue
+            if p not in seen:
+                seen[p] = os.path.lexists(p)
+                self.rechecked += 1
+            if seen[p]:
+                flags[i] |= int(Flag.EXISTS_AFTER)
+        df["flags"] = flags
+
+    def lost(self) -> dict[int, int]:
+        return merge_lost(*(s.lost() for s in self._streams))
+
+    def counters(self) -> dict[str, int]:
+        if self._bpf is None:
+            return {}
+        import ctypes
+
+        t = self._bpf["counts"]
+        out = {}
+        for i, name in enumerate(COUNTER_NAMES):
+            try:
+                out[name] = int(sum(t[ctypes.c_int(i)]))
+            except KeyError:
+                out[name] = 0
+        return out
+
+    def attached(self) -> list[str]:
+        return list(self._attached)
+
+    def close(self) -> None:
+        for s in self._streams:
+            s.close()
+        self._streams = []
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
