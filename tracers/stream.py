@@ -252,7 +252,7 @@ class PerfStream:
         def _lost(n):
             self._lost += n
 
-        bpf[table_name].open_perf_buffer(_cb, page_cnt=page_cnt, lost_cb=_lost)
+        bpf[table_name.encode()].open_perf_buffer(_cb, page_cnt=page_cnt, lost_cb=_lost)
 
     def poll_records(self, timeout_ms: int = 100) -> np.ndarray:
         self._bpf.perf_buffer_poll(timeout=timeout_ms)

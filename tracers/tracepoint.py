@@ -257,7 +257,7 @@ class TracepointTracer(Tracer):
 
             err = io.StringIO()
             with contextlib.redirect_stderr(err):
-                self._bpf = bcc.BPF(text=text, cflags=cflags)
+                self._bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         except Exception as e:  # libbcc raises bare Exception on compile/attach failure
             raise TierUnavailable(f"tracepoint program failed to load: {str(e).splitlines()[0]}") from None
         self._attached = [
@@ -267,7 +267,7 @@ class TracepointTracer(Tracer):
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
         if self.options.path_prefix is not None:
             self._set_prefix(self.options.path_prefix.encode())
-        counts = self._bpf["counts"]
+        counts = self._bpf[b"counts"]
         if self.use_perf:
             pages = max(8, self.options.ring_pages)
             self._streams = [
@@ -276,12 +276,12 @@ class TracepointTracer(Tracer):
             ]
         else:
             self._streams = [
-                RingStream.from_bcc(self._bpf["events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
-                RingStream.from_bcc(self._bpf["pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
+                RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
+                RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
 
     def _set_prefix(self, b: bytes) -> None:
-        t = self._bpf["prefix"]
+        t = self._bpf[b"prefix"]
         leaf = t.Leaf()
         leaf.len = len(b)
         for i, ch in enumerate(b):
@@ -341,7 +341,7 @@ class TracepointTracer(Tracer):
             return {}
         import ctypes
 
-        t = self._bpf["counts"]
+        t = self._bpf[b"counts"]
         out = {}
         for i, name in enumerate(COUNTER_NAMES):
             try:
