@@ -1,0 +1,337 @@
+"""Race-window widening: hold the workload's RCU walks at the race's window.
+
+The lookup/prune race needs a prune to land between an RCU walk finding a
+dentry (sampling its d_seq) and re-checking that sample. Left alone the
+window is a few hundred nanoseconds and the race takes weeks of `cp -a`.
+:class:`Widener` attaches bpf/widen.c as a kretprobe on the RCU dcache
+lookup and busy-waits a bounded time there, only for the workload's own
+tasks (a cgroup v2 id and/or a set of tgids), so a concurrent prune of the
+same dentry overlaps the window far more often while the rest of the system
+runs untouched.
+
+Kprobes only: a tracepoint cannot sit inside a path walk. The delay reaches
+the program as a -D number (bounded here to 1 ms), never as text.
+
+This module imports bcc only inside :meth:`Widener.load`, so its pure parts
+(delay parsing, the workload cgroup) are usable without bcc or root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpf import source
+from vfstrace.errors import PrivilegeError, TierUnavailable, VfstraceError
+
+MAX_DELAY_NS = 1_000_000  # 1 ms: longer holds an RCU read section too long
+MIN_DELAY_NS = 1_000
+DEFAULT_DELAY_NS = 200_000  # raised the retried share ~1% -> ~20% in a 6.12 guest
+# bpf_ktime_get_ns() costs >= ~25 ns per call even on fast hardware, so this
+# many iterations cover the delay; the verifier walks every iteration (about
+# 16 instructions each), so 40000 stays well inside its 1M-instruction limit.
+NS_PER_ITER_FLOOR = 25
+MAX_ITERS = 40_000
+
+# The site of the delay, best first. __d_lookup_rcu() runs only in RCU-walk
+# mode and returns the dentry whose d_seq the walk just sampled; every
+# re-check of that sample comes after it returns (in 3.0's do_lookup the
+# d_inode read + read_seqcount_retry the seed fix added; since 6.1's
+# "namei: stash the sampled ->d_seq into nameidata" in step_into). It is a
+# global function of fs/dcache.c called from fs/namei.c, so it is never
+# inlined into its caller. The fallback is the lookup role (lookup_fast /
+# do_lookup), whose return is still before step_into's re-check.
+PREFERRED_SITE = "__d_lookup_rcu"
+
+COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry")
+
+_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+
+def parse_delay(text) -> int:
+    """'200us', '0.2ms', '150000ns' -> nanoseconds, within [1 µs, 1 ms].
+
+    A unit is required: a bare number would be ambiguous.
+    """
+    if isinstance(text, int):
+        ns = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*", str(text))
+        if not m:
+            raise VfstraceError(f"--widen {text!r}: give a duration with a unit, e.g. 200us or 0.5ms")
+        ns = int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+    if not MIN_DELAY_NS <= ns <= MAX_DELAY_NS:
+        raise VfstraceError(
+            f"--widen {text!r}: the delay must be between 1us and 1ms (it holds an RCU read section)"
+        )
+    return ns
+
+
+def max_iters(delay_ns: int) -> int:
+    return max(256, min(MAX_ITERS, delay_ns // NS_PER_ITER_FLOOR + 1))
+
+
+def _mounts() -> list[tuple[str, str]]:
+    out = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    out.append((parts[1].replace("\\040", " "), parts[2]))
+    except OSError:
+        pass
+    return out
+
+
+class WorkloadCgroup:
+    """A fresh cgroup v2 holding the workload, so widening can select it by id.
+
+    Children of a task in the cgroup are born in it, so `cp -a` and every
+    helper a workload forks are covered without tracking pids. The cgroup id
+    BPF reads (bpf_get_current_cgroup_id(), kernel >= 4.18) is the inode
+    number of the cgroup's directory since v5.5 (Tejun Heo, "kernfs: use
+    64bit inos if ino_t is 64bit"); before that the id also carried a
+    generation number, so on older kernels :attr:`id` is None and callers
+    fall back to a tgid set.
+    """
+
+    def __init__(self, name: str = "vfstrace-widen"):
+        if os.geteuid() != 0:
+            raise PrivilegeError("a workload cgroup needs root")
+        self._mounted = None
+        root = next((mnt for mnt, fs in _mounts() if fs == "cgroup2"), None)
+        if root is None:
+            root = tempfile.mkdtemp(prefix="vfstrace-cgroup2-")
+            rc = _mount_cgroup2(root)
+            if rc != 0:
+                os.rmdir(root)
+                raise VfstraceError("no cgroup v2 mount and mounting one failed: cannot isolate the workload")
+            self._mounted = root
+        self.root = Path(root)
+        self.path = self.root / f"{name}-{os.getpid()}"
+        n = 0
+        while self.path.exists():
+            n += 1
+            self.path = self.root / f"{name}-{os.getpid()}-{n}"
+        try:
+            self.path.mkdir()
+        except OSError as e:
+            self._unmount()
+            raise VfstraceError(f"cannot create cgroup {self.path}: {e.strerror}") from None
+        self.id = self.path.stat().st_ino if _kernel_at_least(5, 5) else None
+
+    def add(self, pid: int) -> None:
+        """Move ``pid`` (and so everything it forks from now on) into the cgroup."""
+        try:
+            (self.path / "cgroup.procs").write_text(f"{int(pid)}\n")
+        except OSError as e:
+            raise VfstraceError(f"cannot move pid {pid} into {self.path}: {e.strerror}") from None
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        """Move leftover tasks to the root cgroup and remove the directory."""
+        if self.path is None:
+            return
+        for pid in self.pids():
+            try:
+                (self.root / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
+                pass
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+        self.path = None
+        self._unmount()
+
+    def _unmount(self):
+        if self._mounted:
+            import subprocess
+
+            subprocess.run(["umount", self._mounted], capture_output=True)
+            try:
+                os.rmdir(self._mounted)
+            except OSError:
+                pass
+            self._mounted = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _mount_cgroup2(target: str) -> int:
+    import subprocess
+
+    return subprocess.run(["mount", "-t", "cgroup2", "none", target], capture_output=True).returncode
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+def choose_site(choice, kallsyms_text: str | None = None) -> tuple[str, bool]:
+    """(symbol, rcu_only): where to hold the walk on this kernel.
+
+    ``rcu_only`` is True when the site runs only in RCU-walk mode.
+    """
+    from vfstrace import symbols
+
+    if kallsyms_text is None:
+        try:
+            kallsyms_text = Path("/proc/kallsyms").read_text()
+        except OSError:
+            kallsyms_text = ""
+    ks = symbols.KernelSymbols(symbols.parse_kallsyms(kallsyms_text))
+    names = ([PREFERRED_SITE] if PREFERRED_SITE in ks.text else []) + ks.clones(PREFERRED_SITE)
+    if names:
+        return names[0], True
+    lookup = (getattr(choice, "symbols", None) or {}).get("lookup")
+    if not lookup:
+        raise TierUnavailable("widening needs the lookup role (lookup_fast) or __d_lookup_rcu; neither is in kallsyms")
+    return lookup, False
+
+
+@dataclass
+class WidenStats:
+    site: str
+    rcu_only: bool
+    delay_ns: int
+    seen: int = 0
+    delayed: int = 0
+    delay_ns_total: int = 0
+    capped: int = 0
+    no_dentry: int = 0
+
+    @property
+    def mean_delay_ns(self) -> float:
+        return self.delay_ns_total / self.delayed if self.delayed else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "site": self.site,
+            "rcu_only": self.rcu_only,
+            "delay_ns": self.delay_ns,
+            "target_lookups": self.seen,
+            "delayed": self.delayed,
+            "delay_ns_total": self.delay_ns_total,
+            "mean_delay_ns": round(self.mean_delay_ns, 1),
+            "capped": self.capped,
+            "no_dentry": self.no_dentry,
+        }
+
+
+class Widener:
+    """Compile, attach and account bpf/widen.c; ``close()`` removes it."""
+
+    def __init__(self, choice, delay_ns: int = DEFAULT_DELAY_NS, *, cgroup_id: int | None = None,
+                 tgids=(), site: str | None = None, rcu_only: bool | None = None):
+        tier = getattr(choice, "tier", None)
+        if tier not in ("kprobe", "fentry"):
+            raise TierUnavailable(
+                f"widening needs kprobes (a probe inside the path walk); this kernel offers only the {tier} tier"
+            )
+        self.choice = choice
+        self.delay_ns = parse_delay(int(delay_ns))
+        self.cgroup_id = int(cgroup_id) if cgroup_id else 0
+        self.tgids = {int(t) for t in tgids}
+        if site is None:
+            site, rcu_only = choose_site(choice)
+        self.site, self.rcu_only = site, bool(rcu_only)
+        self.bpf = None
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DWIDEN_DELAY_NS={self.delay_ns}ULL",
+            f"-DWIDEN_MAX_ITERS={max_iters(self.delay_ns)}",
+            f"-DWIDEN_CGROUP_ID={self.cgroup_id}ULL",
+            "-DWIDEN_NEED_RESULT=1",
+        ]
+
+    def program_text(self) -> str:
+        head = "/* vfstrace widen; compiled with: */\n"
+        head += "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
+        return head + source("widen.c")
+
+    def load(self) -> None:
+        from tracers import import_bcc
+
+        bcc = import_bcc()
+        if os.geteuid() != 0:
+            raise PrivilegeError("widening needs root (it attaches a kprobe)")
+        try:
+            self.bpf = bcc.BPF(text=source("widen.c"), cflags=self.cflags())
+        except Exception as e:  # BCC raises bare Exception on compile errors
+            raise VfstraceError(f"widen program did not compile: {str(e).splitlines()[0]}") from None
+        try:
+            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
+        except Exception as e:
+            self.close()
+            raise TierUnavailable(f"cannot attach the widening kretprobe on {self.site}: {e}") from None
+        for t in self.tgids:
+            self._put(t)
+
+    def _put(self, tgid: int) -> None:
+        tbl = self.bpf["targets"]
+        tbl[tbl.Key(int(tgid))] = tbl.Leaf(1)
+
+    def add_tgid(self, tgid: int) -> None:
+        self.tgids.add(int(tgid))
+        if self.bpf is not None:
+            self._put(tgid)
+
+    def stats(self) -> WidenStats:
+        s = WidenStats(self.site, self.rcu_only, self.delay_ns)
+        if self.bpf is None:
+            return s
+        tbl = self.bpf["counters"]
+        vals = {}
+        for i, name in enumerate(COUNTERS):
+            vals[name] = int(sum(tbl[ctypes.c_int(i)]))
+        s.seen, s.delayed, s.delay_ns_total = vals["seen"], vals["delayed"], vals["delay_ns"]
+        s.capped, s.no_dentry = vals["capped"], vals["no_dentry"]
+        return s
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1) -> int:
+    """Compile and load (verifier included) without attaching; returns the program fd.
+
+    Proves the bounded loop is accepted on a kernel that cannot attach
+    kprobes (the verifier still runs for kprobe programs there).
+    """
+    from tracers import import_bcc
+
+    bcc = import_bcc()
+    w = Widener.__new__(Widener)
+    w.delay_ns, w.cgroup_id = parse_delay(int(delay_ns)), int(cgroup_id)
+    b = bcc.BPF(text=source("widen.c"), cflags=w.cflags())
+    try:
+        return b.load_func("widen_ret", bcc.BPF.KPROBE).fd
+    finally:
+        b.cleanup()
