@@ -218,12 +218,10 @@ class TracepointTracer(Tracer):
     # -- lifecycle ---------------------------------------------------------
     def _prepare_headers(self) -> None:
         release = os.uname().release
-        if Path(f"/lib/modules/{release}/build/include/linux/kconfig.h").exists() and not os.environ.get(
-            "BCC_KERNEL_SOURCE"
-        ):
-            return
         if os.environ.get("BCC_KERNEL_SOURCE"):
             return
+        if getattr(self.choice, "headers_match", None) == "exact" or Path(f"/lib/modules/{release}/build").is_dir():
+            return  # libbcc finds the running kernel's own headers itself
         headers = getattr(self.choice, "headers", None) or find_fallback_headers()
         src = bcc_kernel_source(headers)
         if src is None:

@@ -23,6 +23,8 @@ COMMANDS = [
     ("vfstrace.analyze", "analyze"),
     ("vfstrace.report", "report"),
     ("vfstrace.export", "export"),
+    ("vfstrace.watch", "watch_cmd"),
+    ("vfstrace.watch", "record_cmd"),
 
 ]
 
