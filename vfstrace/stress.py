@@ -1,0 +1,487 @@
+"""`vfstrace stress`: the 2011 reproducer for the RCU-walk / dentry-prune race.
+
+The report behind "vfs: fix race in rcu lookup of pruned dentry" came from
+several slightly staggered parallel `cp -a` of one tree under memory
+pressure: the copies walk the same paths while the shrinker prunes their
+dentries, and a lookup racing a prune saw a negative result that was never
+true (`cp: cannot stat ...: No such file or directory`). This command does
+the same, so the symptom can be counted and traced:
+
+* ``--copies`` (default 4) loops of ``cp -a SRC DST``, started ``--stagger``
+  seconds apart, each repeated until the duration ends (DST removed between
+  rounds so the disk does not fill);
+* a stat() loop over the tree's existing files in a process named
+  ``vfs-statter``, so the lookup side has load of its own;
+* memory pressure: cgroup v2 ``memory.max`` on a child cgroup the command
+  creates and joins (where the memory controller is on cgroup v2), else a
+  loop writing 2 to /proc/sys/vm/drop_caches (frees dentries and inodes);
+* ``--churn``: rename-over and unlink/re-create loops inside the source tree
+  that make real, explainable ENOENT (and NS_OPs that explain them).
+
+The tree is generated (``--files``, ``--depth``, ``--size``) unless
+``--tree`` names one, under a work dir that is NOT tmpfs when possible:
+tmpfs dentries are pinned and never pruned, so a tmpfs run cannot show the
+race; the command says so when it must fall back. Everything it creates
+(trees, copies, the cgroup) is removed on exit, including on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from vfstrace.errors import PrivilegeError, VfstraceError
+
+CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
+STATTER_COMM = "vfs-statter"
+CGROUP_MEMORY_MAX = 64 * 1024 * 1024
+
+STATTER = r"""
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)  # PR_SET_NAME
+paths = open(sys.argv[1]).read().split("\0")
+paths = [p for p in paths if p]
+end = time.monotonic() + float(sys.argv[3])
+n = err = 0
+while time.monotonic() < end:
+    for p in paths:
+        try:
+            os.stat(p)
+        except OSError:
+            err += 1
+        n += 1
+print(n, err)
+"""
+
+
+def fs_type(path: str) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/self/mounts)."""
+    path = os.path.realpath(path)
+    best, typ = "", "?"
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, typ = mnt, parts[2]
+    except OSError:
+        pass
+    return typ
+
+
+def pick_workdir(requested: str | None) -> tuple[str, str | None]:
+    """(directory, notice): a work dir whose dentries can be pruned, if any."""
+    if requested:
+        if not os.path.isdir(requested):
+            raise VfstraceError(f"--workdir {requested}: not a directory")
+        t = fs_type(requested)
+        return requested, (f"--workdir {requested} is {t}: its dentries are never pruned" if t == "tmpfs" else None)
+    for cand in ("/var/tmp", os.getcwd(), tempfile.gettempdir()):
+        if os.path.isdir(cand) and os.access(cand, os.W_OK) and fs_type(cand) not in ("tmpfs", "ramfs"):
+            return cand, None
+    d = tempfile.gettempdir()
+    return d, f"only tmpfs is writable ({d}): tmpfs dentries are never pruned, so pressure cannot prune them"
+
+
+def generate_tree(root: Path, files: int, depth: int, size: int) -> int:
+    """A synthetic source tree: ``files`` files spread over ``depth`` levels of directories."""
+    root.mkdir(parents=True, exist_ok=True)
+    fanout = max(2, int(round(files ** (1.0 / max(1, depth + 1)))))
+    blob = (b"vfstrace-stress\n" * (size // 16 + 1))[:size]
+    made = 0
+    for i in range(files):
+        parts, x = [], i // fanout
+        for _ in range(depth):
+            parts.append(f"d{x % fanout:03d}")
+            x //= fanout
+        d = root.joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06d}.dat").write_bytes(blob)
+        made += 1
+    return made
+
+
+def list_files(root: Path, limit: int = 20000) -> list[str]:
+    out = []
+    for dp, dn, fn in os.walk(root):
+        for f in fn:
+            out.append(os.path.join(dp, f))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def cgroup2_memory_root() -> str | None:
+    """A cgroup v2 directory where a child can get memory.max, or None."""
+    roots = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                p = line.split()
+                if len(p) >= 3 and p[2] == "cgroup2":
+                    roots.append(p[1])
+    except OSError:
+        return None
+    for r in roots:
+        try:
+            ctrls = Path(r, "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+        if "memory" in ctrls:
+            return r
+    return None
+
+
+class Pressure:
+    """Memory pressure for the copies; undone by :meth:`stop`."""
+
+    def __init__(self, mode: str, stop: threading.Event, interval: float = 0.5):
+        self.requested = mode
+        self.mode = "none"
+        self.stop_ev = stop
+        self.interval = interval
+        self.drop_caches = 0
+        self.memory_max = None
+        self.cgroup: Path | None = None
+        self._orig_cgroup: Path | None = None
+        self._thread = None
+        self.notice = None
+
+    def start(self) -> None:
+        mode = self.requested
+        if mode == "none":
+            return
+        if os.geteuid() != 0:
+            if mode == "auto":
+                self.notice = "memory pressure needs root: running without it"
+                return
+            raise PrivilegeError(f"--pressure {mode} needs root")
+        if mode in ("auto", "cgroup"):
+            root = cgroup2_memory_root()
+            if root:
+                self._join_cgroup(Path(root))
+                self.mode = "cgroup"
+                return
+            if mode == "cgroup":
+                raise VfstraceError("--pressure cgroup: no cgroup v2 hierarchy with the memory controller here")
+        self.mode = "drop_caches"
+        self._thread = threading.Thread(target=self._drop_loop, name="drop-caches", daemon=True)
+        self._thread.start()
+
+    def _join_cgroup(self, root: Path) -> None:
+        try:
+            sub = root / "cgroup.subtree_control"
+            if "memory" not in sub.read_text().split():
+                sub.write_text("+memory")
+            self.cgroup = root / f"vfstrace-stress-{os.getpid()}"
+            self.cgroup.mkdir()
+            (self.cgroup / "memory.max").write_text(str(CGROUP_MEMORY_MAX))
+            self.memory_max = CGROUP_MEMORY_MAX
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                if line.startswith("0::"):
+                    self._orig_cgroup = root / line[3:].lstrip("/")
+            # The copies, the statter and the churn are children: they inherit it.
+            (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as e:
+            self.stop()
+            raise VfstraceError(f"cannot set up a memory cgroup under {root}: {e.strerror}") from None
+
+    def _drop_loop(self) -> None:
+        while not self.stop_ev.wait(self.interval):
+            try:
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("2\n")  # 2: reclaim dentries and inodes (slab)
+                self.drop_caches += 1
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.cgroup is not None:
+            try:
+                if self._orig_cgroup is not None and self._orig_cgroup.is_dir():
+                    (self._orig_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            except OSError:
+                pass
+            for _ in range(50):
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)  # children still leaving
+            self.cgroup = None
+
+    def describe(self) -> str:
+        if self.mode == "cgroup":
+            return f"cgroup v2 memory.max={self.memory_max} bytes"
+        if self.mode == "drop_caches":
+            return f"drop_caches=2 written {self.drop_caches} times (every {self.interval}s)"
+        return "none" + (f" ({self.notice})" if self.notice else "")
+
+
+class Stress:
+    def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
+                 churn=False, pressure="auto", workdir=None, out=None):
+        if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
+            raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
+        self.duration = float(duration)
+        self.tree = tree
+        self.files, self.depth, self.size = files, depth, size
+        self.copies, self.stagger = copies, stagger
+        self.churn = churn
+        self.stop_ev = threading.Event()
+        self.pressure = Pressure(pressure, self.stop_ev)
+        self.workdir_req = workdir
+        self.out = out or (lambda s: click.echo(s, err=True))
+        self.lock = threading.Lock()
+        self.rounds = 0
+        self.files_copied = 0
+        self.cp_failed_rounds = 0
+        self.cp_enoent: list[str] = []
+        self.cp_other_errors = 0
+        self.churn_ops = 0
+        self.stat_calls = 0
+        self.stat_errors = 0
+        self.notices: list[str] = []
+        self.session: Path | None = None
+        self._procs: set[subprocess.Popen] = set()
+
+    # -- workers -----------------------------------------------------------
+    def _popen(self, argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        with self.lock:
+            self._procs.add(p)
+        return p
+
+    def _reap(self, p):
+        with self.lock:
+            self._procs.discard(p)
+
+    def _copy_loop(self, idx: int, src: Path, nfiles: int) -> None:
+        time.sleep(self.stagger * idx)
+        k = 0
+        while not self.stop_ev.is_set():
+            dst = self.session / f"copy{idx}" / f"r{k}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            p = self._popen(["cp", "-a", str(src), str(dst)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            _, err = p.communicate()
+            self._reap(p)
+            if self.stop_ev.is_set() and p.returncode < 0:
+                break  # killed at the end, not a failure of the copy
+            enoent = []
+            other = 0
+            for line in err.splitlines():
+                m = CP_ENOENT.match(line.strip())
+                if m:
+                    enoent.append(m.group("path"))
+                elif line.strip():
+                    other += 1
+            with self.lock:
+                self.rounds += 1
+                self.files_copied += max(0, nfiles - len(enoent))
+                self.cp_enoent += enoent
+                self.cp_other_errors += other
+                self.cp_failed_rounds += p.returncode != 0
+            shutil.rmtree(dst, ignore_errors=True)
+            k += 1
+
+    def _churn_loop(self, churn_dir: Path) -> None:
+        """Rename-over and unlink/re-create: real, explainable ENOENT for readers of churn_dir."""
+        churn_dir.mkdir(parents=True, exist_ok=True)
+        names = [churn_dir / f"c{i:03d}.dat" for i in range(32)]
+        for n in names:
+            n.write_bytes(b"churn\n")
+        i = 0
+        while not self.stop_ev.is_set():
+            target = names[i % len(names)]
+            tmp = churn_dir / f".tmp{i % 4}"
+            try:
+                tmp.write_bytes(b"new\n")
+                os.rename(tmp, target)  # rename-over
+                victim = names[(i * 7 + 3) % len(names)]
+                os.unlink(victim)
+                time.sleep(0.0005)  # a window where the name is really gone
+                victim.write_bytes(b"back\n")
+                # stat the gone name too: a real ENOENT explained by the unlink above
+                os.unlink(names[(i * 5 + 1) % len(names)])
+                try:
+                    os.stat(names[(i * 5 + 1) % len(names)])
+                except FileNotFoundError:
+                    pass
+                names[(i * 5 + 1) % len(names)].write_bytes(b"back\n")
+            except OSError:
+                pass
+            with self.lock:
+                self.churn_ops += 3
+            i += 1
+            time.sleep(0.002)
+
+    def _statter(self, files: list[str]):
+        lst = self.session / "statter.list"
+        lst.write_text("\0".join(files))
+        return self._popen(
+            [sys.executable, "-c", STATTER, str(lst), STATTER_COMM, str(self.duration)],
+            stdout=subprocess.PIPE, text=True,
+        )
+
+    # -- run ---------------------------------------------------------------
+    def run(self) -> dict:
+        workdir, notice = pick_workdir(self.workdir_req)
+        if notice:
+            self.notices.append(notice)
+            self.out(f"vfstrace stress: notice: {notice}")
+        self.session = Path(tempfile.mkdtemp(prefix="vfstrace-stress-", dir=workdir))
+        started = time.monotonic()
+        threads = []
+        statter = None
+        try:
+            if self.tree:
+                src = Path(self.tree)
+                if not src.is_dir():
+                    raise VfstraceError(f"--tree {self.tree}: not a directory")
+                nfiles = len(list_files(src, 10**7))
+            else:
+                src = self.session / "src"
+                nfiles = generate_tree(src, self.files, self.depth, self.size)
+            if self.churn:
+                if self.tree:
+                    raise VfstraceError("--churn modifies the source tree: use it with the generated tree (no --tree)")
+                threads.append(threading.Thread(target=self._churn_loop, args=(src / "churn",), daemon=True))
+            self.pressure.start()
+            if self.pressure.notice:
+                self.out(f"vfstrace stress: notice: {self.pressure.notice}")
+            statter = self._statter(list_files(src, 5000))
+            threads += [threading.Thread(target=self._copy_loop, args=(i, src, nfiles), daemon=True) for i in range(self.copies)]
+            for t in threads:
+                t.start()
+            with _Signals(self.stop_ev) as sigs:
+                self.stop_ev.wait(self.duration)
+                self.stop_reason = sigs.reason or "duration"
+        finally:
+            self.stop_ev.set()
+            with self.lock:
+                procs = list(self._procs)
+            for p in procs:
+                if p is not statter and p.poll() is None:
+                    p.terminate()
+            for t in threads:
+                t.join(timeout=10)
+            if statter is not None:
+                try:
+                    out, _ = statter.communicate(timeout=10)
+                    n, e = (int(x) for x in out.split()[:2])
+                    self.stat_calls, self.stat_errors = n, e
+                except (subprocess.TimeoutExpired, ValueError):
+                    statter.kill()
+                    statter.wait()
+            self.pressure.stop()
+            shutil.rmtree(self.session, ignore_errors=True)
+        self.elapsed = time.monotonic() - started
+        return self.result(workdir)
+
+    def result(self, workdir) -> dict:
+        return {
+            "duration_s": round(self.elapsed, 2),
+            "workdir": workdir,
+            "workdir_fs": fs_type(workdir),
+            "copies": self.copies,
+            "copy_rounds": self.rounds,
+            "files_copied": self.files_copied,
+            "cp_failed_rounds": self.cp_failed_rounds,
+            "cp_enoent": len(self.cp_enoent),
+            "cp_enoent_paths": sorted(set(self.cp_enoent))[:50],
+            "cp_other_errors": self.cp_other_errors,
+            "pressure": self.pressure.mode,
+            "pressure_detail": self.pressure.describe(),
+            "drop_caches_writes": self.pressure.drop_caches,
+            "memory_max": self.pressure.memory_max,
+            "churn_ops": self.churn_ops,
+            "stat_calls": self.stat_calls,
+            "stat_errors": self.stat_errors,
+            "notices": self.notices + ([self.pressure.notice] if self.pressure.notice else []),
+            "stop_reason": getattr(self, "stop_reason", None),
+        }
+
+
+class _Signals:
+    """SIGINT/SIGTERM end the run early; cleanup then runs as for the duration."""
+
+    def __init__(self, ev: threading.Event):
+        self.ev = ev
+        self.reason = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._h)
+        return self
+
+    def _h(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+        self.ev.set()
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def render(r: dict) -> str:
+    from tabulate import tabulate
+
+    rows = [
+        ("duration", f"{r['duration_s']} s ({r['stop_reason']})"),
+        ("work dir", f"{r['workdir']} ({r['workdir_fs']})"),
+        ("parallel cp -a", r["copies"]),
+        ("copy rounds", r["copy_rounds"]),
+        ("files copied", r["files_copied"]),
+        ("cp errors: No such file or directory", r["cp_enoent"]),
+        ("cp other errors", r["cp_other_errors"]),
+        ("pressure", r["pressure_detail"]),
+        ("churn operations", r["churn_ops"]),
+        ("stat() calls by " + STATTER_COMM, f"{r['stat_calls']} ({r['stat_errors']} failed)"),
+    ]
+    out = tabulate(rows, tablefmt="plain")
+    if r["cp_enoent_paths"]:
+        out += "\n\ncp: No such file or directory:\n" + "\n".join(f"  {p}" for p in r["cp_enoent_paths"])
+    return out
+
+
+@click.command("stress")
+@click.option("-d", "--duration", type=click.FloatRange(min=0.5), default=20.0, show_default=True, help="Seconds to run.")
+@click.option("--tree", type=click.Path(file_okay=False), help="Copy this tree (read only) instead of a generated one.")
+@click.option("--files", type=click.IntRange(min=1), default=2000, show_default=True, help="Files in the generated tree.")
+@click.option("--depth", type=click.IntRange(min=0, max=16), default=3, show_default=True, help="Directory depth of the generated tree.")
+@click.option("--size", type=click.IntRange(min=0), default=1024, show_default=True, help="Bytes per generated file.")
+@click.option("-j", "--copies", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Parallel cp -a loops.")
+@click.option("--stagger", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Seconds between starting copies.")
+@click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
+@click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, as_json):
+    """Run the 2011 reproducer: staggered parallel `cp -a` under memory pressure.
+
+    \b
+    Counts cp failures with "No such file or directory" (the race's
+    symptom) and lists their paths; cleans up trees and cgroups on exit.
+    """
+    r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir).run()
+    click.echo(json.dumps(r) if as_json else render(r))
+    return 0
