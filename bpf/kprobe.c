@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vfstrace kprobe/fentry tier: the functions of the RCU-walk / prune race.
+ *
+ * Lookup side (per task, a walk_state keyed by tid):
+ *   walk role   (walk_component)  entry: parent dir, component, RCU mode
+ *   rcu lookup  (__d_lookup_rcu)  return: the dentry found and the d_seq it
+ *               sampled. On 6.x that sample lands in nd->next_seq; on 5.10
+ *               it is a local of lookup_fast() (nd->seq is the *parent's*),
+ *               so the one place that sees it on every kernel is the
+ *               seqp argument of __d_lookup_rcu.
+ *   lookup role (lookup_fast / do_lookup) return: the dentry it returns
+ *   walk role   return: ret (-ENOENT, -ECHILD, ...), d_seq and d_inode of
+ *               the dentry *now*; SEQ_CHANGED / NEGATIVE are judged here, in
+ *               the kernel, at the moment the walk returns.
+ *   re-check sites (try_to_unlazy, try_to_unlazy_next, unlazy_walk, ...)
+ *               return: SEQ_CHECK with ret 0 or -ECHILD.
+ * Prune side: PRUNE (__dentry_kill), UNHASH, IPUT, D_FREE (__d_free and
+ *   __d_free_external, the RCU callbacks that free a dentry).
+ *
+ * Struct layouts never come from headers: every offset below is a -D
+ * number computed from the running kernel's BTF (tracers/btf.py), because
+ * struct nameidata is private to fs/namei.c and headers may not match.
+ *
+ * Per probe, MODE_<ROLE> is 0 (absent), 1 (kprobe/kretprobe) or 2
+ * (fentry/fexit, function FN_<ROLE> with NARGS_<ROLE> parameters).
+ *
+ * Filtering in the kernel: only failed walks (-ENOENT/-ECHILD), lookups
+ * that find a dentry whose prune is in flight, failed re-checks, and the
+ * prune side cross to user space; everything else is counted in the
+ * per-CPU `counts` array. pid/comm filters apply to the lookup side only:
+ * pruning runs in whatever task reclaims memory, and the correlator needs
+ * all of it.
+ */
+#include <linux/sched.h>
+#include <linux/namei.h>
+#include "vfstrace.h"
+
+/* counts[] indexes; tracers/kprobe.py COUNTERS lists the same names in order */
+enum {
+	C_WALK, C_WALK_RCU, C_WALK_ENOENT, C_WALK_ECHILD, C_LOOKUP, C_RCU_LOOKUP,
+	C_SEQ_CHECK, C_SEQ_FAIL, C_PRUNE, C_UNHASH, C_IPUT, C_DFREE,
+	C_EMITTED, C_LOST, C_FILTERED, C_INFLIGHT_HIT, C_SEQ_CHANGED, C_NSTATE_FULL,
+	C_MAX
+};
+
+struct walk_state {
+	u64 nd;
+	u64 parent;
+	u64 name_ptr;
+	u64 dentry;      /* found by lookup_fast (any mode) */
+	u64 rcu_dentry;  /* found by __d_lookup_rcu */
+	u64 seqp;        /* __d_lookup_rcu's seqp, between its entry and return */
+	u32 seq;         /* d_seq sampled by __d_lookup_rcu */
+	u32 flags;       /* VFS_F_RCU, VFS_F_PRUNE_INFLIGHT */
+	u64 rc_dentry;   /* re-check site argument, between entry and return */
+};
+
+BPF_HASH(walks, u32, struct walk_state, 16384);
+BPF_TABLE("lru_hash", u64, u64, inflight, 65536);
+BPF_PERCPU_ARRAY(counts, u64, C_MAX);
+
+#if USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+
+#define VT_CAT(a, b) a##b
+#define VT_XCAT(a, b) VT_CAT(a, b)
+#define KFUNC_NAME(fn) VT_XCAT(kfunc__, fn)
+#define KRETFUNC_NAME(fn) VT_XCAT(kretfunc__, fn)
+
+static __always_inline void cnt(int i)
+{
+	u64 *v = counts.lookup(&i);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline u64 rd64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u32 rd32(u64 addr)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline int task_wanted(void)
+{
+#if FILTER_PID
+	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_PID)
+		return 0;
+#endif
+#if FILTER_COMM
+	u64 comm[2] = {};
+	bpf_get_current_comm(&comm, sizeof(comm));
+	if (comm[0] != COMM0 || comm[1] != COMM1)
+		return 0;
+#endif
+	return 1;
+}
+
+static __always_inline void fill(struct vfs_event *e, u16 kind, u16 op)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	u64 pt = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pt >> 32;
+	e->tid = (u32)pt;
+	e->cpu = bpf_get_smp_processor_id();
+	e->kind = kind;
+	e->op = op;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+/* Name, inode number, d_seq now; NEGATIVE if d_inode is NULL now. */
+static __always_inline void fill_dentry(struct vfs_event *e, u64 d, int with_parent)
+{
+	e->dentry = d;
+	if (!d)
+		return;
+	if (with_parent)
+		e->parent = rd64(d + OFF_D_PARENT);
+	u64 inode = rd64(d + OFF_D_INODE);
+	if (inode)
+		e->ino = rd64(inode + OFF_I_INO);
+	else
+		e->flags |= VFS_F_NEGATIVE;
+	e->seq2 = rd32(d + OFF_D_SEQ);
+	u64 name = rd64(d + OFF_D_NAME_NAME);
+	if (name)
+		bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)name);
+	if (rd32(d + OFF_D_NAME_LEN) >= VFS_NAME_LEN)
+		e->flags |= VFS_F_TRUNCATED;
+}
+
+static __always_inline void emit(void *ctx, struct vfs_event *e)
+{
+	int err;
+#if USE_RINGBUF
+	err = events.ringbuf_output(e, sizeof(*e), 0);
+#else
+	err = events.perf_submit(ctx, e, sizeof(*e));
+#endif
+	cnt(err ? C_LOST : C_EMITTED);
+}
+
+static __always_inline int is_err(u64 p)
+{
+	return p >= (u64)-4095;
+}
+
+/* ---- lookup side -------------------------------------------------------- */
+
+static __always_inline int walk_enter(u64 nd)
+{
+	cnt(C_WALK);
+	if (!task_wanted()) {
+		cnt(C_FILTERED);
+		return 0;
+	}
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state s = {};
+	s.nd = nd;
+	s.parent = rd64(nd + OFF_ND_PATH_DENTRY);
+	s.name_ptr = rd64(nd + OFF_ND_LAST_NAME);
+	if (rd32(nd + OFF_ND_FLAGS) & LOOKUP_RCU) {
+		s.flags |= VFS_F_RCU;
+		cnt(C_WALK_RCU);
+	}
+	if (walks.update(&tid, &s))
+		cnt(C_NSTATE_FULL);
+	return 0;
+}
+
+static __always_inline int walk_exit(void *ctx, long ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (!s)
+		return 0;
+	if (ret == VFS_ENOENT)
+		cnt(C_WALK_ENOENT);
+	else if (ret == VFS_ECHILD)
+		cnt(C_WALK_ECHILD);
+	u64 d = s->dentry ? s->dentry : s->rcu_dentry;
+	u32 flags = s->flags;
+	if (d && inflight.lookup(&d))
+		flags |= VFS_F_PRUNE_INFLIGHT;
+	if (ret == VFS_ENOENT || ret == VFS_ECHILD || (flags & VFS_F_PRUNE_INFLIGHT)) {
+		struct vfs_event e;
+		fill(&e, VFS_K_WALK_RETURN, VFS_OP_NONE);
+		fill_dentry(&e, d, 0);
+		e.parent = s->parent;
+		e.ret = ret;
+		e.seq = s->seq;
+		e.flags |= flags;
+		if (d && s->rcu_dentry == d && (flags & VFS_F_RCU) && e.seq != e.seq2) {
+			e.flags |= VFS_F_SEQ_CHANGED;
+			cnt(C_SEQ_CHANGED);
+		}
+		if (!d && s->name_ptr)
+			bpf_probe_read_kernel_str(e.name, sizeof(e.name), (void *)s->name_ptr);
+		emit(ctx, &e);
+	}
+	walks.delete(&tid);
+	return 0;
+}
+
+static __always_inline int rcu_lookup_enter(u64 seqp)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (s)
+		s->seqp = seqp;
+	return 0;
+}
+
+static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (!s)
+		return 0;
+	cnt(C_RCU_LOOKUP);
+	if (!seqp)
+		seqp = s->seqp;
+	s->seqp = 0;
+	if (!ret || is_err(ret))
+		return 0;
+	s->rcu_dentry = ret;
+	s->seq = rd32(seqp);
+	return 0;
+}
+
+static __always_inline int lookup_exit(void *ctx, u64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (!s)
+		return 0;
+	cnt(C_LOOKUP);
+	if (!ret || is_err(ret))
+		return 0;
+	s->dentry = ret;
+	if (!inflight.lookup(&ret))
+		return 0;
+	cnt(C_INFLIGHT_HIT);
+	s->flags |= VFS_F_PRUNE_INFLIGHT;
+	struct vfs_event e;
+	fill(&e, VFS_K_LOOKUP_RETURN, VFS_OP_NONE);
+	fill_dentry(&e, ret, 0);
+	e.parent = s->parent;
+	e.flags |= s->flags;
+	if (s->rcu_dentry == ret) {
+		e.seq = s->seq;
+		if ((s->flags & VFS_F_RCU) && e.seq != e.seq2)
+			e.flags |= VFS_F_SEQ_CHANGED;
+	}
+	emit(ctx, &e);
+	return 0;
+}
+
+/* A d_seq re-check site returned. ok: 1 the sample held, 0 it did not. */
+static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	cnt(C_SEQ_CHECK);
+	if (!ok)
+		cnt(C_SEQ_FAIL);
+	if (ok && !(s && (s->flags & VFS_F_PRUNE_INFLIGHT)))
+		return 0;
+	if (!s && !task_wanted())
+		return 0;
+	struct vfs_event e;
+	fill(&e, VFS_K_SEQ_CHECK, op);
+	if (!dentry && s)
+		dentry = s->dentry ? s->dentry : s->rcu_dentry;
+	fill_dentry(&e, dentry, 1);
+	e.ret = ok ? 0 : VFS_ECHILD;
+	if (s) {
+		e.flags |= s->flags;
+		if (dentry && dentry == s->rcu_dentry)
+			e.seq = s->seq;
+	}
+	emit(ctx, &e);
+	return 0;
+}
+
+static __always_inline int recheck_enter(u64 dentry)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (s)
+		s->rc_dentry = dentry;
+	return 0;
+}
+
+/* ---- prune side ---------------------------------------------------------- */
+
+static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
+{
+	cnt(ctr);
+	struct vfs_event e;
+	fill(&e, kind, VFS_OP_NONE);
+	fill_dentry(&e, d, 1);
+	e.seq = e.seq2;
+	if (kind == VFS_K_PRUNE) {
+		u64 ts = e.ts_ns;
+		inflight.update(&d, &ts);
+	} else if (inflight.lookup(&d)) {
+		e.flags |= VFS_F_PRUNE_INFLIGHT;
+	}
+	if (kind == VFS_K_D_FREE) {
+		/* Memory is going back to the slab: name and inode are stale. */
+		e.ino = 0;
+		e.name[0] = 0;
+		e.flags &= ~(VFS_F_NEGATIVE | VFS_F_TRUNCATED);
+		inflight.delete(&d);
+	}
+	emit(ctx, &e);
+	return 0;
+}
+
+/* ---- attach points ------------------------------------------------------- */
+/* kprobe-mode functions are attached by name from tracers/kprobe.py (so
+ * compiler clones such as lookup_fast.constprop.0 work); fentry-mode ones
+ * are attached by BCC from their kfunc__/kretfunc__ names. */
+
+#if MODE_WALK == 1
+int vt_walk_enter(struct pt_regs *ctx) { return walk_enter(PT_REGS_PARM1(ctx)); }
+int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx)); }
+#elif MODE_WALK == 2
+int KFUNC_NAME(FN_WALK)(u64 *ctx) { return walk_enter(ctx[0]); }
+int KRETFUNC_NAME(FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[NARGS_WALK]); }
+#endif
+
+#if MODE_RCU == 1
+int vt_rcu_enter(struct pt_regs *ctx) { return rcu_lookup_enter(PT_REGS_PARM3(ctx)); }
+int vt_rcu_return(struct pt_regs *ctx) { return rcu_lookup_exit(0, PT_REGS_RC(ctx)); }
+#elif MODE_RCU == 2
+int KRETFUNC_NAME(FN_RCU)(u64 *ctx) { return rcu_lookup_exit(ctx[2], ctx[NARGS_RCU]); }
+#endif
+
+#if MODE_LOOKUP == 1
+int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx)); }
+#elif MODE_LOOKUP == 2
+int KRETFUNC_NAME(FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[NARGS_LOOKUP]); }
+#endif
+
+/* Re-check sites: RC<i>_BOOL says the function returns bool (true = the
+ * sample held: try_to_unlazy*) rather than 0/-errno (unlazy_walk,
+ * complete_walk); RC<i>_DENTRY says its second argument is the dentry. */
+#define RC_OK(is_bool, r) ((is_bool) ? ((r) & 0xff) != 0 : (long)(r) == 0)
+
+static __always_inline int recheck_return_kprobe(struct pt_regs *ctx, u16 op, int ok)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	u64 d = s ? s->rc_dentry : 0;
+	if (s)
+		s->rc_dentry = 0;
+	return recheck_exit(ctx, op, d, ok);
+}
+
+#define RC_KPROBE(i)                                                          \
+int vt_rc##i##_enter(struct pt_regs *ctx)                                     \
+{ return recheck_enter(RC##i##_DENTRY ? PT_REGS_PARM2(ctx) : 0); }           \
+int vt_rc##i##_return(struct pt_regs *ctx)                                    \
+{ return recheck_return_kprobe(ctx, RC##i##_OP, RC_OK(RC##i##_BOOL, PT_REGS_RC(ctx))); }
+
+#define RC_FEXIT(i)                                                           \
+int KRETFUNC_NAME(FN_RC##i)(u64 *ctx)                                         \
+{                                                                             \
+	return recheck_exit(ctx, RC##i##_OP, RC##i##_DENTRY ? ctx[1] : 0,     \
+			    RC_OK(RC##i##_BOOL, ctx[NARGS_RC##i]));                      \
+}
+
+#if MODE_RC0 == 1
+RC_KPROBE(0)
+#elif MODE_RC0 == 2
+RC_FEXIT(0)
+#endif
+#if MODE_RC1 == 1
+RC_KPROBE(1)
+#elif MODE_RC1 == 2
+RC_FEXIT(1)
+#endif
+#if MODE_RC2 == 1
+RC_KPROBE(2)
+#elif MODE_RC2 == 2
+RC_FEXIT(2)
+#endif
+#if MODE_RC3 == 1
+RC_KPROBE(3)
+#elif MODE_RC3 == 2
+RC_FEXIT(3)
+#endif
+
+#if MODE_PRUNE == 1
+int vt_prune(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_PRUNE, C_PRUNE, PT_REGS_PARM1(ctx)); }
+#elif MODE_PRUNE == 2
+int KFUNC_NAME(FN_PRUNE)(u64 *ctx) { return prune_event(ctx, VFS_K_PRUNE, C_PRUNE, ctx[0]); }
+#endif
+
+#if MODE_UNHASH == 1
+int vt_unhash(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_UNHASH, C_UNHASH, PT_REGS_PARM1(ctx)); }
+#elif MODE_UNHASH == 2
+int KFUNC_NAME(FN_UNHASH)(u64 *ctx) { return prune_event(ctx, VFS_K_UNHASH, C_UNHASH, ctx[0]); }
+#endif
+
+#if MODE_IPUT == 1
+int vt_iput(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_IPUT, C_IPUT, PT_REGS_PARM1(ctx)); }
+#elif MODE_IPUT == 2
+int KFUNC_NAME(FN_IPUT)(u64 *ctx) { return prune_event(ctx, VFS_K_IPUT, C_IPUT, ctx[0]); }
+#endif
+
+/* __d_free(struct rcu_head *head): head is &dentry->d_u.d_rcu. */
+#if MODE_DFREE == 1
+int vt_dfree(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, PT_REGS_PARM1(ctx) - OFF_D_RCU); }
+#elif MODE_DFREE == 2
+int KFUNC_NAME(FN_DFREE)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, ctx[0] - OFF_D_RCU); }
+#endif
+#if MODE_DFREE_EXT == 1
+int vt_dfree_ext(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, PT_REGS_PARM1(ctx) - OFF_D_RCU); }
+#elif MODE_DFREE_EXT == 2
+int KFUNC_NAME(FN_DFREE_EXT)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, ctx[0] - OFF_D_RCU); }
+#endif

@@ -1,0 +1,209 @@
+"""The kprobe tier on this host: BTF layouts, planning, and the real verifier.
+
+This machine's kernel has no kprobes, but BPF kprobe-type programs still go
+through the kernel's verifier when loaded (not attached). So the programs of
+bpf/kprobe.c are compiled here and loaded one by one. There are no headers
+for this kernel: BCC compiles against Debian's 6.1 headers through
+BCC_KERNEL_SOURCE. That is fine for verification only: every struct offset
+the program uses comes from this kernel's BTF, but LOOKUP_RCU and BCC's own
+includes are the 6.1 headers', so nothing read through them is trusted for
+tracing (load() refuses non-matching headers; only verify() accepts them).
+The same programs attach and run in VMs on 5.10, 6.1 and 6.12
+(tests/vm/test_kprobe_vm.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import is_root, need
+from tracers.btf import Btf, BtfError
+from vfstrace.errors import TierUnavailable, VfstraceError
+from vfstrace.options import TraceOptions
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+
+
+def _choice(tier="kprobe", ringbuf=True, **over):
+    from vfstrace import symbols
+    from vfstrace.doctor import TierChoice, find_headers
+
+    ks = symbols.running_kernel_symbols()
+    roles = symbols.resolve(ks)
+    syms = {r: roles[r].symbol for r in symbols.ROLES}
+    syms["recheck"] = list(roles["recheck"].symbols)
+    syms.update(over)
+    hdr, match = find_headers(os.uname().release)
+    return TierChoice(tier, "constructed by the test", syms, tier == "fentry", ringbuf, hdr, match, os.uname().release)
+
+
+@pytest.fixture(scope="module")
+def btf():
+    need(BTF_PATH.exists(), "no /sys/kernel/btf/vmlinux (kernel built without CONFIG_DEBUG_INFO_BTF)")
+    return Btf.from_file(BTF_PATH)
+
+
+# -- BTF reader -------------------------------------------------------------
+
+
+def test_btf_offsets_match_the_c_compiler_for_a_uapi_struct(btf, tmp_path):
+    """x86-64's struct stat is the same in the kernel's BTF and in glibc: a cross-check by a compiler."""
+    src = tmp_path / "off.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <sys/stat.h>\n"
+        "int main(void){printf(\"%zu %zu %zu %zu %zu\\n\", offsetof(struct stat, st_ino),"
+        " offsetof(struct stat, st_nlink), offsetof(struct stat, st_mode),"
+        " offsetof(struct stat, st_size), offsetof(struct stat, st_blocks));return 0;}\n"
+    )
+    exe = tmp_path / "off"
+    r = subprocess.run(["cc", "-o", str(exe), str(src)], capture_output=True, text=True)
+    need(r.returncode == 0, f"no working C compiler: {r.stderr[:200]}")
+    want = [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    got = [btf.offsetof("stat", f) for f in ("st_ino", "st_nlink", "st_mode", "st_size", "st_blocks")]
+    assert got == want
+
+
+def test_btf_nested_and_anonymous_members(btf):
+    # struct path { struct vfsmount *mnt; struct dentry *dentry; }
+    assert btf.offsetof("path", "dentry") == 8
+    # struct qstr { union { struct { HASH_LEN_DECLARE; }; u64 hash_len; }; const unsigned char *name; }
+    # on little-endian HASH_LEN_DECLARE is "u32 hash; u32 len": len sits inside two anonymous members
+    assert btf.offsetof("qstr", "len") == 4
+    assert btf.offsetof("qstr", "name") == 8
+    nd_path = btf.offsetof("nameidata", "path")
+    assert btf.offsetof("nameidata", "path.dentry") == nd_path + 8
+    assert btf.offsetof("dentry", "d_name.name") == btf.offsetof("dentry", "d_name") + 8
+    assert btf.func_nargs("walk_component") in (2, None)  # None only where it is inlined
+    assert btf.func_nargs("__d_lookup_rcu") == 3
+    assert btf.func_nargs("no_such_function_in_any_kernel") is None
+
+
+def test_btf_errors_are_one_line(btf, tmp_path):
+    with pytest.raises(BtfError, match="no member nosuch"):
+        btf.offsetof("dentry", "nosuch")
+    with pytest.raises(BtfError, match="no struct"):
+        btf.offsetof("vfstrace_no_such_struct", "x")
+    bad = tmp_path / "btf"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(BtfError, match="not BTF"):
+        Btf.from_file(bad)
+    with pytest.raises(BtfError, match="cannot read kernel BTF"):
+        Btf.from_file(tmp_path / "missing")
+
+
+# -- planning (no root, no bcc) -----------------------------------------------
+
+
+def test_missing_role_is_one_line_naming_role_and_kernel(btf):
+    from tracers.kprobe import KprobeTracer
+
+    with pytest.raises(TierUnavailable) as ei:
+        KprobeTracer(TraceOptions(), _choice(unhash=None))
+    msg = str(ei.value)
+    assert "unhash role" in msg and os.uname().release in msg and "\n" not in msg
+
+
+def test_isra_clone_whose_arguments_are_read_is_refused(btf):
+    from tracers.kprobe import KprobeTracer
+
+    with pytest.raises(TierUnavailable, match=r"walk_component\.isra\.0.*cannot be read"):
+        KprobeTracer(TraceOptions(), _choice(walk="walk_component.isra.0"))
+
+
+def test_fentry_falls_back_to_kprobe_for_a_clone_and_says_so(btf):
+    from tracers.kprobe import KprobeTracer
+
+    t = KprobeTracer(TraceOptions(), _choice(tier="fentry", lookup="lookup_fast.constprop.0"))
+    flags = t.cflags()
+    modes = {p.symbol: p.mode for p in t.probes}
+    assert modes["lookup_fast.constprop.0"] == "kprobe"
+    assert modes[t.choice.symbols["prune"]] == "fentry"
+    assert "-DMODE_LOOKUP=1" in flags and "-DMODE_PRUNE=2" in flags
+    assert any("lookup_fast.constprop.0" in n and "kprobe used" in n for n in t.notes)
+    assert "-DNARGS_RCU=3" in flags
+    assert "kretprobe:lookup_fast.constprop.0 (lookup)" in t.attached()
+
+
+def test_user_filters_reach_the_program_only_as_numbers(btf):
+    from tracers.kprobe import KprobeTracer
+
+    comm = 'a"); x(); //'
+    t = KprobeTracer(TraceOptions(pid=4242, comm=comm), _choice())
+    flags = t.cflags()
+    assert "-DFILTER_PID=4242" in flags and "-DFILTER_COMM=1" in flags
+    assert not any(comm in f or '"' in f for f in flags)
+    w0 = int.from_bytes(comm.encode().ljust(16, b"\0")[:8], "little")
+    assert f"-DCOMM0={w0}ULL" in flags
+    # offsets are BTF's, as numbers
+    assert f"-DOFF_D_INODE={btf.offsetof('dentry', 'd_inode')}" in flags
+    assert f"-DOFF_ND_FLAGS={btf.offsetof('nameidata', 'flags')}" in flags
+
+
+def test_load_refuses_non_matching_headers(btf):
+    from tracers.kprobe import KprobeTracer
+
+    c = _choice()
+    need(c.headers_match != "exact", "this kernel has exact headers; the refusal is for machines without them")
+    need(is_root(), "load() checks root first")
+    t = KprobeTracer(TraceOptions(), c)
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        need(False, "bcc is not importable (bash scripts/setup.sh)")
+    with pytest.raises(TierUnavailable, match="headers matching"):
+        t.load()
+    t.close()
+
+
+# -- the real verifier ----------------------------------------------------------
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("ringbuf", [True, False], ids=["ringbuf", "perfbuf"])
+def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
+    need(is_root(), "loading BPF programs needs root")
+    try:
+        import bcc
+    except ImportError:
+        need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
+    from tracers.kprobe import KprobeTracer
+
+    c = _choice(ringbuf=ringbuf)
+    need(c.headers is not None, "no kernel headers at all (apt-get install linux-headers-amd64)")
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    t = KprobeTracer(TraceOptions(comm="stat"), c)
+    try:
+        names = t.verify()
+        fds = {n: t.bpf.funcs[n.encode()].fd for n in names}
+    finally:
+        t.close()
+    roles = {p.role for p in t.probes}
+    assert {"walk", "lookup", "prune", "unhash", "iput", "rcu_lookup", "d_free", "recheck"} <= roles
+    expected = {n for p in t.probes for n in (p.entry, p.ret) if n}
+    assert set(names) == expected
+    assert all(fd > 0 for fd in fds.values())
+    assert bcc.BPF.KPROBE  # the type they were loaded as
+
+
+@pytest.mark.live
+def test_verifier_error_is_one_line(btf, monkeypatch):
+    """A broken program (a role forced to a symbol list the program cannot serve) fails as one line."""
+    need(is_root(), "loading BPF programs needs root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        need(False, "bcc is not importable")
+    from tracers import kprobe
+
+    c = _choice()
+    t = kprobe.KprobeTracer(TraceOptions(), c)
+    t.cflags()
+    t._defines = [f for f in t._defines if not f.startswith("-DOFF_D_INODE=")]  # undefined -> compile error
+    with pytest.raises(VfstraceError) as ei:
+        t.verify()
+    assert "\n" not in str(ei.value) and "could not build" in str(ei.value)
+    t.close()

@@ -1,0 +1,428 @@
+"""The kprobe / fentry tier: BCC programs on the functions of the race itself.
+
+bpf/kprobe.c probes the path walk (walk_component, lookup_fast,
+__d_lookup_rcu, the d_seq re-check sites) and dentry teardown
+(__dentry_kill, the unhash site, dentry_unlink_inode, __d_free). This module
+turns a :class:`vfstrace.doctor.TierChoice` into that program:
+
+* symbols come from ``choice.symbols`` (resolved per kernel, compiler clones
+  included); the few helpers doctor does not name (__d_lookup_rcu, __d_free,
+  __d_free_external) are looked up in /proc/kallsyms here;
+* every struct offset is read from the running kernel's BTF
+  (:mod:`tracers.btf`) and passed as a -D number: ``struct nameidata`` is
+  private to fs/namei.c, so no header describes it;
+* per probe, fentry/fexit when the tier is ``fentry`` and BTF has a FUNC of
+  that exact name; a compiler clone (``lookup_fast.constprop.0``) has none,
+  so that probe falls back to a kprobe and :attr:`KprobeTracer.notes` says so;
+* events travel through tracers/stream.py (BPF ring buffer on 5.8+, perf
+  buffer otherwise); failed submissions are counted per CPU in the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from bpf import SOURCE_DIR
+from tracers import Tracer, import_bcc
+from tracers.btf import Btf
+from vfstrace.errors import TierUnavailable, VfstraceError
+from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Kind, Op, c_defines
+
+SOURCE = "kprobe.c"
+
+# Names of the counts[] slots, in the order of the enum in bpf/kprobe.c.
+COUNTERS = (
+    "walk", "walk_rcu", "walk_enoent", "walk_echild", "lookup", "rcu_lookup",
+    "seq_check", "seq_fail", "prune", "unhash", "iput", "d_free",
+    "emitted", "lost", "filtered", "inflight_hit", "seq_changed", "state_full",
+)
+C_LOST = COUNTERS.index("lost")
+
+# d_seq re-check sites: (op, returns bool, second argument is the dentry).
+# try_to_unlazy()/try_to_unlazy_next() return bool (true: still valid) since
+# v5.12 (Al Viro, "namei: change calling conventions for
+# try_to_unlazy_next()"); their predecessors unlazy_walk()/unlazy_child()
+# return 0 or -ECHILD.
+RECHECK_OPS = {
+    "try_to_unlazy": (Op.TRY_TO_UNLAZY, True, False),
+    "try_to_unlazy_next": (Op.TRY_TO_UNLAZY_NEXT, True, True),
+    "unlazy_walk": (Op.UNLAZY_WALK, False, False),
+    "unlazy_child": (Op.TRY_TO_UNLAZY_NEXT, False, True),
+}
+RECHECK_SLOTS = 4
+
+# BTF offsets the program needs: -D name -> (struct, member path).
+OFFSETS = {
+    "OFF_ND_PATH_DENTRY": ("nameidata", "path.dentry"),
+    "OFF_ND_LAST_NAME": ("nameidata", "last.name"),
+    "OFF_ND_FLAGS": ("nameidata", "flags"),
+    "OFF_D_SEQ": ("dentry", "d_seq"),
+    "OFF_D_PARENT": ("dentry", "d_parent"),
+    "OFF_D_NAME_NAME": ("dentry", "d_name.name"),
+    "OFF_D_NAME_LEN": ("dentry", "d_name.len"),
+    "OFF_D_INODE": ("dentry", "d_inode"),
+    "OFF_D_RCU": ("dentry", "d_u.d_rcu"),
+    "OFF_I_INO": ("inode", "i_ino"),
+}
+
+REQUIRED_ROLES = ("walk", "lookup", "prune", "unhash", "iput")
+_SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(constprop|isra|part|cold)\.\d+)*$")
+_MODE = {"kprobe": 1, "fentry": 2}
+
+
+def _kallsyms_text() -> dict[str, int]:
+    from vfstrace.symbols import parse_kallsyms
+
+    try:
+        with open("/proc/kallsyms") as f:
+            return parse_kallsyms(f.read())
+    except OSError:
+        return {}
+
+
+def _find_symbol(ks: dict[str, int], base: str) -> str | None:
+    """``base`` itself, else its first whole-function compiler clone."""
+    if base in ks:
+        return base
+    clones = sorted(n for n in ks if n.startswith(base + ".") and re.fullmatch(
+        re.escape(base) + r"(\.(constprop|isra)\.\d+)+", n))
+    return clones[0] if clones else None
+
+
+class Probe:
+    """One attach point: role, kernel symbol, and how it attaches."""
+
+    def __init__(self, role: str, symbol: str, define: str, entry: str | None, ret: str | None,
+                 reads_args: bool):
+        if not _SYMBOL_RE.match(symbol):
+            raise VfstraceError(f"refusing kernel symbol {symbol!r} for role {role}: not a function name")
+        self.role = role
+        self.symbol = symbol
+        self.define = define  # MODE_<define>, FN_<define>, NARGS_<define>
+        self.entry = entry  # kprobe-mode function name for the entry probe
+        self.ret = ret  # kprobe-mode function name for the return probe
+        self.reads_args = reads_args
+        self.mode = "kprobe"
+        self.nargs = 0
+
+    def describe(self) -> list[str]:
+        out = []
+        if self.mode == "fentry":
+            if self.entry:
+                out.append(f"fentry:{self.symbol}")
+            if self.ret:
+                out.append(f"fexit:{self.symbol}")
+        else:
+            if self.entry:
+                out.append(f"kprobe:{self.symbol}")
+            if self.ret:
+                out.append(f"kretprobe:{self.symbol}")
+        return [f"{s} ({self.role})" for s in out]
+
+
+class KprobeTracer(Tracer):
+    """fentry/kprobe tier; ``choice.tier`` picks fentry or kprobe."""
+
+    def __init__(self, options, choice=None):
+        super().__init__(options, choice)
+        if choice is None:
+            raise TierUnavailable("the kprobe tier needs a tier choice from `vfstrace doctor` (choose_tier)")
+        self.tier = choice.tier
+        self.release = choice.kernel_release or os.uname().release
+        self.notes: list[str] = []
+        self.bpf = None
+        self._stream = None
+        self._lost_seen: dict[int, int] = {}
+        self._btf = None
+        self._defines: list[str] | None = None
+        self.probes = self._plan()
+
+    # -- planning ----------------------------------------------------------
+
+    def _plan(self) -> list[Probe]:
+        syms = self.choice.symbols or {}
+        for role in REQUIRED_ROLES:
+            if not syms.get(role):
+                raise TierUnavailable(
+                    f"the {self.tier} tier needs the {role} role, but no symbol for it was found on "
+                    f"kernel {self.release} (see `vfstrace doctor`)"
+                )
+        ks = None
+        probes = [
+            Probe("walk", syms["walk"], "WALK", "vt_walk_enter", "vt_walk_return", True),
+            Probe("lookup", syms["lookup"], "LOOKUP", None, "vt_lookup_return", False),
+            Probe("prune", syms["prune"], "PRUNE", "vt_prune", None, True),
+            Probe("unhash", syms["unhash"], "UNHASH", "vt_unhash", None, True),
+            Probe("iput", syms["iput"], "IPUT", "vt_iput", None, True),
+        ]
+        extras = [("rcu_lookup", "__d_lookup_rcu", "RCU", "vt_rcu_enter", "vt_rcu_return"),
+                  ("d_free", "__d_free", "DFREE", "vt_dfree", None),
+                  ("d_free", "__d_free_external", "DFREE_EXT", "vt_dfree_ext", None)]
+        for role, base, define, entry, ret in extras:
+            ks = ks if ks is not None else _kallsyms_text()
+            sym = _find_symbol(ks, base)
+            if sym is None:
+                self.notes.append(f"{base} not in /proc/kallsyms: no {role} events from it")
+                continue
+            probes.append(Probe(role, sym, define, entry, ret, True))
+        slot = 0
+        for sym in syms.get("recheck") or []:
+            base = sym.split(".", 1)[0]
+            if base not in RECHECK_OPS:
+                continue  # complete_walk/step_into: per-component hot paths, not re-check results
+            if slot == RECHECK_SLOTS:
+                self.notes.append(f"re-check site {sym} not probed: only {RECHECK_SLOTS} slots")
+                continue
+            probes.append(Probe("recheck", sym, f"RC{slot}", f"vt_rc{slot}_enter", f"vt_rc{slot}_return", True))
+            slot += 1
+        for p in probes:
+            # An .isra clone may have had its parameters rewritten (scalar
+            # replacement of aggregates): argument registers are not the
+            # source's parameters. .constprop only drops constant ones, and
+            # the pointers read here (nameidata, dentry, rcu_head) are never
+            # constants.
+            if p.reads_args and ".isra." in p.symbol:
+                raise TierUnavailable(
+                    f"{p.role} role resolved to {p.symbol} on kernel {self.release}: an .isra clone, "
+                    "whose arguments cannot be read reliably"
+                )
+        return probes
+
+    def _offsets(self) -> dict[str, int]:
+        if self._btf is None:
+            self._btf = Btf.from_file()
+        return {name: self._btf.offsetof(s, m) for name, (s, m) in OFFSETS.items()}
+
+    def _choose_modes(self) -> None:
+        want_fentry = self.tier == "fentry"
+        if want_fentry and not self.choice.kfunc:
+            raise TierUnavailable(f"fentry is not supported by kernel {self.release}")
+        for p in self.probes:
+            p.mode = "kprobe"
+            if not want_fentry:
+                continue
+            nargs = self._btf.func_nargs(p.symbol) if "." not in p.symbol else None
+            if nargs is None:
+                self.notes.append(
+                    f"{p.symbol} ({p.role}): no BTF function of that name (compiler clone or "
+                    "not in BTF), so fentry cannot attach: kprobe used for it"
+                )
+                continue
+            p.mode = "fentry"
+            p.nargs = nargs
+
+    def ring_pages(self) -> int:
+        """Pages of the shared BPF ring buffer: options.ring_pages per CPU, at least 8 MiB.
+
+        A drop_caches burst frees tens of thousands of dentries in well
+        under a second, and each prune yields PRUNE, UNHASH, IPUT, D_FREE.
+        """
+        want = max(self.options.ring_pages * (os.cpu_count() or 1), 2048)
+        return 1 << (want - 1).bit_length()
+
+    def cflags(self) -> list[str]:
+        """-D defines (numbers and kernel symbol names only) for bpf/kprobe.c."""
+        if self._defines is not None:
+            return self._defines
+        offs = self._offsets()
+        self._choose_modes()
+        d = {
+            "VFS_ENOENT": f"({ENOENT})",
+            "VFS_ECHILD": f"({ECHILD})",
+            "USE_RINGBUF": int(bool(self.choice.ringbuf)),
+            "RING_PAGES": self.ring_pages(),
+            "FILTER_PID": int(self.options.pid or 0),
+            "FILTER_COMM": int(bool(self.options.comm)),
+        }
+        words = self.options.comm_words()
+        d["COMM0"], d["COMM1"] = f"{words[0]}ULL", f"{words[1]}ULL"
+        d.update(offs)
+        for define in ("WALK", "LOOKUP", "RCU", "PRUNE", "UNHASH", "IPUT", "DFREE", "DFREE_EXT") + tuple(
+            f"RC{i}" for i in range(RECHECK_SLOTS)
+        ):
+            d[f"MODE_{define}"] = 0
+        for p in self.probes:
+            d[f"MODE_{p.define}"] = _MODE[p.mode]
+            if p.mode == "fentry":
+                d[f"FN_{p.define}"] = p.symbol  # checked against _SYMBOL_RE, no '.' for fentry
+                d[f"NARGS_{p.define}"] = p.nargs
+            if p.role == "recheck":
+                op, is_bool, has_dentry = RECHECK_OPS[p.symbol.split(".", 1)[0]]
+                d[f"{p.define}_OP"] = int(op)
+                d[f"{p.define}_BOOL"] = int(is_bool)
+                d[f"{p.define}_DENTRY"] = int(has_dentry)
+        for i in range(RECHECK_SLOTS):
+            for suffix in ("OP", "BOOL", "DENTRY"):
+                d.setdefault(f"RC{i}_{suffix}", 0)
+        self._defines = [f"-D{k}={v}" for k, v in d.items()] + [f"-I{SOURCE_DIR}"]
+        return self._defines
+
+    def program_text(self) -> str:
+        """The program as compiled: enum #defines, the -D values as comments, the source."""
+        flags = "\n".join(f"/* {f} */" for f in self.cflags())
+        return c_defines() + flags + "\n" + (SOURCE_DIR / SOURCE).read_text()
+
+    # -- compile / load / attach ------------------------------------------
+
+    def _headers_env(self, verify_only: bool) -> None:
+        match = getattr(self.choice, "headers_match", "none")
+        hdr = getattr(self.choice, "headers", None)
+        if match == "exact" and hdr and hdr.endswith("kheaders.tar.xz"):
+            return  # libbcc unpacks /sys/kernel/kheaders.tar.xz itself
+        if match == "exact":
+            return
+        if not verify_only:
+            raise TierUnavailable(
+                f"the {self.tier} tier needs kernel headers matching {self.release} to compile its "
+                "program (LOOKUP_RCU and BCC's own includes); none found (see `vfstrace doctor`)"
+            )
+        from tracers.tracepoint import bcc_kernel_source
+
+        src = bcc_kernel_source(hdr)
+        if not src:
+            raise TierUnavailable(f"no kernel headers BCC can compile with for {self.release}: cannot compile BPF")
+        os.environ["BCC_KERNEL_SOURCE"] = src
+        print(
+            f"vfstrace: notice: compiling the kprobe program against {src} (not {self.release}'s own "
+            "headers) for verification only; struct offsets come from BTF, but LOOKUP_RCU and BCC's "
+            "includes are those headers' and are not trusted for tracing",
+            file=sys.stderr,
+        )
+
+    def compile(self, verify_only: bool = False):
+        """Compile bpf/kprobe.c with BCC (fentry programs attach at this point)."""
+        bcc = import_bcc()
+        self._headers_env(verify_only)
+        text = c_defines() + (SOURCE_DIR / SOURCE).read_text()
+        cflags = self.cflags()
+        try:
+            self.bpf = bcc.BPF(text=text, cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception for compile and fentry attach errors
+            fent = [p for p in self.probes if p.mode == "fentry"]
+            if fent and not verify_only:
+                raise TierUnavailable(
+                    f"fentry programs did not load/attach on {self.release} "
+                    f"({', '.join(p.symbol for p in fent)}): {str(e).splitlines()[0]}"
+                ) from None
+            raise VfstraceError(f"BCC could not build the kprobe program for {self.release}: {str(e).splitlines()[0]}") from None
+        return self.bpf
+
+    def kprobe_functions(self) -> list[str]:
+        """Names of the kprobe-type programs in the compiled object."""
+        out = []
+        for p in self.probes:
+            if p.mode == "kprobe":
+                out += [n for n in (p.entry, p.ret) if n]
+        return out
+
+    def verify(self) -> list[str]:
+        """Compile and load every kprobe program through the verifier, attaching nothing."""
+        bcc = import_bcc()
+        self.compile(verify_only=True)
+        names = self.kprobe_functions()
+        for n in names:
+            try:
+                self.bpf.load_func(n.encode(), bcc.BPF.KPROBE)
+            except Exception as e:
+                raise VfstraceError(f"verifier rejected {n}: {str(e).splitlines()[0]}") from None
+        return names
+
+    def load(self) -> None:
+        bcc = import_bcc()
+        if os.geteuid() != 0:
+            from vfstrace.errors import PrivilegeError
+
+            raise PrivilegeError("the kprobe tier needs root (CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)")
+        self.compile()
+        b = self.bpf
+        try:
+            for p in self.probes:
+                if p.mode != "kprobe":
+                    continue
+                if p.entry:
+                    self._attach(b.attach_kprobe, p, p.entry)
+                if p.ret:
+                    self._attach(b.attach_kretprobe, p, p.ret, maxactive=128)
+            from tracers.stream import PerfStream, RingStream
+
+            if self.choice.ringbuf:
+                self._stream = RingStream.from_bcc(b["events"], BPF_EVENT_DTYPE, self.ring_pages() * 4096,
+                                                   drops=b["counts"], drop_index=C_LOST)
+            else:
+                self._stream = PerfStream(b, "events", BPF_EVENT_DTYPE, page_cnt=self.options.ring_pages,
+                                          drops=b["counts"], drop_index=C_LOST)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, how, p: Probe, fn: str, **kw) -> None:
+        try:
+            how(event=p.symbol.encode(), fn_name=fn.encode(), **kw)
+        except Exception as e:
+            raise TierUnavailable(
+                f"cannot attach {'kretprobe' if 'ret' in fn else 'kprobe'} to {p.symbol} "
+                f"({p.role} role) on kernel {self.release}: {str(e).splitlines()[0]}"
+            ) from None
+
+    # -- events --------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 100):
+        if self._stream is None:
+            raise VfstraceError("poll() before load()")
+        df = self._stream.poll(timeout_ms)
+        lost_rows = self._lost_rows()
+        if lost_rows is not None:
+            import pandas as pd
+
+            df = pd.concat([df, lost_rows], ignore_index=True) if len(df) else lost_rows
+        return df
+
+    def _lost_rows(self):
+        now = self.lost()
+        rows = []
+        for cpu, n in now.items():
+            delta = n - self._lost_seen.get(cpu, 0)
+            if delta > 0:
+                rows.append((cpu, delta))
+        self._lost_seen = dict(now)
+        if not rows:
+            return None
+        from tracers.stream import records_to_frame
+
+        rec = np.zeros(len(rows), dtype=BPF_EVENT_DTYPE)
+        ts = time.monotonic_ns()  # CLOCK_MONOTONIC, like bpf_ktime_get_ns()
+        for i, (cpu, delta) in enumerate(rows):
+            rec[i]["ts_ns"] = ts
+            rec[i]["cpu"] = max(cpu, 0) if cpu >= 0 else 0xFFFFFFFF
+            rec[i]["kind"] = int(Kind.LOST)
+            rec[i]["ret"] = delta
+        return records_to_frame(rec)
+
+    def lost(self) -> dict[int, int]:
+        return self._stream.lost() if self._stream is not None else {}
+
+    def counters(self) -> dict[str, int]:
+        if self.bpf is None:
+            return {}
+        import ctypes
+
+        t = self.bpf["counts"]
+        return {name: int(sum(t[ctypes.c_int(i)])) for i, name in enumerate(COUNTERS)}
+
+    def attached(self) -> list[str]:
+        return [s for p in self.probes for s in p.describe()]
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            finally:
+                self._stream = None
+        if self.bpf is not None:
+            b, self.bpf = self.bpf, None
+            b.cleanup()
