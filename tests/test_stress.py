@@ -1,0 +1,58 @@
+"""`vfstrace stress`: the generator, cp error parsing, and a live run that leaves nothing behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, is_root, need
+from vfstrace.stress import CP_ENOENT, fs_type, generate_tree, list_files, pick_workdir
+
+
+def test_generate_tree_makes_exactly_n_files(tmp_path):
+    n = generate_tree(tmp_path / "t", files=137, depth=3, size=100)
+    files = list_files(tmp_path / "t")
+    assert n == 137 and len(files) == 137
+    assert all(os.path.getsize(f) == 100 for f in files)
+    assert max(Path(f).relative_to(tmp_path / "t").parts.__len__() for f in files) == 4  # 3 dirs + file
+
+
+def test_cp_enoent_line_parsed():
+    m = CP_ENOENT.match("cp: cannot stat 'src/d001/f000012.dat': No such file or directory")
+    assert m and m.group("path") == "src/d001/f000012.dat"
+    assert not CP_ENOENT.match("cp: cannot create regular file 'x': Permission denied")
+
+
+def test_workdir_avoids_tmpfs_or_says_so():
+    d, notice = pick_workdir(None)
+    assert (fs_type(d) not in ("tmpfs", "ramfs")) or notice
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vfstrace.cli", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def test_bad_flag_is_one_line():
+    r = _cli("stress", "--workdir", "/nonexistent/dir", "-d", "1")
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "workdir" in r.stderr
+
+
+@pytest.mark.live
+def test_stress_20s_leaves_nothing_behind(tmp_path):
+    need(is_root(), "needs root for memory pressure (drop_caches / cgroup)")
+    need(fs_type(str(tmp_path)) not in ("tmpfs", "ramfs"), f"{tmp_path} is tmpfs: dentries never pruned")
+    r = _cli("stress", "-d", "20", "--churn", "--workdir", str(tmp_path), "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["copy_rounds"] >= 1 and res["files_copied"] > 0
+    assert res["pressure"] in ("cgroup", "drop_caches")
+    assert res["drop_caches_writes"] > 0 or res["memory_max"]
+    assert res["stat_calls"] > 0 and res["churn_ops"] > 0
+    assert list(tmp_path.iterdir()) == []  # no tree, no copies
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if os.path.isdir(root):
+            assert not [p for p in os.listdir(root) if p.startswith("vfstrace-stress-")]
