@@ -1,0 +1,119 @@
+"""`vfstrace watch` / `record`: lifecycle, one-line failures, traces that survive signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT, is_root, need
+
+VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
+
+
+def _cli(*args, **kw):
+    return subprocess.run([*VFSTRACE, *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def _one_line_error(r):
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vfstrace: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_comm_is_one_line():
+    _one_line_error(_cli("watch", "-c", "x" * 40, "-d", "1"))
+
+
+def test_not_root_is_one_line():
+    need(is_root(), "needs root to drop to an unprivileged user")
+    r = _cli("watch", "-d", "1", user=65534, env={**os.environ, "HOME": "/tmp"})
+    _one_line_error(r)
+    assert "root" in r.stderr
+
+
+def _tracing_ok():
+    need(is_root(), "needs root for BPF")
+    try:
+        from tracers.tracepoint import tracefs
+
+        tracefs()
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        need(False, f"needs tracefs and bcc: {e}")
+
+
+@pytest.mark.live
+def test_kprobe_tier_refused_here_in_one_line():
+    _tracing_ok()
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+        pytest.skip("this kernel has kprobes: the refusal is not expected here")
+    r = _cli("watch", "--tier", "kprobe", "-d", "1")
+    _one_line_error(r)
+    assert "kprobe" in r.stderr
+
+
+@pytest.mark.live
+def test_auto_falls_back_to_tracepoint_dry_run():
+    _tracing_ok()
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+        pytest.skip("this kernel has kprobes: auto would not fall back")
+    r = _cli("watch", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["tier"] == "tracepoint"
+    assert "tracepoint:syscalls:sys_exit_newfstatat" in d["attached"]
+    assert "tracepoint:kmem:kmem_cache_free" in d["attached"]
+
+
+@pytest.mark.live
+def test_ebpf_prints_program_with_numeric_filters_only():
+    _tracing_ok()
+    r = _cli("watch", "--ebpf", "-c", "zq9\"*/x", "--path-prefix", "/tmp/\"; zq8")
+    assert r.returncode == 0, r.stderr
+    assert "TRACEPOINT_PROBE(kmem, kmem_cache_free)" in r.stdout
+    assert "zq9" not in r.stdout and "zq8" not in r.stdout  # user text never reaches C
+
+
+@pytest.mark.live
+def test_record_command_traces_its_enoent(tmp_path):
+    _tracing_ok()
+    from vfstrace.store import load, read_meta
+
+    missing = str(tmp_path / f"missing-{uuid.uuid4().hex}")
+    trace = tmp_path / "t.trace"
+    code = f"import os,time\ntime.sleep(0.3)\nprint(os.getpid())\nfor _ in range(5):\n  os.path.exists({missing!r})\n"
+    r = _cli("record", "-o", str(trace), "-d", "60", "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    child_pid = int(r.stdout.splitlines()[0])
+    meta = read_meta(trace)
+    assert meta["closed"] and meta["tier"] == "tracepoint" and meta["stop_reason"] == "workload exited"
+    assert any("sys_exit_newfstatat" in p for p in meta["probes"])
+    df = load(trace)
+    hits = df[df.path == missing]
+    assert len(hits) == 5
+    assert set(hits.ret) == {-2} and set(hits.pid) == {child_pid}
+
+
+@pytest.mark.live
+def test_sigterm_flushes_and_closes_the_trace(tmp_path):
+    _tracing_ok()
+    from vfstrace.store import read_meta
+
+    trace = tmp_path / "sig.trace"
+    p = subprocess.Popen([*VFSTRACE, "watch", "-o", str(trace)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (trace / "meta.json").exists():
+        time.sleep(0.2)
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    meta = read_meta(trace)
+    assert meta["closed"] and meta["stop_reason"] == "SIGTERM"
+    assert "event kind" in out
