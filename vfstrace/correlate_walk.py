@@ -1,0 +1,310 @@
+"""Walk-level (kprobe tier) verdicts: did a -ENOENT lookup race a prune of its dentry?
+
+Split out of vfstrace/correlate.py so the batch and the streaming correlator
+call the very same two functions: :func:`walk_segments` turns the per-task
+walk events into one summary row per judged ``WALK_RETURN``, and
+:func:`judge_walks` joins those rows with the evidence (prunes, address
+reuse, namespace operations, lost events). Everything is numpy/pandas over
+whole columns; Python loops only run over judged rows, which are rare.
+
+The judged event is the ``WALK_RETURN`` (walk_component's outcome) with ret
+-ENOENT or -ECHILD; ``LOOKUP_RETURN`` is evidence (the dentry found, an
+-ECHILD from lookup_fast) but never judged, so no lookup is counted twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from vfstrace.events import ECHILD, ENOENT, Flag, Kind, Op, op_name
+
+WALK_KINDS = np.array([Kind.WALK_ENTER, Kind.WALK_RETURN, Kind.LOOKUP_ENTER, Kind.LOOKUP_RETURN, Kind.SEQ_CHECK],
+                      dtype=np.uint8)
+PRUNE_KINDS = np.array([Kind.PRUNE, Kind.UNHASH, Kind.IPUT], dtype=np.uint8)
+BOUNDARY_KINDS = np.array([Kind.D_FREE, Kind.D_ALLOC], dtype=np.uint8)
+# Namespace operations that make a name go away (and so explain an -ENOENT).
+REMOVING_OPS = np.array([Op.UNLINK, Op.RMDIR, Op.RENAME], dtype=np.uint16)
+
+_WR, _WE, _LE, _LR, _SC = (int(Kind.WALK_RETURN), int(Kind.WALK_ENTER), int(Kind.LOOKUP_ENTER),
+                           int(Kind.LOOKUP_RETURN), int(Kind.SEQ_CHECK))
+_BIG = np.iinfo(np.int64).max
+
+J_COLUMNS = ["event_id", "ts_ns", "start", "first_id", "tid", "pid", "comm", "ret", "flags", "dentry", "parent",
+             "name", "path", "retry_ids"]
+
+
+def _reduce_last(mask, seg_starts, n):
+    """Per segment, the index of the last row where ``mask`` holds, else -1."""
+    idx = np.where(mask, np.arange(n, dtype=np.int64), -1)
+    return np.maximum.reduceat(idx, seg_starts) if n else idx
+
+
+def walk_segments(W: pd.DataFrame, win):
+    """Summarise walks; returns ``(J, open_mask)``.
+
+    ``W`` holds walk-kind rows (WALK_*, LOOKUP_*, SEQ_CHECK) in event_id
+    order. A walk on a task is everything since that task's previous
+    ``WALK_RETURN``: the kernel side may filter out a ``WALK_ENTER``, so the
+    walk's start is its earliest event (within ``max_walk_ns`` of the return),
+    or ``walk_ns`` before the return when nothing else of it was seen.
+    ``open_mask`` marks rows of walks that have not returned yet (the
+    streaming correlator carries them to the next chunk).
+    """
+    n = len(W)
+    if n == 0:
+        return pd.DataFrame({c: [] for c in J_COLUMNS}), np.zeros(0, dtype=bool)
+    tid0 = W["tid"].to_numpy()
+    order = np.argsort(tid0, kind="stable")
+    tid = tid0[order]
+    kind = W["kind"].to_numpy()[order]
+    ret = W["ret"].to_numpy()[order]
+    ts = W["ts_ns"].to_numpy().astype(np.int64)[order]
+    eid = W["event_id"].to_numpy().astype(np.int64)[order]
+    is_wr = kind == _WR
+    boundary = np.ones(n, dtype=bool)
+    boundary[1:] = (tid[1:] != tid[:-1]) | is_wr[:-1]
+    seg_starts = np.flatnonzero(boundary)
+    seg_ends = np.r_[seg_starts[1:], n] - 1
+    seg = np.cumsum(boundary) - 1
+    complete = is_wr[seg_ends]
+    open_mask = np.zeros(n, dtype=bool)
+    open_mask[order] = ~complete[seg]
+    end_ret = ret[seg_ends]
+    judged = complete & ((end_ret == ENOENT) | (end_ret == ECHILD))
+    if not judged.any():
+        return pd.DataFrame({c: [] for c in J_COLUMNS}), open_mask
+    end_ts = ts[seg_ends]
+    valid = (ts >= end_ts[seg] - win.max_walk_ns) & ~is_wr & judged[seg]
+    first_ts = np.minimum.reduceat(np.where(valid, ts, _BIG), seg_starts)
+    first_id = np.minimum.reduceat(np.where(valid, eid, _BIG), seg_starts)
+    retry = valid & (ret == ECHILD) & ((kind == _SC) | (kind == _LR))
+    dent = W["dentry"].to_numpy()[order]
+    last_lr = _reduce_last(valid & (kind == _LR) & (dent != 0), seg_starts, n)
+    last_en = _reduce_last(valid & ((kind == _WE) | (kind == _LE)), seg_starts, n)
+
+    js = np.flatnonzero(judged)  # segment numbers
+    rows = seg_ends[js]  # sorted-order index of the WALK_RETURN
+    src = order[rows]  # index into W
+    J = W.iloc[src][["event_id", "ts_ns", "tid", "pid", "comm", "ret", "flags", "dentry", "parent", "name", "path"]]
+    J = J.reset_index(drop=True)
+    start = np.where(first_ts[js] == _BIG, end_ts[js] - win.walk_ns, np.minimum(first_ts[js], end_ts[js]))
+    J["start"] = start
+    J["first_id"] = np.where(first_id[js] == _BIG, -1, first_id[js])
+    # The dentry: the return's own, else the last one lookup_fast returned.
+    lr = last_lr[js]
+    d = J["dentry"].to_numpy().copy()
+    take = (d == 0) & (lr >= 0)
+    d[take] = dent[lr[take]]
+    J["dentry"] = d
+    # Parent and name: the return's own, else the walk's entry event.
+    en = last_en[js]
+    par = J["parent"].to_numpy().copy()
+    has_en = en >= 0
+    W_par = W["parent"].to_numpy()[order]
+    fix = (par == 0) & has_en
+    par[fix] = W_par[en[fix]]
+    J["parent"] = par
+    names = J["name"].to_numpy(dtype=object).copy()
+    paths = J["path"].to_numpy(dtype=object).copy()
+    if has_en.any():
+        W_name = W["name"].to_numpy(dtype=object)[order]
+        W_path = W["path"].to_numpy(dtype=object)[order]
+        for i in np.flatnonzero(has_en):
+            if not names[i]:
+                names[i] = W_name[en[i]]
+            if not paths[i]:
+                paths[i] = W_path[en[i]]
+    J["name"] = names
+    J["path"] = paths
+    # Ids of the re-check failures inside each judged walk.
+    r_rows = np.flatnonzero(retry)
+    retry_ids = [[] for _ in range(len(js))]
+    if len(r_rows):
+        pos = np.searchsorted(js, seg[r_rows])
+        for p, e in zip(pos.tolist(), eid[r_rows].tolist()):
+            retry_ids[p].append(e)
+    J["retry_ids"] = retry_ids
+    return J[J_COLUMNS], open_mask
+
+
+def _between_counts(B_dentry, B_id, d, lo, hi):
+    """How many boundary rows (D_FREE/D_ALLOC) at address d have lo < id < hi."""
+    if len(B_dentry) == 0 or len(d) == 0:
+        return np.zeros(len(d), dtype=np.int64)
+    ud = np.unique(B_dentry)
+    r = np.searchsorted(ud, B_dentry).astype(np.int64)
+    keys = np.sort((r << 40) | B_id.astype(np.int64))
+    rq = np.searchsorted(ud, d)
+    rq_c = np.minimum(rq, len(ud) - 1)
+    present = ud[rq_c] == d
+    rq_c = rq_c.astype(np.int64)
+    lo_k = (rq_c << 40) | lo.astype(np.int64)
+    hi_k = (rq_c << 40) | hi.astype(np.int64)
+    cnt = np.searchsorted(keys, hi_k, "left") - np.searchsorted(keys, lo_k, "right")
+    return np.where(present, np.maximum(cnt, 0), 0)
+
+
+def _same_incarnation(pairs, B, a_id, b_id):
+    """True where no D_FREE/D_ALLOC at the address lies between the two events."""
+    lo = np.minimum(pairs[a_id].to_numpy(np.int64), pairs[b_id].to_numpy(np.int64))
+    hi = np.maximum(pairs[a_id].to_numpy(np.int64), pairs[b_id].to_numpy(np.int64))
+    cnt = _between_counts(B["dentry"].to_numpy(), B["event_id"].to_numpy(), pairs["dentry"].to_numpy(), lo, hi)
+    return cnt == 0
+
+
+def _group_lists(jrow, ids, n):
+    out = [[] for _ in range(n)]
+    for j, e in zip(jrow.tolist(), ids.tolist()):
+        out[j].append(e)
+    return out
+
+
+def _basename(p):
+    return p.rsplit("/", 1)[-1] if p else ""
+
+
+def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
+    """Verdicts for judged walks ``J`` (from :func:`walk_segments`) given evidence rows ``E``."""
+    n = len(J)
+    if n == 0:
+        return None
+    ekind = E["kind"].to_numpy()
+    start = J["start"].to_numpy(np.int64)
+    end = J["ts_ns"].to_numpy().astype(np.int64)
+    jid = J["event_id"].to_numpy().astype(np.int64)
+    jd = J["dentry"].to_numpy()
+    jname = J["name"].to_numpy(dtype=object)
+    jparent = J["parent"].to_numpy()
+    tol = win.skew_ns
+    Jk = pd.DataFrame({"jrow": np.arange(n), "jid": jid, "start": start, "end": end, "dentry": jd,
+                       "parent": jparent, "name": jname})
+    B = E.loc[np.isin(ekind, BOUNDARY_KINDS), ["event_id", "dentry"]]
+
+    # --- prunes of the same dentry (same incarnation) overlapping the walk ---
+    P = E.loc[np.isin(ekind, PRUNE_KINDS), ["event_id", "ts_ns", "kind", "dentry", "parent", "ino", "name"]]
+    P = P.rename(columns={"event_id": "pid_", "ts_ns": "pts", "kind": "pkind", "parent": "pparent", "ino": "pino",
+                          "name": "pname"})
+    by_d = Jk[jd != 0].merge(P[P["dentry"] != 0], on="dentry")
+    pj = Jk[(jd == 0) & (jparent != 0) & (jname != "")]
+    by_pn = pj.merge(P, left_on=["parent", "name"], right_on=["pparent", "pname"], suffixes=("", "_p"))
+    if len(by_pn):
+        by_pn = by_pn.drop(columns=["dentry_p"])
+    pairs = pd.concat([by_d, by_pn], ignore_index=True) if len(by_pn) else by_d
+    prune_seen = np.zeros(n, dtype=bool)
+    prune_ids = [[] for _ in range(n)]
+    if len(pairs):
+        pts = pairs["pts"].to_numpy().astype(np.int64)
+        ok = (pts >= pairs["start"].to_numpy() - tol) & (pts <= pairs["end"].to_numpy() + tol)
+        nm, pn = pairs["name"].to_numpy(dtype=object), pairs["pname"].to_numpy(dtype=object)
+        ok &= ~((nm != "") & (pn != "") & (nm != pn))
+        pairs = pairs[ok]
+        if len(pairs):
+            pairs = pairs[_same_incarnation(pairs, B, "jid", "pid_")]
+        if len(pairs):
+            pos = (pairs["pkind"].to_numpy() == Kind.IPUT) | (pairs["pino"].to_numpy() != 0)
+            jr = pairs["jrow"].to_numpy()
+            positive = np.zeros(n, dtype=bool)
+            positive[jr[pos]] = True
+            prune_seen = positive
+            keep = positive[jr]
+            prune_ids = _group_lists(jr[keep], pairs["pid_"].to_numpy()[keep], n)
+    prune_seen |= (J["flags"].to_numpy() & int(Flag.PRUNE_INFLIGHT)) != 0
+
+    # --- namespace operations that removed this name (or this dentry) ---
+    N = E.loc[(ekind == Kind.NS_OP) & np.isin(E["op"].to_numpy(), REMOVING_OPS) & (E["ret"].to_numpy() >= 0),
+              ["event_id", "ts_ns", "op", "dentry", "parent", "name", "path2"]]
+    ns_ids = [[] for _ in range(n)]
+    ns_op = np.zeros(n, dtype=np.int64)
+    if len(N):
+        N = N.rename(columns={"event_id": "nid", "ts_ns": "nts"})
+        parts = []
+        nd = N[N["dentry"] != 0]
+        if len(nd):
+            m = Jk[jd != 0].merge(nd[["nid", "nts", "op", "dentry"]], on="dentry")
+            if len(m):
+                m = m[_same_incarnation(m, B, "jid", "nid")]
+            parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
+        npn = N[(N["parent"] != 0) & (N["name"] != "")][["nid", "nts", "op", "parent", "name"]]
+        ren = N[(N["op"] == Op.RENAME) & (N["parent"] != 0) & (N["path2"] != "")]
+        if len(ren):
+            r2 = ren[["nid", "nts", "op", "parent"]].copy()
+            r2["name"] = [_basename(p) for p in ren["path2"].tolist()]
+            npn = pd.concat([npn, r2], ignore_index=True)
+        if len(npn):
+            m = Jk[(jparent != 0) & (jname != "")].merge(npn, on=["parent", "name"])
+            parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
+        if parts:
+            m = pd.concat(parts, ignore_index=True)
+            nts = m["nts"].to_numpy().astype(np.int64)
+            m = m[(nts >= m["start"].to_numpy() - win.explain_before_ns) & (nts <= m["end"].to_numpy() + win.explain_after_ns)]
+            if len(m):
+                m = m.drop_duplicates(["jrow", "nid"]).sort_values(["jrow", "nid"])
+                ns_ids = _group_lists(m["jrow"].to_numpy(), m["nid"].to_numpy(), n)
+                first = m.drop_duplicates("jrow")
+                ns_op[first["jrow"].to_numpy()] = first["op"].to_numpy()
+    explained = np.array([bool(x) for x in ns_ids])
+
+    # --- lost events in the window ---
+    L = E.loc[ekind == Kind.LOST, ["event_id", "ts_ns", "ret"]].sort_values(["ts_ns", "event_id"])
+    lts = L["ts_ns"].to_numpy().astype(np.int64)
+    lo = np.searchsorted(lts, start - tol, "left")
+    hi = np.searchsorted(lts, end + tol + win.loss_horizon_ns, "right")
+    lost = hi > lo
+    lids = L["event_id"].to_numpy()
+    lcnt = L["ret"].to_numpy()
+
+    ret = J["ret"].to_numpy()
+    retry_ids = J["retry_ids"].tolist()
+    has_retry = np.array([bool(x) for x in retry_ids])
+    echild = ret == ECHILD
+    verdict = np.where(
+        echild, "retried",
+        np.where(explained, "explained",
+                 np.where(prune_seen & has_retry, "retried",
+                          np.where(lost, "uncertain", np.where(prune_seen, "race", "absent"))))).astype(object)
+    first_id = J["first_id"].to_numpy()
+    flags = J["flags"].to_numpy()
+    evidence, reason = [], []
+    for i in range(n):
+        v = verdict[i]
+        ev = [int(first_id[i])] if first_id[i] >= 0 else []
+        if v == "retried":
+            ev += retry_ids[i] + prune_ids[i]
+            if echild[i]:
+                r = ("walk returned -ECHILD during a prune of this dentry: d_seq re-check failed, retried in ref-walk"
+                     if prune_seen[i] else "walk returned -ECHILD: d_seq re-check failed, retried in ref-walk")
+            else:
+                r = "prune of this dentry overlapped the walk; d_seq re-check failed (-ECHILD) and the walk retried"
+        elif v == "explained":
+            ev += ns_ids[i]
+            r = f"{op_name(ns_op[i])} of this name overlapped the walk"
+        elif v == "uncertain":
+            k0, k1 = lo[i], hi[i]
+            ev += prune_ids[i] + [int(x) for x in lids[k0:k1]]
+            r = (f"{int(lcnt[k0:k1].sum())} event(s) lost in the window: "
+                 + ("a prune overlapped but a re-check or namespace operation may be missing"
+                    if prune_seen[i] else "a prune or namespace operation may be missing"))
+        elif v == "race":
+            ev += prune_ids[i]
+            r = "prune of this dentry overlapped the walk; -ENOENT with no d_seq re-check or retry"
+            if flags[i] & int(Flag.SEQ_CHANGED):
+                r += " (d_seq changed)"
+        else:
+            r = "plain miss: no prune of this dentry and no namespace operation in the window"
+        ev.append(int(jid[i]))
+        evidence.append(sorted(set(ev)))
+        reason.append(r)
+    return pd.DataFrame({
+        "event_id": J["event_id"].to_numpy().astype(np.uint64),
+        "verdict": verdict,
+        "ts_ns": J["ts_ns"].to_numpy().astype(np.uint64),
+        "tid": J["tid"].to_numpy().astype(np.uint32),
+        "pid": J["pid"].to_numpy().astype(np.uint32),
+        "comm": J["comm"].to_numpy(dtype=object),
+        "dentry": J["dentry"].to_numpy().astype(np.uint64),
+        "name": J["name"].to_numpy(dtype=object),
+        "path": J["path"].to_numpy(dtype=object),
+        "evidence": evidence,
+        "reason": reason,
+    })
