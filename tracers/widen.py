@@ -267,22 +267,40 @@ class Widener:
         return head + source("widen.c")
 
     def load(self) -> None:
+        """Compile and attach: from here the target tasks are delayed."""
+        self.compile()
+        self.attach()
+
+    def compile(self) -> None:
+        """Compile and create the maps; nothing is delayed until :meth:`attach`.
+
+        Kept apart so a caller can pay BCC's compile time (about 35 s under
+        emulation) before its measurement starts.
+        """
         from tracers import import_bcc
 
         bcc = import_bcc()
         if os.geteuid() != 0:
             raise PrivilegeError("widening needs root (it attaches a kprobe)")
+        if self.bpf is not None:
+            return
         try:
             self.bpf = bcc.BPF(text=source("widen.c"), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile errors
             raise VfstraceError(f"widen program did not compile: {str(e).splitlines()[0]}") from None
-        try:
-            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
-        except Exception as e:
-            self.close()
-            raise TierUnavailable(f"cannot attach the widening kretprobe on {self.site}: {e}") from None
         for t in self.tgids:
             self._put(t)
+
+    def attach(self) -> None:
+        if self.bpf is None:
+            self.compile()
+        try:
+            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret", maxactive=128)
+        except Exception as e:
+            self.close()
+            raise TierUnavailable(
+                f"widening needs kprobes: cannot attach a kretprobe on {self.site}: {str(e).splitlines()[0]}"
+            ) from None
 
     def _put(self, tgid: int) -> None:
         tbl = self.bpf["targets"]

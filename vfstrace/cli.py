@@ -26,6 +26,7 @@ COMMANDS = [
     ("vfstrace.watch", "watch_cmd"),
     ("vfstrace.watch", "record_cmd"),
     ("vfstrace.stress", "stress_cmd"),
+    ("vfstrace.selftest", "selftest_cmd"),
 
 ]
 
