@@ -112,16 +112,27 @@ def parse_ring_span(buf, dtype: np.dtype) -> tuple[np.ndarray, int]:
     return out, k * stride
 
 
-def _decode_fixed(col: np.ndarray) -> np.ndarray:
-    """Fixed-width NUL-padded bytes -> str objects, decoding each distinct value once."""
+def _decode_fixed(col: np.ndarray, nonempty: np.ndarray | None = None) -> np.ndarray:
+    """Fixed-width NUL-padded bytes -> str objects, decoding each distinct value once.
+
+    Most rows of a batch share few distinct strings (comm "cp", an empty
+    name on every dentry free), so rows whose first byte is NUL become ""
+    without touching Python, and the rest are factorized before decoding.
+    """
+    import pandas as pd
+
     n = len(col)
+    out = np.full(n, "", dtype=object)
     if n == 0:
-        return np.empty(0, dtype=object)
-    uniq, inv = np.unique(col, return_inverse=True)
-    # numpy's S dtype already strips trailing NULs; cut at the first NUL as
-    # the kernel's C strings end there (bytes after it are stale).
-    dec = np.array([b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in uniq.tolist()], dtype=object)
-    return dec[inv.reshape(-1)]
+        return out
+    idx = np.flatnonzero(nonempty) if nonempty is not None else np.arange(n)
+    if len(idx) == 0:
+        return out
+    codes, uniq = pd.factorize(col[idx].astype(object))
+    # bytes after the first NUL are stale kernel buffer contents: cut there.
+    dec = np.array([b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in uniq], dtype=object)
+    out[idx] = dec[codes]
+    return out
 
 
 def records_to_frame(rec: np.ndarray):
@@ -131,10 +142,15 @@ def records_to_frame(rec: np.ndarray):
     n = len(rec)
     cols = {}
     names = rec.dtype.names or ()
+    raw = np.ascontiguousarray(rec).view(np.uint8).reshape(n, rec.dtype.itemsize) if n else None
     for name in COLUMNS:
         if name in names:
             col = rec[name]
-            cols[name] = _decode_fixed(col) if name in STRING_COLUMNS else col.astype(NUMPY_DTYPES[name], copy=True)
+            if name in STRING_COLUMNS:
+                first = raw[:, rec.dtype.fields[name][1]] != 0 if n else None
+                cols[name] = _decode_fixed(col, first)
+            else:
+                cols[name] = col.astype(NUMPY_DTYPES[name], copy=True)
         elif name in STRING_COLUMNS:
             cols[name] = np.full(n, "", dtype=object)
         else:
