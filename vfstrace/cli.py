@@ -25,6 +25,7 @@ COMMANDS = [
     ("vfstrace.export", "export"),
     ("vfstrace.watch", "watch_cmd"),
     ("vfstrace.watch", "record_cmd"),
+    ("vfstrace.simulate", "simulate_cmd"),
     ("vfstrace.stress", "stress_cmd"),
     ("vfstrace.selftest", "selftest_cmd"),
 

@@ -164,8 +164,10 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame | None
             ev = ns_ids[i]
             r = f"{op_name(ns_op[i])} of this path or a parent (syscall level)"
         elif v in ("transient", "uncertain"):
-            near = aids[alo[i]:ahi[i]]
-            ev = [int(bid[i]), int(aid[i])] + [int(x) for x in near[:1]] + [int(x) for x in near[-1:]]
+            # The dentry free / shrinker event nearest the failure on each side.
+            k = int(np.searchsorted(ats, t[i], "left"))
+            near = [aids[j] for j in (k - 1, k) if alo[i] <= j < ahi[i]]
+            ev = [int(bid[i]), int(aid[i])] + [int(x) for x in near]
             r = "path worked just before and after, dentry frees/shrinker running, no namespace operation (syscall level: a suspect)"
             if v == "uncertain":
                 ev += [int(x) for x in lids[llo[i]:lhi[i]]]

@@ -160,6 +160,18 @@ def _group_lists(jrow, ids, n):
     return out
 
 
+def _component_path(path, name):
+    """The prefix of ``path`` that ends at the component ``name`` ("" if not in it)."""
+    if not path or not name or path[0] != "/":
+        return ""
+    parts = path.split("/")
+    try:
+        i = parts.index(name, 1)
+    except ValueError:
+        return ""
+    return "/".join(parts[: i + 1])
+
+
 def _basename(p):
     return p.rsplit("/", 1)[-1] if p else ""
 
@@ -213,7 +225,7 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
 
     # --- namespace operations that removed this name (or this dentry) ---
     N = E.loc[(ekind == Kind.NS_OP) & np.isin(E["op"].to_numpy(), REMOVING_OPS) & (E["ret"].to_numpy() >= 0),
-              ["event_id", "ts_ns", "op", "dentry", "parent", "name", "path2"]]
+              ["event_id", "ts_ns", "op", "dentry", "parent", "name", "path", "path2"]]
     ns_ids = [[] for _ in range(n)]
     ns_op = np.zeros(n, dtype=np.int64)
     if len(N):
@@ -234,6 +246,19 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
         if len(npn):
             m = Jk[(jparent != 0) & (jname != "")].merge(npn, on=["parent", "name"])
             parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
+        # By path: the walked component's path (the parent directory's dentry
+        # may itself have been pruned and re-allocated since the operation).
+        cp = [_component_path(p, nm) for p, nm in zip(J["path"].tolist(), jname.tolist())]
+        jp = Jk.assign(cpath=cp)
+        jp = jp[jp["cpath"] != ""]
+        if len(jp):
+            n1 = N[["nid", "nts", "op", "path"]].rename(columns={"path": "cpath"})
+            n2 = N[N["op"] == Op.RENAME][["nid", "nts", "op", "path2"]].rename(columns={"path2": "cpath"})
+            npth = pd.concat([n1, n2], ignore_index=True)
+            npth = npth[npth["cpath"] != ""]
+            if len(npth):
+                m = jp.merge(npth, on="cpath")
+                parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
         if parts:
             m = pd.concat(parts, ignore_index=True)
             nts = m["nts"].to_numpy().astype(np.int64)
