@@ -41,6 +41,7 @@ enum {
 	C_WALK, C_WALK_RCU, C_WALK_ENOENT, C_WALK_ECHILD, C_LOOKUP, C_RCU_LOOKUP,
 	C_SEQ_CHECK, C_SEQ_FAIL, C_PRUNE, C_UNHASH, C_IPUT, C_DFREE,
 	C_EMITTED, C_LOST, C_FILTERED, C_INFLIGHT_HIT, C_SEQ_CHANGED, C_NSTATE_FULL,
+	C_INFLIGHT_STALE, C_PRUNE_SIDE_QUIET,
 	C_MAX
 };
 
@@ -157,6 +158,31 @@ static __always_inline int is_err(u64 p)
 	return p >= (u64)-4095;
 }
 
+/*
+ * inflight: dentry -> PRUNE timestamp, bit 0 set once a lookup found the
+ * dentry while its prune was in flight. Set at PRUNE, cleared at D_FREE.
+ * A D_FREE can be missed (a kprobe that fires in softirq while another BPF
+ * kprobe program runs on the same CPU is skipped by the kernel), and the
+ * address may then be a new dentry: so an entry only counts while the
+ * dentry is really dead (__dentry_kill() starts with lockref_mark_dead(),
+ * count < 0); a live dentry under a stale entry drops the entry.
+ */
+static __always_inline int prune_inflight(u64 d, int mark)
+{
+	u64 *ts = inflight.lookup(&d);
+	if (!ts)
+		return 0;
+	int count = (int)rd32(d + OFF_D_LOCKREF_COUNT);
+	if (count >= 0) {
+		inflight.delete(&d);
+		cnt(C_INFLIGHT_STALE);
+		return 0;
+	}
+	if (mark)
+		*ts |= 1;
+	return 1;
+}
+
 /* ---- lookup side -------------------------------------------------------- */
 
 static __always_inline int walk_enter(u64 nd)
@@ -192,7 +218,7 @@ static __always_inline int walk_exit(void *ctx, long ret)
 		cnt(C_WALK_ECHILD);
 	u64 d = s->dentry ? s->dentry : s->rcu_dentry;
 	u32 flags = s->flags;
-	if (d && inflight.lookup(&d))
+	if (d && prune_inflight(d, 1))
 		flags |= VFS_F_PRUNE_INFLIGHT;
 	if (ret == VFS_ENOENT || ret == VFS_ECHILD || (flags & VFS_F_PRUNE_INFLIGHT)) {
 		struct vfs_event e;
@@ -250,21 +276,11 @@ static __always_inline int lookup_exit(void *ctx, u64 ret)
 	if (!ret || is_err(ret))
 		return 0;
 	s->dentry = ret;
-	if (!inflight.lookup(&ret))
+	if (!prune_inflight(ret, 1))
 		return 0;
+	/* The walk's return reports it (WALK_RETURN with PRUNE_INFLIGHT). */
 	cnt(C_INFLIGHT_HIT);
 	s->flags |= VFS_F_PRUNE_INFLIGHT;
-	struct vfs_event e;
-	fill(&e, VFS_K_LOOKUP_RETURN, VFS_OP_NONE);
-	fill_dentry(&e, ret, 0);
-	e.parent = s->parent;
-	e.flags |= s->flags;
-	if (s->rcu_dentry == ret) {
-		e.seq = s->seq;
-		if ((s->flags & VFS_F_RCU) && e.seq != e.seq2)
-			e.flags |= VFS_F_SEQ_CHANGED;
-	}
-	emit(ctx, &e);
 	return 0;
 }
 
@@ -306,17 +322,36 @@ static __always_inline int recheck_enter(u64 dentry)
 
 /* ---- prune side ---------------------------------------------------------- */
 
+/*
+ * Every PRUNE is emitted. UNHASH and IPUT inside a prune (the dentry is dead)
+ * and D_FREE are emitted only when a lookup found that dentry while its prune
+ * was in flight; otherwise they are counted (C_PRUNE_SIDE_QUIET). UNHASH and
+ * IPUT outside a prune (d_delete, d_invalidate, rename) are always emitted.
+ * A drop_caches burst kills tens of thousands of dentries in well under a
+ * second: four events each overflowed the ring under emulation, one does not.
+ */
 static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 {
 	cnt(ctr);
+	u64 *ent = inflight.lookup(&d);
+	int dead = ent && (int)rd32(d + OFF_D_LOCKREF_COUNT) < 0;
+	int hit = ent && (*ent & 1);
+	if (kind != VFS_K_PRUNE) {
+		if (kind == VFS_K_D_FREE)
+			inflight.delete(&d);
+		if ((kind == VFS_K_D_FREE ? ent != 0 : dead) && !hit) {
+			cnt(C_PRUNE_SIDE_QUIET);
+			return 0;
+		}
+	}
 	struct vfs_event e;
 	fill(&e, kind, VFS_OP_NONE);
 	fill_dentry(&e, d, 1);
 	e.seq = e.seq2;
 	if (kind == VFS_K_PRUNE) {
-		u64 ts = e.ts_ns;
+		u64 ts = e.ts_ns & ~1ULL;
 		inflight.update(&d, &ts);
-	} else if (inflight.lookup(&d)) {
+	} else if (dead) {
 		e.flags |= VFS_F_PRUNE_INFLIGHT;
 	}
 	if (kind == VFS_K_D_FREE) {
@@ -324,7 +359,8 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 		e.ino = 0;
 		e.name[0] = 0;
 		e.flags &= ~(VFS_F_NEGATIVE | VFS_F_TRUNCATED);
-		inflight.delete(&d);
+		if (ent)
+			e.flags |= VFS_F_PRUNE_INFLIGHT;
 	}
 	emit(ctx, &e);
 	return 0;

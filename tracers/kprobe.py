@@ -40,6 +40,7 @@ COUNTERS = (
     "walk", "walk_rcu", "walk_enoent", "walk_echild", "lookup", "rcu_lookup",
     "seq_check", "seq_fail", "prune", "unhash", "iput", "d_free",
     "emitted", "lost", "filtered", "inflight_hit", "seq_changed", "state_full",
+    "inflight_stale", "prune_side_quiet",
 )
 C_LOST = COUNTERS.index("lost")
 
@@ -66,6 +67,7 @@ OFFSETS = {
     "OFF_D_NAME_NAME": ("dentry", "d_name.name"),
     "OFF_D_NAME_LEN": ("dentry", "d_name.len"),
     "OFF_D_INODE": ("dentry", "d_inode"),
+    "OFF_D_LOCKREF_COUNT": ("dentry", "d_lockref.count"),
     "OFF_D_RCU": ("dentry", "d_u.d_rcu"),
     "OFF_I_INO": ("inode", "i_ino"),
 }
@@ -217,12 +219,12 @@ class KprobeTracer(Tracer):
             p.nargs = nargs
 
     def ring_pages(self) -> int:
-        """Pages of the shared BPF ring buffer: options.ring_pages per CPU, at least 8 MiB.
+        """Pages of the shared BPF ring buffer: options.ring_pages per CPU, at least 32 MiB.
 
         A drop_caches burst frees tens of thousands of dentries in well
         under a second, and each prune yields PRUNE, UNHASH, IPUT, D_FREE.
         """
-        want = max(self.options.ring_pages * (os.cpu_count() or 1), 2048)
+        want = max(self.options.ring_pages * (os.cpu_count() or 1), 8192)
         return 1 << (want - 1).bit_length()
 
     def cflags(self) -> list[str]:
@@ -339,6 +341,8 @@ class KprobeTracer(Tracer):
 
             raise PrivilegeError("the kprobe tier needs root (CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)")
         self.compile()
+        for n in self.notes:
+            print(f"vfstrace: note: {n}", file=sys.stderr)
         b = self.bpf
         try:
             for p in self.probes:

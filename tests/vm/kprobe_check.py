@@ -1,0 +1,160 @@
+"""Runs inside a vfstrace guest: record the race functions under a pruning workload.
+
+One boot per kernel does everything (TCG is slow): `vfstrace doctor --json`,
+then `vfstrace record --tier kprobe` (and a shorter `--tier fentry` where the
+kernel supports fentry) around `vfstrace stress` — parallel `cp -a` of a
+tree, a stat() loop over its existing files, unlink/rename churn, and
+`echo 2 > /proc/sys/vm/drop_caches` in a loop — on the overlay root (over
+9p), whose dentries can be pruned (tmpfs ones are pinned and never are).
+
+Each trace is loaded back and summarised (events per kind, failed walks,
+SEQ_CHANGED, attach points, kernel counters, lost events, and the
+correlator's verdicts when vfstrace.correlate is present) into
+OUT/summary.json; a small slice of the trace (the -ECHILD/-ENOENT walks and
+every prune-side event of the same dentries, a few thousand events) is saved
+as OUT/<tier>-fixture.jsonl for the recorded-trace tests. The host-side test
+(tests/test_kprobe_vm.py) makes the assertions.
+
+usage: kprobe_check.py OUT [--kprobe-seconds N] [--fentry-seconds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
+FIXTURE_EVENTS = 3000
+
+
+def run(argv, **kw):
+    print("+", " ".join(argv), flush=True)
+    return subprocess.run(argv, text=True, capture_output=True, **kw)
+
+
+def summarise(trace: Path) -> tuple[dict, object]:
+    import numpy as np
+
+    from vfstrace.events import ECHILD, ENOENT, Flag, Kind
+    from vfstrace.store import load
+
+    df = load(trace)
+    meta = dict(df.attrs.get("meta") or {})
+    kinds = {Kind(int(k)).name: int(c) for k, c in zip(*np.unique(df["kind"].values, return_counts=True))}
+    walks = df[df["kind"] == int(Kind.WALK_RETURN)]
+    prunes = df[df["kind"] == int(Kind.PRUNE)]
+    s = {
+        "events": int(len(df)),
+        "by_kind": kinds,
+        "walk_enoent": int((walks["ret"] == ENOENT).sum()),
+        "walk_echild": int((walks["ret"] == ECHILD).sum()),
+        "walk_echild_seq_changed": int(((walks["ret"] == ECHILD) & ((walks["flags"] & int(Flag.SEQ_CHANGED)) != 0)).sum()),
+        "walk_echild_with_dentry": int(((walks["ret"] == ECHILD) & (walks["dentry"] != 0)).sum()),
+        "walk_prune_inflight": int(((walks["flags"] & int(Flag.PRUNE_INFLIGHT)) != 0).sum()),
+        "prune_with_dentry": int((prunes["dentry"] != 0).sum()),
+        "prune_named": int((prunes["name"] != "").sum()),
+        "seq_check_fail": int(((df["kind"] == int(Kind.SEQ_CHECK)) & (df["ret"] == ECHILD)).sum()),
+        "meta": {k: meta.get(k) for k in ("tier", "probes", "kernel_counters", "lost_per_cpu", "verdict_counts",
+                                          "workload_exit", "stop_reason")},
+    }
+    # ECHILD walks whose dentry has a PRUNE in the trace: the kernel's re-check caught a prune.
+    echild = walks[(walks["ret"] == ECHILD) & (walks["dentry"] != 0)]
+    s["walk_echild_pruned_dentry"] = int(echild["dentry"].isin(set(prunes["dentry"].tolist())).sum())
+    try:
+        from vfstrace.correlate import correlate
+    except ImportError:
+        s["verdicts"] = None
+    else:
+        v = correlate(df)
+        col = "verdict" if "verdict" in getattr(v, "columns", ()) else None
+        s["verdicts"] = {str(k): int(c) for k, c in v[col].value_counts().items()} if col else None
+    return s, df
+
+
+def fixture_slice(df):
+    """Failed walks plus every event on their dentries (prune side included), capped."""
+    from vfstrace.events import ECHILD, ENOENT, Kind
+
+    walks = df[(df["kind"] == int(Kind.WALK_RETURN)) & df["ret"].isin([ENOENT, ECHILD])]
+    echild = walks[walks["ret"] == ECHILD]
+    # prefer the -ECHILD walks whose dentries were pruned: the retried cases
+    keys = list(dict.fromkeys(echild["dentry"].tolist() + walks["dentry"].tolist()))
+    keys = [k for k in keys if k][:400]
+    sel = df[df["dentry"].isin(keys) | df.index.isin(walks.index[:500])]
+    sel = sel.head(FIXTURE_EVENTS).copy()
+    lost = df[df["kind"] == int(Kind.LOST)]
+    if len(lost):
+        import pandas as pd
+
+        sel = pd.concat([sel, lost.head(50)]).sort_values("ts_ns")
+    return sel
+
+
+def record(out: Path, tier: str, seconds: float, workdir: str) -> dict:
+    trace = out / f"{tier}.trace"
+    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
+        "stress", "-d", str(seconds), "--churn", "--pressure", "drop_caches", "--files", "1500",
+        "-j", "3", "--workdir", workdir, "--json",
+    ]
+    t0 = time.monotonic()
+    r = run(argv, timeout=seconds + 400)
+    res = {"tier": tier, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
+           "stderr_tail": r.stderr[-3000:], "stdout_tail": r.stdout[-3000:]}
+    print(r.stderr[-3000:], flush=True)
+    if trace.exists():
+        s, df = summarise(trace)
+        res.update(s)
+        sl = fixture_slice(df)
+        from vfstrace.store import write_jsonl
+
+        meta = dict(df.attrs.get("meta") or {})
+        meta["fixture_note"] = (f"slice of a {tier} recording in a {os.uname().release} guest: failed walks and "
+                                "every event on their dentries")
+        res["fixture_events"] = write_jsonl(sl, out / f"{tier}-fixture.jsonl", meta)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--kprobe-seconds", type=float, default=60)
+    ap.add_argument("--fentry-seconds", type=float, default=25)
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"kernel_release": os.uname().release, "runs": {}}
+    d = run(VFSTRACE + ["doctor", "--json"])
+    try:
+        summary["doctor"] = json.loads(d.stdout)
+    except ValueError:
+        summary["doctor"] = {"error": d.stderr[-2000:]}
+    kfunc = bool(summary["doctor"].get("checks", {}).get("fentry", {}).get("ok"))
+    if not kfunc:
+        try:
+            import bcc
+
+            kfunc = bool(bcc.BPF.support_kfunc())
+        except ImportError:
+            pass
+    summary["kfunc"] = kfunc
+    os.makedirs("/var/tmp/vt-kprobe", exist_ok=True)
+    summary["runs"]["kprobe"] = record(out, "kprobe", a.kprobe_seconds, "/var/tmp/vt-kprobe")
+    if kfunc and a.fentry_seconds > 0:
+        os.makedirs("/var/tmp/vt-fentry", exist_ok=True)
+        summary["runs"]["fentry"] = record(out, "fentry", a.fentry_seconds, "/var/tmp/vt-fentry")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps({t: {k: r.get(k) for k in ("returncode", "seconds", "by_kind", "walk_enoent", "walk_echild",
+                                                 "walk_echild_pruned_dentry", "verdicts")}
+                      for t, r in summary["runs"].items()}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
