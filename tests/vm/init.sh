@@ -11,7 +11,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 
-say() { echo "vfstrace-init: $*"; }
+say() { echo "vfstrace-init: [$(cut -d" " -f1 /proc/uptime) s] $*"; }
 off() { sync; echo o > /proc/sysrq-trigger; sleep 10; poweroff -f; }
 
 # Load in modules.dep order; a module whose dependency is built in or
@@ -26,6 +26,7 @@ while :; do
     { [ -z "$pending" ] || [ $loaded = 0 ]; } && break
 done
 [ -n "$left" ] && say "modules not loaded:$left (may be built in)"
+say "modules loaded"
 
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host; then
     say "cannot mount the host root over 9p"; off
@@ -55,6 +56,7 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 vmout $R/vmout; t
 fi
 mkdir -p $R/run/vfstrace
 cp /guest_run.py $R/run/vfstrace/guest_run.py
+say "root mounted; starting the runner"
 chroot $R /usr/bin/python3 /run/vfstrace/guest_run.py /vmout/.vm/spec.json
 say "runner exited with $?"
 off
