@@ -2,12 +2,19 @@
 
 A trace is a directory (suffix ``.vft`` by convention) holding
 
-* ``meta.json`` - the recording's metadata, rewritten atomically (write a
+* ``_meta.json`` - the recording's metadata, rewritten atomically (write a
   temporary file, fsync, rename, fsync the directory) when the trace is
   created, at every flush and at close;
 * ``part-000000.parquet``, ``part-000001.parquet``, ... - one Parquet file
   per flush, in the exact schema of :data:`vfstrace.events.ARROW_SCHEMA`,
-  each written to ``*.tmp``, fsynced and renamed into place.
+  each written to ``.part-NNNNNN.parquet.tmp``, fsynced and renamed into
+  place.
+
+The metadata and temporary names start with "_" and "." because pyarrow
+and pandas skip such files when they read a directory: the trace directory
+itself is a Parquet dataset (``pandas.read_parquet("t.vft")``,
+``pyarrow.dataset.dataset("t.vft")``), and DuckDB reads
+``read_parquet('t.vft/*.parquet')``.
 
 Why this shape: a rename is atomic, so every part file that exists is
 complete, and a SIGKILL or crash loses at most the chunk that was still in
@@ -23,7 +30,8 @@ Event ids: the writer numbers events 1, 2, 3, ... in arrival order across
 the whole trace. A row that arrives with a non-zero ``event_id`` keeps it
 (the simulator and converted traces carry their own ids), and the writer's
 counter continues after the largest id it has seen, so ids it assigns never
-collide with ids written before them.
+collide with ids written before them. A writer that mixes the two must
+keep its own ids above the ones already written (load() notes duplicates).
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from vfstrace.events import (
     Op,
 )
 
-META_FILE = "meta.json"
+META_FILE = "_meta.json"  # "_" and "." names are skipped by pyarrow/pandas directory discovery
 PART_GLOB = "part-*.parquet"
 _PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 SCHEMA_KEY = b"vfstrace.schema_version"
@@ -78,7 +86,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -258,7 +266,7 @@ class TraceWriter:
         self.meta.update(kw)
 
     def flush(self) -> None:
-        """Write pending events as a new part and rewrite meta.json."""
+        """Write pending events as a new part and rewrite _meta.json."""
         self._check_open()
         self._flush()
 
@@ -314,7 +322,7 @@ class TraceWriter:
             t = t.replace_schema_metadata(FILE_SCHEMA.metadata)
             name = f"part-{self._part_no:06d}.parquet"
             final = self.path / name
-            tmp = self.path / (name + ".tmp")
+            tmp = self.path / ("." + name + ".tmp")
             try:
                 with open(tmp, "wb") as f:
                     pq.write_table(
@@ -463,16 +471,30 @@ def _one_line(e: Exception) -> str:
 
 
 def _read_part(path: Path) -> pa.Table:
-    v = _parquet_version(path)
-    if v != SCHEMA_VERSION:
-        raise TraceFormatError(f"{path}: schema version {v}, this vfstrace reads version {SCHEMA_VERSION}")
     try:
-        t = pq.read_table(path)
+        # Strings come back dictionary-encoded (as Parquet stores them), so
+        # turning them into Python objects costs one object per distinct
+        # value per part, not one per event: see _column_numpy().
+        pf = pq.ParquetFile(path, read_dictionary=list(STRING_COLUMNS))
+        raw = (pf.schema_arrow.metadata or {}).get(SCHEMA_KEY)
+        if raw is None:
+            raise TraceFormatError(f"{path}: Parquet file without vfstrace schema version (not a vfstrace trace part)")
+        if raw != str(SCHEMA_VERSION).encode():
+            raise TraceFormatError(
+                f"{path}: schema version {raw.decode(errors='replace')}, this vfstrace reads version {SCHEMA_VERSION}"
+            )
+        t = pf.read(use_threads=False)
     except (pa.ArrowException, OSError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
-    if not t.schema.remove_metadata().equals(ARROW_SCHEMA):
+    if not _plain_schema(t.schema).equals(ARROW_SCHEMA):
         raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
     return t
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in schema]
+    )
 
 
 def _load_dir(path: Path):
@@ -498,7 +520,7 @@ def _load_dir(path: Path):
                 f"{p}: holds {t.num_rows} events, {META_FILE} says {listed[p.name]['rows']} (trace damaged)"
             )
         tables.append(t)
-    table = pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else ARROW_SCHEMA.empty_table()
     if not meta.get("closed"):
         notes.append("the recording did not finish cleanly (closed=false): events after the last flush are lost")
     meta["events"] = table.num_rows
@@ -606,28 +628,50 @@ def _load_jsonl(path: Path):
     return to_table(arrays), meta
 
 
+def _column_numpy(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    if name not in STRING_COLUMNS:
+        return col.to_numpy().astype(NUMPY_DTYPES[name], copy=False)
+    out = np.empty(len(col), dtype=object)
+    off = 0
+    for ch in col.chunks:
+        k = len(ch)
+        if pa.types.is_dictionary(ch.type):
+            values = np.array(ch.dictionary.to_pylist() + [""], dtype=object)
+            idx = ch.indices.fill_null(len(values) - 1).to_numpy(zero_copy_only=False)
+            out[off : off + k] = values[idx]
+        else:
+            out[off : off + k] = ch.fill_null("").to_numpy(zero_copy_only=False)
+        off += k
+    return out
+
+
 def _frame(table: pa.Table):
     import pandas as pd
 
-    df = table.to_pandas(deduplicate_objects=True)
-    ids = df["event_id"].to_numpy()
+    cols = {c: _column_numpy(table.column(c), c) for c in COLUMNS}
+    ids = cols["event_id"]
+    dup = False
     if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
         order = np.argsort(ids, kind="stable")
-        df = df.take(order)
-        if len(np.unique(ids)) != len(ids):
-            df.attrs.setdefault("_dup_ids", True)
-    df = df.reset_index(drop=True)
-    for c in COLUMNS:
-        if df[c].dtype != NUMPY_DTYPES[c]:
-            df[c] = df[c].astype(NUMPY_DTYPES[c])
-    assert list(df.columns) == list(COLUMNS)
-    return pd.DataFrame(df)
+        cols = {c: v[order] for c, v in cols.items()}
+        dup = bool((np.diff(cols["event_id"]) == 0).any())
+    # dtype=object explicitly: pandas >= 3 would otherwise re-infer string
+    # columns as its Arrow-backed "str" dtype (slow, and not NUMPY_DTYPES).
+    df = pd.DataFrame({c: pd.Series(v, dtype=NUMPY_DTYPES[c], copy=False) for c, v in cols.items()})
+    if dup:
+        df.attrs["_dup_ids"] = True
+    return df
 
 
 def load_table(path) -> tuple[pa.Table, dict]:
     """The trace's events as a pyarrow Table (file order) and its metadata."""
     path = Path(path)
     _stat(path)
+    t, meta = _load_any(path)
+    return t.cast(ARROW_SCHEMA), meta
+
+
+def _load_any(path: Path):
     if path.is_dir():
         return _load_dir(path)
     if _is_jsonl(path) or _first_line(path).lstrip().startswith(b"{"):
@@ -647,8 +691,11 @@ def load(path):
     ``df.attrs["meta"]`` is the metadata, with ``notes`` listing anything the
     loader had to work around (half-written files, an unclean stop).
     """
-    table, meta = load_table(path)
+    path = Path(path)
+    _stat(path)
+    table, meta = _load_any(path)
     df = _frame(table)
+    del table
     if df.attrs.pop("_dup_ids", False):
         meta["notes"].append("event ids are not unique")
     df.attrs["meta"] = meta
@@ -674,7 +721,7 @@ def write_jsonl(df, path, meta: dict | None = None) -> int:
     ops = {int(o): o.name.lower() for o in Op}
     cols = {c: df[c].tolist() for c in COLUMNS}
     n = len(df)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name("." + path.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"vfstrace_meta": meta}, default=str) + "\n")
