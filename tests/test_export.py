@@ -1,0 +1,86 @@
+"""`vfstrace export --perfetto`: Chrome trace-event JSON that Perfetto accepts."""
+
+import json
+import subprocess
+from collections import defaultdict
+
+import pandas as pd
+
+from conftest import FIXTURES, ROOT, need
+from vfstrace import export, store
+
+RACE = FIXTURES / "traces" / "race.jsonl"
+VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
+
+
+def check_well_formed(doc):
+    assert isinstance(doc["traceEvents"], list) and doc["traceEvents"]
+    depth = defaultdict(int)
+    last_ts = defaultdict(float)
+    for ev in doc["traceEvents"]:
+        assert ev["ph"] in ("B", "E", "i", "M", "X"), ev
+        assert isinstance(ev["pid"], int) and isinstance(ev["tid"], int)
+        if ev["ph"] == "M":
+            continue
+        assert isinstance(ev["ts"], (int, float)) and ev["ts"] >= 0
+        key = (ev["pid"], ev["tid"])
+        if ev["ph"] in ("B", "E"):
+            assert ev["ts"] >= last_ts[key]  # B/E must be in order per thread
+            last_ts[key] = ev["ts"]
+            depth[key] += 1 if ev["ph"] == "B" else -1
+            assert depth[key] >= 0, ev
+        if ev["ph"] == "i":
+            assert ev["s"] in ("t", "p", "g") and ev["name"]
+    assert all(d == 0 for d in depth.values()), depth
+
+
+def test_race_fixture_exports(tmp_path):
+    df = store.load(RACE)
+    out = tmp_path / "p.json"
+    n = export.write_perfetto(df, out)
+    doc = json.loads(out.read_text())
+    check_well_formed(doc)
+    evs = doc["traceEvents"]
+    assert len(evs) == n
+    slices = [e for e in evs if e["ph"] == "B"]
+    assert [e["name"] for e in slices] == ["walk f", "lookup f", "walk nosuch", "lookup nosuch"]
+    inst = {e["args"]["event_id"]: e for e in evs if e["ph"] == "i" and "event_id" in e.get("args", {})}
+    for eid, name in ((5, "prune f"), (6, "unhash f"), (7, "iput f"), (10, "d_free")):
+        assert inst[eid]["name"] == name and inst[eid]["tid"] == 50
+    assert inst[5]["ts"] == 4.0  # µs from the first event
+    assert inst[5]["args"]["dentry"] == "0xffff888000002000"
+    assert any(e["name"].startswith("LOST 3") for e in evs if e["ph"] == "i")
+    names = {e["tid"]: e["args"]["name"] for e in evs if e["ph"] == "M"}
+    assert names[100] == "statter [100]" and names[50] == "kswapd0 [50]"
+
+
+def test_unmatched_enter_and_return_stay_balanced(tmp_path):
+    df = store.load(RACE)
+    # Drop the walk return of tid 100 and the lookup enter of tid 101, as lost events would.
+    df = df[~df["event_id"].isin([8, 13])]
+    out = tmp_path / "p.json"
+    export.write_perfetto(df, out)
+    doc = json.loads(out.read_text())
+    check_well_formed(doc)
+    assert any("no enter" in e["name"] for e in doc["traceEvents"] if e["ph"] == "i")
+
+
+def test_verdicts_marked(tmp_path):
+    df = store.load(RACE)
+    v = pd.DataFrame([dict(event_id=8, verdict="race", ts_ns=1000000007000, tid=100, pid=100, comm="statter",
+                           dentry=0xFFFF888000002000, name="f", path="", evidence=[5, 6, 7, 8], reason="r")])
+    out = tmp_path / "p.json"
+    export.write_perfetto(df, out, v)
+    doc = json.loads(out.read_text())
+    check_well_formed(doc)
+    (mark,) = [e for e in doc["traceEvents"] if e.get("cat") == "verdict"]
+    assert mark["name"] == "race: f" and mark["ts"] == 7.0 and mark["args"]["evidence"] == [5, 6, 7, 8]
+
+
+def test_cli(tmp_path):
+    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
+    out = tmp_path / "cli.json"
+    r = subprocess.run([str(VFSTRACE), "export", "--perfetto", str(RACE), "-o", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    check_well_formed(json.loads(out.read_text()))
