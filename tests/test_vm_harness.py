@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,23 @@ def test_cached_initramfs_holds_decompressed_modules():
     mods = [n for n in names if n.startswith("lib/modules/") and n.endswith(".ko")]
     assert {"lib/modules/9p.ko", "lib/modules/overlay.ko", "lib/modules/netfs.ko"} <= set(mods)
     assert not any(n.endswith((".xz", ".zst")) for n in names)
+
+
+@pytest.mark.vm
+def test_guest_panic_is_reported_not_hung(tmp_path):
+    """A guest kernel that panics ends the run at once with one clear line."""
+    kernel = "6.12"
+    ok, why = vm.can_boot(kernel)
+    need(ok, why)
+    with pytest.raises(vm.VmError) as ei:
+        vm.run(kernel, ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 1000"], timeout=300, out_dir=tmp_path)
+    assert not isinstance(ei.value, vm.VmTimeout)
+    assert "stopped without a result (kernel panic" in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_paths_the_guest_mounts_over_are_recognised(tmp_path):
+    """The guest mounts a fresh tmpfs on /tmp, so a cache there would be invisible inside."""
+    assert vm._hidden_in_guest(Path("/tmp/x/6.1/root")) == "/tmp"
+    assert vm._hidden_in_guest(Path("/tmpfoo/x")) is None
+    assert vm._hidden_in_guest(ROOT / ".cache" / "vm") is None

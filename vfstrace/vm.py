@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fcntl
 import gzip
 import hashlib
 import json
@@ -277,6 +278,15 @@ def _deb_name(p: dict) -> str:
 
 def fetch(kernel: str) -> Kernel:
     """Download and unpack one series' kernel, modules and matching headers (idempotent)."""
+    _series(kernel)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    # one fetch per series at a time (parallel test runs, make test in two shells)
+    with open(cache_dir() / f".fetch-{kernel}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch_locked(kernel)
+
+
+def _fetch_locked(kernel: str) -> Kernel:
     have = load_kernel(kernel)
     if have:
         _say(f"{kernel}: {have.release} already fetched in {have.root.parent}")
@@ -474,11 +484,13 @@ def build_initramfs(k: Kernel) -> Path:
     c.file("modules.order", ("\n".join(names) + "\n").encode())
     c.file("init", init.encode(), 0o755)
     c.file("guest_run.py", runner, 0o644)
-    tmp = out.with_suffix(".partial")
-    tmp.write_bytes(gzip.compress(c.finish(), compresslevel=6))
-    tmp.rename(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".initramfs-", suffix=".partial")
+    with os.fdopen(fd, "wb") as f:
+        f.write(gzip.compress(c.finish(), compresslevel=6))
+    os.replace(tmp, out)  # atomic: a concurrent run sees the old image or the whole new one
     for old in k.root.parent.glob("initramfs-*.cpio.gz"):
-        if old != out:
+        # images of older init scripts; spare recent ones another run may be booting
+        if old != out and time.time() - old.stat().st_mtime > 3600:
             old.unlink(missing_ok=True)
     return out
 
@@ -497,6 +509,16 @@ class VmResult:
     kernel_release: str  # `uname -r` as the guest reported it
     boot_s: float | None = None  # qemu start to the command starting
     out_dir: Path | None = None
+
+
+# Host paths the guest mounts its own filesystems over (see tests/vm/init.sh).
+GUEST_MOUNTS = ("/proc", "/sys", "/dev", "/tmp", "/run", GUEST_OUT)
+
+
+def _hidden_in_guest(path: Path) -> str | None:
+    """The guest mount that hides ``path`` from the guest, if any."""
+    p = str(Path(path).resolve())
+    return next((m for m in GUEST_MOUNTS if p == m or p.startswith(m + "/")), None)
 
 
 def _guest_links(k: Kernel) -> list[list[str]]:
@@ -575,6 +597,12 @@ def run(kernel: str, argv, timeout: float = 900, out_dir=None, mem: str = "2G", 
     if not ok:
         raise VmError(why)
     k = load_kernel(kernel)
+    hidden = _hidden_in_guest(k.root)
+    if hidden:
+        raise VmError(
+            f"the VM cache {k.root.parent.parent} is under {hidden}, which the guest covers with its own "
+            f"filesystem, so its kernel files would be invisible inside: set VFSTRACE_VM_CACHE elsewhere"
+        )
     initrd = build_initramfs(k)
     tmp = None
     if out_dir is None:
@@ -747,6 +775,7 @@ def run_cmd(kernel, timeout, mem, cpus, out_dir, quiet, command):
     res = run(kernel, list(command), timeout=timeout, out_dir=out_dir, mem=mem, cpus=cpus, stream=stream)
     if quiet:
         sys.stdout.write(res.stdout)
+        sys.stdout.flush()
         sys.stderr.write(res.stderr)
     boot = f"{res.boot_s:.1f} s" if res.boot_s is not None else "?"
     _say(f"{res.kernel_release}: exit {res.returncode}, boot-to-command {boot}, total {res.duration_s:.1f} s")
