@@ -119,8 +119,8 @@ def _prepare(df) -> pd.DataFrame:
     try:
         for c in ("comm", "name", "path", "path2"):
             col = df[c]
-            if col.dtype != object or col.isna().any():
-                df[c] = col.fillna("").astype(str).astype(object)
+            if col.isna().any():
+                df[c] = col.fillna("")
         num = {c: df[c].to_numpy() for c in _NEEDED if c not in ("comm", "name", "path", "path2")}
         for c, v in num.items():
             if v.dtype.kind not in "iu":
@@ -141,7 +141,11 @@ def _finish(parts) -> pd.DataFrame:
     if not parts:
         return empty_verdicts()
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return out.sort_values("event_id", kind="stable").reset_index(drop=True)[VERDICT_COLUMNS]
+    out = out.sort_values("event_id", kind="stable").reset_index(drop=True)[VERDICT_COLUMNS]
+    for c in ("verdict", "comm", "name", "path", "reason"):
+        if out[c].dtype != object:
+            out[c] = out[c].astype(object)  # one dtype whatever pandas infers when concatenating
+    return out
 
 
 def correlate(df: pd.DataFrame, windows: Windows | None = None, **kw) -> pd.DataFrame:

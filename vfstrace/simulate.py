@@ -34,7 +34,7 @@ The model
   ``IPUT``, the dentry stays hashed and negative), rename over a name (the
   old target is unhashed, killed and freed), rmdir. Each emits ``NS_OP``;
   every path syscall emits ``PATH_SYSCALL`` with its final result.
-* Hazards: a fixed clock offset per CPU (``jitter_ns``) plus per-event noise;
+* Hazards: a fixed clock offset per CPU (``jitter_ns``);
   walkers migrate between CPUs, also mid-walk; address reuse; lost events
   (bursts dropped per CPU, each followed by a ``LOST`` record with the count);
   walks whose ``WALK_ENTER`` the kernel side filtered out (``drop_enter``).
@@ -150,7 +150,6 @@ class _Sim:
         self.root = _Dentry(self._alloc_addr(), "/", None, ROOT_INO, True)
         self.root.refs = 1  # pinned, never pruned
         self.cpu_offset = [self.rng.randint(-jitter_ns, jitter_ns) if jitter_ns else 0 for _ in range(cpus)]
-        self.noise = max(0, jitter_ns // 10)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -542,8 +541,8 @@ class _Sim:
         cpu = arr["cpu"].astype(np.int64)
         off = np.asarray(self.cpu_offset, dtype=np.int64)[cpu] if n else np.zeros(0, np.int64)
         nrng = np.random.default_rng(self.rng.getrandbits(63))
-        noise = nrng.integers(0, self.noise + 1, n) if self.noise else 0
-        ts = true_ts + off + noise + 10_000_000  # keep clear of zero
+        # Each CPU's clock is monotonic but offset from the others' (as TSCs are).
+        ts = true_ts + off + 10_000_000  # keep clear of zero
         keep = np.ones(n, dtype=bool)
         lost_rows = []
         if loss_rate > 0 and n:
@@ -596,6 +595,8 @@ class _Sim:
         df.insert(0, "event_id", np.arange(1, len(df) + 1, dtype=np.uint64))
         rowmap = dict(zip(df["_row"].to_numpy().tolist(), df["event_id"].to_numpy().tolist()))
         df = df.drop(columns="_row")[list(COLUMNS)]
+        for c in ("comm", "name", "path", "path2"):
+            df[c] = df[c].astype(object)  # the schema's dtype (pandas would infer its str dtype)
         t_ids, t_level, t_label = [], [], []
         for r, (level, label) in self.truth.items():
             eid = rowmap.get(r)
