@@ -153,6 +153,48 @@ def _same_incarnation(pairs, B, a_id, b_id):
     return cnt == 0
 
 
+def _window_join(Jk, P, ts_col, tol):
+    """Pairs (judged walk, prune row) at the same address with the prune in [start - tol, end + tol].
+
+    A plain merge on the address would pair every walk with every prune that
+    ever hit a busy (reused) address; this finds each walk's slice of the
+    address-then-time sorted prunes by binary search instead.
+    """
+    if not len(Jk) or not len(P):
+        return Jk.iloc[0:0].merge(P.iloc[0:0], on="dentry")
+    P = P.sort_values(["dentry", ts_col], kind="stable")
+    pd_ = P["dentry"].to_numpy()
+    pts = P[ts_col].to_numpy().astype(np.int64)
+    ud, first = np.unique(pd_, return_index=True)
+    last = np.r_[first[1:], len(pd_)]
+    jd = Jk["dentry"].to_numpy()
+    r = np.minimum(np.searchsorted(ud, jd), len(ud) - 1)
+    present = ud[r] == jd
+    lo_t = Jk["start"].to_numpy(np.int64) - tol
+    hi_t = Jk["end"].to_numpy(np.int64) + tol
+    tmin = int(min(pts.min(), lo_t.min()))
+    span = int(max(pts.max(), hi_t.max())) - tmin + 1
+    if len(ud) * span < 2**62:
+        # One sorted key: address rank, then time.
+        rank = np.repeat(np.arange(len(ud), dtype=np.int64), last - first)
+        key = rank * span + (pts - tmin)
+        a = np.searchsorted(key, r.astype(np.int64) * span + (lo_t - tmin), "left")
+        b = np.searchsorted(key, r.astype(np.int64) * span + (hi_t - tmin), "right")
+    else:
+        a = np.zeros(len(jd), dtype=np.int64)
+        b = np.zeros(len(jd), dtype=np.int64)
+        for i in np.flatnonzero(present):
+            g0, g1 = first[r[i]], last[r[i]]
+            a[i] = g0 + np.searchsorted(pts[g0:g1], lo_t[i], "left")
+            b[i] = g0 + np.searchsorted(pts[g0:g1], hi_t[i], "right")
+    cnt = np.where(present, np.maximum(b - a, 0), 0)
+    ji = np.repeat(np.arange(len(jd)), cnt)
+    pi = np.concatenate([np.arange(x, y) for x, y, c in zip(a, b, cnt) if c]) if cnt.any() else np.zeros(0, np.int64)
+    left = Jk.iloc[ji].reset_index(drop=True)
+    right = P.iloc[pi].drop(columns="dentry").reset_index(drop=True)
+    return pd.concat([left, right], axis=1)
+
+
 def _group_lists(jrow, ids, n):
     out = [[] for _ in range(n)]
     for j, e in zip(jrow.tolist(), ids.tolist()):
@@ -197,7 +239,7 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
     P = E.loc[np.isin(ekind, PRUNE_KINDS), ["event_id", "ts_ns", "kind", "dentry", "parent", "ino", "name"]]
     P = P.rename(columns={"event_id": "pid_", "ts_ns": "pts", "kind": "pkind", "parent": "pparent", "ino": "pino",
                           "name": "pname"})
-    by_d = Jk[jd != 0].merge(P[P["dentry"] != 0], on="dentry")
+    by_d = _window_join(Jk[jd != 0], P[P["dentry"] != 0], "pts", tol)
     pj = Jk[(jd == 0) & (jparent != 0) & (jname != "")]
     by_pn = pj.merge(P, left_on=["parent", "name"], right_on=["pparent", "pname"], suffixes=("", "_p"))
     if len(by_pn):
