@@ -295,7 +295,11 @@ class Widener:
         if self.bpf is None:
             self.compile()
         try:
-            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret", maxactive=128)
+            # No maxactive: with it libbcc must create a named tracefs kprobe
+            # event ("r_<func>_bcc_<pid>"), and the tracer in the same process
+            # already owns that name for its own kretprobe on this function
+            # (EEXIST on 5.10). Without it the kprobe PMU needs no name.
+            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
         except Exception as e:
             self.close()
             raise TierUnavailable(
