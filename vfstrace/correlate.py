@@ -117,7 +117,9 @@ def _prepare(df) -> pd.DataFrame:
         if c not in df.columns:
             df[c] = np.full(n, "", dtype=object) if c in ("comm", "name", "path", "path2") else np.zeros(n, np.int64)
     try:
-        for c in ("comm", "name", "path", "path2"):
+        # name and path are compared over whole columns; comm and path2 only
+        # on a few rows, where a missing value is harmless.
+        for c in ("name", "path"):
             col = df[c]
             if col.isna().any():
                 df[c] = col.fillna("")

@@ -81,7 +81,15 @@ def walk_segments(W: pd.DataFrame, win):
     retry = valid & (ret == ECHILD) & ((kind == _SC) | (kind == _LR))
     dent = W["dentry"].to_numpy()[order]
     last_lr = _reduce_last(valid & (kind == _LR) & (dent != 0), seg_starts, n)
-    last_en = _reduce_last(valid & ((kind == _WE) | (kind == _LE)), seg_starts, n)
+    # The walk's entry: prefer one in the directory the return names. With
+    # clock skew, a task that migrated mid-walk can have events of its
+    # previous component stamped after this one's entry.
+    W_par = W["parent"].to_numpy()[order]
+    is_en = valid & ((kind == _WE) | (kind == _LE))
+    wr_par = W_par[seg_ends][seg]
+    last_en_any = _reduce_last(is_en, seg_starts, n)
+    last_en_par = _reduce_last(is_en & (W_par == wr_par) & (wr_par != 0), seg_starts, n)
+    last_en = np.where(last_en_par >= 0, last_en_par, last_en_any)
 
     js = np.flatnonzero(judged)  # segment numbers
     rows = seg_ends[js]  # sorted-order index of the WALK_RETURN
@@ -101,7 +109,6 @@ def walk_segments(W: pd.DataFrame, win):
     en = last_en[js]
     par = J["parent"].to_numpy().copy()
     has_en = en >= 0
-    W_par = W["parent"].to_numpy()[order]
     fix = (par == 0) & has_en
     par[fix] = W_par[en[fix]]
     J["parent"] = par
