@@ -142,12 +142,18 @@ def _run(argv, **kw) -> subprocess.CompletedProcess:
         raise MissingDependency(f"{argv[0]} not found: run `bash scripts/setup.sh`") from None
 
 
-def _apt_update(series: Series) -> None:
+def _apt_update(series: Series, force: bool = False) -> None:
+    """Make sure the series' package lists exist; ``force`` refreshes them (stale lists)."""
     if series.suite is None:
+        if force:
+            _say("apt-get update (the host's lists name packages the mirror no longer has)")
+            r = _run(["apt-get", "update"])
+            if r.returncode != 0:
+                raise VmError(f"apt-get update failed: {_last_line(r.stderr)}")
         return
     lists = cache_dir() / f"apt-{series.suite}" / "lists"
     opts = _apt_options(series)
-    if any(lists.glob("*_Packages*")):
+    if any(lists.glob("*_Packages*")) and not force:
         return
     _say(f"apt-get update for {series.suite} (private lists under {lists.parent})")
     r = _run(["apt-get", *opts, "update"])
@@ -256,6 +262,21 @@ class Kernel:
         return self.packages[0]
 
 
+def _download(kernel: str, res: dict) -> None:
+    series = _series(kernel)
+    debs = cache_dir() / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for p in res["packages"]:
+        path = debs / _deb_name(p)
+        if path.is_file():
+            _say(f"{kernel}: have {path.name}")
+            continue
+        _say(f"{kernel}: downloading {p['name']} {p['version']}")
+        r = _run(["apt-get", *_apt_options(series), "download", f"{p['name']}={p['version']}"], cwd=debs)
+        if r.returncode != 0 or not path.is_file():
+            raise VmError(f"{kernel}: apt-get download {p['name']}={p['version']} failed: {_last_line(r.stderr)}")
+
+
 def _kernel_dir(kernel: str) -> Path:
     return cache_dir() / _series(kernel).name
 
@@ -298,17 +319,15 @@ def _fetch_locked(kernel: str) -> Kernel:
             raise MissingDependency(f"{tool} not found: vm fetch needs Debian's apt and dpkg")
     _say(f"{kernel}: resolving packages")
     res = resolve(kernel)
+    try:
+        _download(kernel, res)
+    except VmError as e:
+        # Old lists name versions the mirror has replaced (404): refresh once, resolve again.
+        _say(f"{e}; refreshing the package lists and retrying")
+        _apt_update(series, force=True)
+        res = resolve(kernel)
+        _download(kernel, res)
     debs = cache_dir() / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    for p in res["packages"]:
-        path = debs / _deb_name(p)
-        if path.is_file():
-            _say(f"{kernel}: have {path.name}")
-            continue
-        _say(f"{kernel}: downloading {p['name']} {p['version']}")
-        r = _run(["apt-get", *_apt_options(series), "download", f"{p['name']}={p['version']}"], cwd=debs)
-        if r.returncode != 0 or not path.is_file():
-            raise VmError(f"{kernel}: apt-get download {p['name']}={p['version']} failed: {_last_line(r.stderr)}")
     kdir = _kernel_dir(kernel)
     tmp = kdir / "root.partial"
     shutil.rmtree(tmp, ignore_errors=True)
