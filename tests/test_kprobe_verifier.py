@@ -174,7 +174,10 @@ def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
 
     c = _choice(ringbuf=ringbuf)
     need(c.headers is not None, "no kernel headers at all (apt-get install linux-headers-amd64)")
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    from tracers.tracepoint import bcc_kernel_source
+
+    # compile() sets BCC_KERNEL_SOURCE itself; monkeypatch it so it is unset again afterwards
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
     t = KprobeTracer(TraceOptions(comm="stat"), c)
     try:
         names = t.verify()
@@ -199,7 +202,10 @@ def test_verifier_error_is_one_line(btf, monkeypatch):
         need(False, "bcc is not importable")
     from tracers import kprobe
 
+    from tracers.tracepoint import bcc_kernel_source
+
     c = _choice()
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
     t = kprobe.KprobeTracer(TraceOptions(), c)
     t.cflags()
     t._defines = [f for f in t._defines if not f.startswith("-DOFF_D_INODE=")]  # undefined -> compile error
