@@ -75,7 +75,9 @@ struct inflight_t {
 	u16 kind;
 	u16 op;
 };
-BPF_HASH(inflight, u32, struct inflight_t, 16384);
+/* LRU: a task killed inside a syscall never reaches sys_exit; its entry
+ * must not pin a slot forever and make later updates fail. */
+BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
 
 static __always_inline void count(int slot)
 {

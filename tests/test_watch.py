@@ -108,7 +108,7 @@ def test_sigterm_flushes_and_closes_the_trace(tmp_path):
     trace = tmp_path / "sig.trace"
     p = subprocess.Popen([*VFSTRACE, "watch", "-o", str(trace)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (trace / "meta.json").exists():
+    while time.monotonic() < deadline and not (trace.is_dir() and any(trace.iterdir())):
         time.sleep(0.2)
     time.sleep(2)
     p.send_signal(signal.SIGTERM)
