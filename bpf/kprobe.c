@@ -41,7 +41,7 @@ enum {
 	C_WALK, C_WALK_RCU, C_WALK_ENOENT, C_WALK_ECHILD, C_LOOKUP, C_RCU_LOOKUP,
 	C_SEQ_CHECK, C_SEQ_FAIL, C_PRUNE, C_UNHASH, C_IPUT, C_DFREE,
 	C_EMITTED, C_LOST, C_FILTERED, C_INFLIGHT_HIT, C_SEQ_CHANGED, C_NSTATE_FULL,
-	C_INFLIGHT_STALE, C_PRUNE_SIDE_QUIET,
+	C_INFLIGHT_STALE, C_PRUNE_SIDE_QUIET, C_NS_OP,
 	C_MAX
 };
 
@@ -159,8 +159,12 @@ static __always_inline int is_err(u64 p)
 }
 
 /*
- * inflight: dentry -> PRUNE timestamp, bit 0 set once a lookup found the
- * dentry while its prune was in flight. Set at PRUNE, cleared at D_FREE.
+ * inflight: dentry -> PRUNE timestamp; bit 0 set once a lookup found the
+ * dentry while its prune was in flight, bit 1 set when the dentry was
+ * positive (had an inode) as its prune began. Set at PRUNE, cleared at
+ * D_FREE. Only the prune of a *positive* dentry can make a lookup see a
+ * false negative, so only that sets PRUNE_INFLIGHT on a walk: a negative
+ * dentry being pruned answers -ENOENT truthfully.
  * A D_FREE can be missed (a kprobe that fires in softirq while another BPF
  * kprobe program runs on the same CPU is skipped by the kernel), and the
  * address may then be a new dentry: so an entry only counts while the
@@ -180,7 +184,7 @@ static __always_inline int prune_inflight(u64 d, int mark)
 	}
 	if (mark)
 		*ts |= 1;
-	return 1;
+	return (*ts & 2) != 0;
 }
 
 /* ---- lookup side -------------------------------------------------------- */
@@ -349,7 +353,7 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 	fill_dentry(&e, d, 1);
 	e.seq = e.seq2;
 	if (kind == VFS_K_PRUNE) {
-		u64 ts = e.ts_ns & ~1ULL;
+		u64 ts = (e.ts_ns & ~3ULL) | (e.ino ? 2 : 0);
 		inflight.update(&d, &ts);
 	} else if (dead) {
 		e.flags |= VFS_F_PRUNE_INFLIGHT;
@@ -362,6 +366,23 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 		if (ent)
 			e.flags |= VFS_F_PRUNE_INFLIGHT;
 	}
+	emit(ctx, &e);
+	return 0;
+}
+
+/*
+ * Namespace operations as the dcache sees them: d_delete() (unlink, rmdir:
+ * the name goes negative or is unhashed) and d_move() (rename: the source
+ * name goes away). NS_OP with the dentry, its parent and the old name lets
+ * the correlator explain an -ENOENT the workload caused itself.
+ */
+static __always_inline int ns_event(void *ctx, u16 op, u64 d)
+{
+	cnt(C_NS_OP);
+	struct vfs_event e;
+	fill(&e, VFS_K_NS_OP, op);
+	fill_dentry(&e, d, 1);
+	e.seq = e.seq2;
 	emit(ctx, &e);
 	return 0;
 }
@@ -469,4 +490,15 @@ int KFUNC_NAME(FN_DFREE)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFR
 int vt_dfree_ext(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, PT_REGS_PARM1(ctx) - OFF_D_RCU); }
 #elif MODE_DFREE_EXT == 2
 int KFUNC_NAME(FN_DFREE_EXT)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, ctx[0] - OFF_D_RCU); }
+#endif
+
+#if MODE_DELETE == 1
+int vt_delete(struct pt_regs *ctx) { return ns_event(ctx, VFS_OP_UNLINK, PT_REGS_PARM1(ctx)); }
+#elif MODE_DELETE == 2
+int KFUNC_NAME(FN_DELETE)(u64 *ctx) { return ns_event(ctx, VFS_OP_UNLINK, ctx[0]); }
+#endif
+#if MODE_MOVE == 1
+int vt_move(struct pt_regs *ctx) { return ns_event(ctx, VFS_OP_RENAME, PT_REGS_PARM1(ctx)); }
+#elif MODE_MOVE == 2
+int KFUNC_NAME(FN_MOVE)(u64 *ctx) { return ns_event(ctx, VFS_OP_RENAME, ctx[0]); }
 #endif

@@ -185,7 +185,8 @@ def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
     finally:
         t.close()
     roles = {p.role for p in t.probes}
-    assert {"walk", "lookup", "prune", "unhash", "iput", "rcu_lookup", "d_free", "recheck"} <= roles
+    assert {"walk", "lookup", "prune", "unhash", "iput", "rcu_lookup", "d_free", "recheck",
+            "ns_unlink", "ns_rename"} <= roles
     expected = {n for p in t.probes for n in (p.entry, p.ret) if n}
     assert set(names) == expected
     assert all(fd > 0 for fd in fds.values())

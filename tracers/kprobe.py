@@ -40,7 +40,7 @@ COUNTERS = (
     "walk", "walk_rcu", "walk_enoent", "walk_echild", "lookup", "rcu_lookup",
     "seq_check", "seq_fail", "prune", "unhash", "iput", "d_free",
     "emitted", "lost", "filtered", "inflight_hit", "seq_changed", "state_full",
-    "inflight_stale", "prune_side_quiet",
+    "inflight_stale", "prune_side_quiet", "ns_op",
 )
 C_LOST = COUNTERS.index("lost")
 
@@ -164,7 +164,9 @@ class KprobeTracer(Tracer):
         ]
         extras = [("rcu_lookup", "__d_lookup_rcu", "RCU", "vt_rcu_enter", "vt_rcu_return"),
                   ("d_free", "__d_free", "DFREE", "vt_dfree", None),
-                  ("d_free", "__d_free_external", "DFREE_EXT", "vt_dfree_ext", None)]
+                  ("d_free", "__d_free_external", "DFREE_EXT", "vt_dfree_ext", None),
+                  ("ns_unlink", "d_delete", "DELETE", "vt_delete", None),
+                  ("ns_rename", "d_move", "MOVE", "vt_move", None)]
         for role, base, define, entry, ret in extras:
             ks = ks if ks is not None else _kallsyms_text()
             sym = _find_symbol(ks, base)
@@ -244,7 +246,7 @@ class KprobeTracer(Tracer):
         words = self.options.comm_words()
         d["COMM0"], d["COMM1"] = f"{words[0]}ULL", f"{words[1]}ULL"
         d.update(offs)
-        for define in ("WALK", "LOOKUP", "RCU", "PRUNE", "UNHASH", "IPUT", "DFREE", "DFREE_EXT") + tuple(
+        for define in ("WALK", "LOOKUP", "RCU", "PRUNE", "UNHASH", "IPUT", "DFREE", "DFREE_EXT", "DELETE", "MOVE") + tuple(
             f"RC{i}" for i in range(RECHECK_SLOTS)
         ):
             d[f"MODE_{define}"] = 0
