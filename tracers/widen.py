@@ -330,9 +330,26 @@ class Widener:
     def close(self) -> None:
         if self.bpf is not None:
             try:
+                self._close_probe_fds()
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+
+    def _close_probe_fds(self) -> None:
+        """Detach by closing our own perf event fds.
+
+        BCC's cleanup() would then also write "-:kprobes/r_<func>_bcc_<pid>"
+        to kprobe_events: a PMU kprobe has no such event, but the tracer of
+        the same process may own one by that name (it attaches with
+        maxactive), and removing it fails with EBUSY while in use.
+        """
+        from bcc import libbcc
+
+        for ev_name, fns in list(self.bpf.kprobe_fds.items()):
+            for fn_name, fd in list(fns.items()):
+                libbcc.lib.bpf_close_perf_event_fd(fd)
+                self.bpf._del_kprobe_fd(ev_name, fn_name)
+            del self.bpf.kprobe_fds[ev_name]
 
     def __enter__(self):
         return self
