@@ -57,6 +57,7 @@ def test_empty_frame_has_schema_dtypes():
     assert list(df.columns) == list(events.COLUMNS)
     assert df["dentry"].dtype == np.uint64
     assert df["ret"].dtype == np.int64
+    assert df["name"].dtype == object
 
 
 @pytest.mark.parametrize("k", list(events.Kind))

@@ -196,8 +196,10 @@ BPF_PATH_EVENT_DTYPE = np.dtype(
 
 
 def empty_frame():
-    """A zero-row DataFrame with the schema's columns and dtypes."""
-    return ARROW_SCHEMA.empty_table().to_pandas()
+    """A zero-row DataFrame with the schema's columns and dtypes (strings as object)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: np.array([], dtype=NUMPY_DTYPES[c]) for c in COLUMNS})
 
 
 def kind_name(k: int) -> str:
