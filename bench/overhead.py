@@ -60,10 +60,17 @@ def main():
             stop = threading.Event()
             counted = [0]
 
+            # Drain raw batches (the stream layer): DataFrame conversion in this
+            # process would compete with the stat loop for the same CPUs.
+            take = getattr(tracer, "poll_records", None)
+
+            def count(x):
+                return sum(len(b) for b in x) if isinstance(x, list) else len(x)
+
             def drain():
                 while not stop.is_set():
-                    counted[0] += len(tracer.poll(50))
-                counted[0] += len(tracer.poll(0))
+                    counted[0] += count(take(50) if take else tracer.poll(50))
+                counted[0] += count(take(0) if take else tracer.poll(0))
 
             th = threading.Thread(target=drain)
             th.start()
