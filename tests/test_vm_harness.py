@@ -198,7 +198,11 @@ def test_guest_panic_is_reported_not_hung(tmp_path):
 
 
 def test_paths_the_guest_mounts_over_are_recognised(tmp_path):
-    """The guest mounts a fresh tmpfs on /tmp, so a cache there would be invisible inside."""
-    assert vm._hidden_in_guest(Path("/tmp/x/6.1/root")) == "/tmp"
-    assert vm._hidden_in_guest(Path("/tmpfoo/x")) is None
+    """The guest mounts its own /run, so a cache there would be invisible inside.
+
+    /tmp is not covered (it stays on the overlay), so a clone under /tmp works.
+    """
+    assert vm._hidden_in_guest(Path("/run/x/6.1/root")) == "/run"
+    assert vm._hidden_in_guest(Path("/runfoo/x")) is None
+    assert vm._hidden_in_guest(Path("/tmp/x/6.1/root")) is None
     assert vm._hidden_in_guest(ROOT / ".cache" / "vm") is None

@@ -531,7 +531,7 @@ class VmResult:
 
 
 # Host paths the guest mounts its own filesystems over (see tests/vm/init.sh).
-GUEST_MOUNTS = ("/proc", "/sys", "/dev", "/tmp", "/run", GUEST_OUT)
+GUEST_MOUNTS = ("/proc", "/sys", "/dev", "/run", GUEST_OUT)
 
 
 def _hidden_in_guest(path: Path) -> str | None:

@@ -43,7 +43,9 @@ mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+# /tmp stays on the overlay (writable, tmpfs-backed) rather than a tmpfs of
+# its own, so a checkout or cache under the host's /tmp is visible inside.
+chmod 1777 $R/tmp
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
