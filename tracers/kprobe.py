@@ -111,11 +111,13 @@ class Probe:
         self.reads_args = reads_args
         self.mode = "kprobe"
         self.nargs = 0
+        self.fentry_entry = not define.startswith("RC")  # RCU, RC0..RC3: fexit only
 
     def describe(self) -> list[str]:
         out = []
         if self.mode == "fentry":
-            if self.entry:
+            # fexit sees the arguments too: the entry program exists only where it does work
+            if self.entry and self.fentry_entry:
                 out.append(f"fentry:{self.symbol}")
             if self.ret:
                 out.append(f"fexit:{self.symbol}")

@@ -79,23 +79,29 @@ def summarise(trace: Path) -> tuple[dict, object]:
     return s, df
 
 
-def fixture_slice(df):
-    """Failed walks plus every event on their dentries (prune side included), capped."""
+def fixture_slice(df, window_ns: int = 2_000_000, limit: int = FIXTURE_EVENTS):
+    """Every event within ``window_ns`` of the failed walks, -ECHILD ones first, capped.
+
+    Whole time windows (not hand-picked rows) keep what the correlator needs
+    to judge each walk: the prune of the same dentry, the NS_OP that
+    explains a churn -ENOENT, and any LOST record.
+    """
+    import numpy as np
+
     from vfstrace.events import ECHILD, ENOENT, Kind
 
+    df = df.sort_values("ts_ns", kind="stable").reset_index(drop=True)
+    ts = df["ts_ns"].to_numpy().astype(np.int64)
     walks = df[(df["kind"] == int(Kind.WALK_RETURN)) & df["ret"].isin([ENOENT, ECHILD])]
-    echild = walks[walks["ret"] == ECHILD]
-    # prefer the -ECHILD walks whose dentries were pruned: the retried cases
-    keys = list(dict.fromkeys(echild["dentry"].tolist() + walks["dentry"].tolist()))
-    keys = [k for k in keys if k][:400]
-    sel = df[df["dentry"].isin(keys) | df.index.isin(walks.index[:500])]
-    sel = sel.head(FIXTURE_EVENTS).copy()
-    lost = df[df["kind"] == int(Kind.LOST)]
-    if len(lost):
-        import pandas as pd
-
-        sel = pd.concat([sel, lost.head(50)]).sort_values("ts_ns")
-    return sel
+    order = list(walks.index[walks["ret"] == ECHILD]) + list(walks.index[walks["ret"] == ENOENT])
+    keep = np.zeros(len(df), dtype=bool)
+    for i in order:
+        lo = np.searchsorted(ts, ts[i] - window_ns, "left")
+        hi = np.searchsorted(ts, ts[i] + window_ns, "right")
+        if keep.sum() + (hi - lo) > limit and keep.any():
+            break
+        keep[lo:hi] = True
+    return df[keep]
 
 
 def record(out: Path, tier: str, seconds: float, workdir: str) -> dict:
