@@ -168,3 +168,43 @@ def test_refused_without_kprobes_in_one_line():
     assert r.returncode == 4
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "selftest needs kprobes" in lines[0]
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+@pytest.mark.parametrize("op", ["stat", "access"])
+def test_stat_loop_contract(impl, op, tmp_path, monkeypatch):
+    """Both loops: "ready", then on SIGTERM one JSON line; only the dir's first N regular files."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from vfstrace import statloop
+
+    for name in ("c", "a", "b"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "0-subdir").mkdir()
+    if impl == "c":
+        need(shutil.which("cc") is not None, "no C compiler to build vfstrace/statloop.c")
+        monkeypatch.setenv("VFSTRACE_CACHE", str(tmp_path / "cache"))
+    else:
+        monkeypatch.setattr(statloop, "build", lambda: (None, "no C compiler (cc) found"))
+    argv, notice = statloop.command(str(tmp_path), 2, 0, op)
+    assert bool(notice) == (impl == "python")
+    if impl == "c":
+        assert argv[0].startswith(str(tmp_path / "cache"))
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    r = json.loads(out.strip().splitlines()[-1])
+    assert (r["worker"], r["impl"], r["op"], r["files"], r["enoent"]) == ("stat", impl, op, 2, 0)
+    assert r["stats"] > 0 and r["dir"] == str(tmp_path)
+    with pytest.raises(ValueError):
+        statloop.command(str(tmp_path), 2, 0, "unlink")
+
+
+def test_stat_rate_follows_the_delay():
+    assert selftest.stat_rate_for(200_000) == 2500.0  # half of each second held at 200 us each
+    assert selftest.stat_rate_for(1_000) == selftest.MAX_STAT_RATE

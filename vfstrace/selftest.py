@@ -391,26 +391,6 @@ def done(d):
     sys.stdout.write(json.dumps(d) + "\n"); sys.stdout.flush()
 """
 
-# One path component per stat(): fstatat(dirfd, name) walks only the file's
-# own dentry, so every widened lookup holds a dentry that pruning can kill
-# (a full path would spend the delay on directories, which stay pinned by
-# their cached children).
-STAT_LOOP = _WORKER_PRELUDE + r"""
-d, n = sys.argv[1], int(sys.argv[2])
-fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-names = sorted(e.name for e in os.scandir(fd) if e.is_file(follow_symlinks=False))[:n]
-print("ready", flush=True)
-stats = missing = 0
-while not stop:
-    for nm in names:
-        try:
-            os.stat(nm, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            missing += 1
-        stats += 1
-done({"worker": "stat", "dir": d, "files": len(names), "stats": stats, "enoent": missing})
-"""
-
 CP_LOOP = _WORKER_PRELUDE + r"""
 import shutil, subprocess
 src, dst = sys.argv[1], sys.argv[2]
@@ -440,11 +420,29 @@ done({"worker": "drop_caches", "passes": drops})
 # Few files, looked up again and again: a drop_caches pass kills every unused
 # dentry, so a file's dentry lives from its re-creation (the next miss) to the
 # next pass. With a handful of files the stat loop comes back to each well
-# inside that life, finds it in RCU mode, and is holding one of them when
-# the pass kills it a share of the time close to the widened duty cycle. A
-# long list is looked up too rarely: every lookup then misses the dcache.
+# inside that life and finds it in RCU mode; a pass then meets one of its
+# lookups inside the window about as often as the loop spends time there
+# (its duty cycle: stats/s x window). A long list is looked up too rarely:
+# every lookup then misses the dcache.
 STAT_FILES = 2
 PRUNE_GAP_S = 0.02
+# The stat loop (vfstrace/statloop.c) runs at the same pace in both phases,
+# so they offer the same lookups and only the window differs: overlaps/min
+# then scale with (window + delay) / window. The pace keeps the widened loop
+# busy-waiting about this share of its time, leaving the guest's other CPU
+# to the pruner and the tracer.
+STAT_DUTY = 0.5
+MAX_STAT_RATE = 20_000
+# The loop looks names up with faccessat(F_OK): the same RCU walk and d_seq
+# re-check as stat(), minus ->getattr, which on the VM harness's 9p root is
+# a round trip to the host per call and held a stat() loop to ~300/s under
+# emulation, too few lookups for the unwidened phase to meet any prune.
+STAT_OP = "access"
+
+
+def stat_rate_for(delay_ns: int) -> float:
+    """Stats per second for a widening of ``delay_ns``: STAT_DUTY of the time held."""
+    return float(min(MAX_STAT_RATE, round(STAT_DUTY * 1e9 / max(1, int(delay_ns)))))
 
 
 def _stat_dir() -> str:
@@ -472,17 +470,23 @@ def _cp_source() -> str:
 class Workload:
     """The selftest's processes; ``stop()`` ends them and returns what each did."""
 
-    def __init__(self, workdir: str, cgroup=None, on_target=None, stat_files: int = STAT_FILES):
+    def __init__(self, workdir: str, cgroup=None, on_target=None, stat_files: int = STAT_FILES,
+                 stat_rate: float = 0.0, stat_argv=None):
         import subprocess
         import sys
 
+        from vfstrace import statloop
+
         self.procs = []
+        self.notice = ""
         py = sys.executable
+        if stat_argv is None:
+            stat_argv, self.notice = statloop.command(_stat_dir(), stat_files, stat_rate, STAT_OP)
         # (name, argv, widened): only the stat loop is held; `cp -a` and the
         # pruner keep their pace (on a 2-CPU guest a held cp would take the
         # CPU the pruner needs).
         workers = [
-            ("stat", [py, "-c", STAT_LOOP, _stat_dir(), str(stat_files)], True),
+            ("stat", list(stat_argv), True),
             ("cp", [py, "-c", CP_LOOP, _cp_source(), os.path.join(workdir, "cp-dst")], False),
         ]
         try:
@@ -548,8 +552,13 @@ def _counter_delta(a: dict, b: dict) -> dict:
 
 
 def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kernel_only: bool = False,
-             output=None, min_overlaps: int = MIN_OVERLAPS, phases=("baseline", "widened"), say=None) -> Result:
-    """Run the workload on this kernel, without and with widening, and judge it."""
+             output=None, min_overlaps: int = MIN_OVERLAPS, phases=("baseline", "widened"), say=None,
+             stat_rate: float | None = None) -> Result:
+    """Run the workload on this kernel, without and with widening, and judge it.
+
+    ``stat_rate``: stats/s of the stat loop in both phases (None: paced for
+    the widening, :func:`stat_rate_for`; 0: flat out).
+    """
     import shutil
     import tempfile
 
@@ -557,6 +566,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
 
     from tracers import make_tracer
     from tracers.widen import DEFAULT_DELAY_NS, Widener, WorkloadCgroup
+    from vfstrace import statloop
     from vfstrace.doctor import choose_tier
     from vfstrace.options import TraceOptions
 
@@ -571,6 +581,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
         )
     detector = None if kernel_only else detector_check()
     delay = int(widen_ns or DEFAULT_DELAY_NS)
+    rate = stat_rate_for(delay) if stat_rate is None else float(stat_rate)
     cg = WorkloadCgroup("vfstrace-selftest")
     workdir = tempfile.mkdtemp(prefix="vfstrace-selftest-")
     tracer = widener = work = None
@@ -584,10 +595,15 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
         if "widened" in phases:
             say(f"compiling the widening program (kretprobe on {widener.site}, {delay / 1000:g} us)")
             widener.compile()
-        work = Workload(workdir, cgroup=cg, on_target=widener.add_tgid)
+        stat_argv, notice = statloop.command(_stat_dir(), STAT_FILES, rate, STAT_OP)
+        if notice:
+            say(notice)
+        workload = {}
         for name in phases:
             if name == "widened":
                 widener.attach()
+            # A fresh workload per phase: each phase's stat count is its own.
+            work = Workload(workdir, cgroup=cg, on_target=widener.add_tgid, stat_argv=stat_argv)
             c0, w0 = tracer.counters(), widener.stats().to_dict() if name == "widened" else None
             t0 = time.monotonic_ns()
             say(f"phase {name}: {seconds:g} s")
@@ -595,7 +611,6 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
                 df = tracer.poll(POLL_MS)
                 if len(df):
                     frames.append(df)
-            _drain(tracer, frames)
             t1 = time.monotonic_ns()
             c1 = tracer.counters()
             wst = None
@@ -605,11 +620,13 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
                 for k in ("target_lookups", "delayed", "delay_ns_total", "capped", "no_dentry"):
                     wst[k] = w1[k] - w0[k]
                 wst["mean_delay_ns"] = round(wst["delay_ns_total"] / wst["delayed"], 1) if wst["delayed"] else 0.0
+            workload[name] = work.stop()
+            work = None
+            if name == "widened":
                 widener.close()
+            _drain(tracer, frames)
             marks.append({"name": name, "start_ns": t0, "end_ns": t1, "counters": _counter_delta(c0, c1),
-                          "widen": wst})
-        workload = work.stop()
-        work = None
+                          "widen": wst, "workload": workload[name]})
         _drain(tracer, frames)
         probes = tracer.attached()
     finally:
@@ -638,24 +655,33 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
     for m in marks:
         sel = df[(ts >= m["start_ns"]) & (ts < m["end_ns"])]
         ph = judge_events(sel, name=m["name"], duration_s=(m["end_ns"] - m["start_ns"]) / 1e9, counters=m["counters"])
-        ph.widen, ph.workload = m["widen"], workload
+        ph.widen, ph.workload = m["widen"], m["workload"]
         ph.lost = max(ph.lost, int(m["counters"].get("lost", 0)))
         out_phases.append(ph)
     verdict, reason = verdict_of(out_phases, min_overlaps)
     res = Result(verdict, reason, choice.kernel_release, choice.tier, probes, out_phases, "live",
                  detector=detector, factor=widening_factor(out_phases))
-    if workload:
-        parts = []
-        if "stat" in workload:
-            parts.append(f"{workload['stat']['stats']:,} stat() of {workload['stat']['files']} files in {workload['stat']['dir']}")
-        if "cp" in workload:
-            parts.append(f"{workload['cp']['copies']} cp -a of {workload['cp']['src']} ({workload['cp']['cp_errors']} failed)")
-        if "drop_caches" in workload:
-            parts.append(f"{workload['drop_caches']['passes']:,} drop_caches passes")
-        res.notes.append("workload: " + "; ".join(parts))
+    for m in marks:
+        res.notes.append(f"workload ({m['name']}): " + describe_workload(m["workload"]))
+    if notice:
+        res.notes.append(notice)
     if output:
         res.notes.append(f"trace written to {output}")
     return res
+
+
+def describe_workload(w: dict) -> str:
+    parts = []
+    if "stat" in w:
+        st = w["stat"]
+        parts.append(f"{st['stats']:,} {st.get('op', 'stat')}() of {st['files']} files in {st['dir']} "
+                     f"({st.get('stats_per_s', 0):,.0f}/s, {st.get('impl', 'python')} loop"
+                     + (f", paced at {st['rate']:,.0f}/s)" if st.get("rate") else ", unpaced)"))
+    if "cp" in w:
+        parts.append(f"{w['cp']['copies']} cp -a of {w['cp']['src']} ({w['cp']['cp_errors']} failed)")
+    if "drop_caches" in w:
+        parts.append(f"{w['drop_caches']['passes']:,} drop_caches passes")
+    return "; ".join(parts) or "no worker reported"
 
 
 @click.command("selftest")
@@ -664,13 +690,16 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
               help="Seconds per phase (without and with widening).")
 @click.option("--widen", "widen", default="200us", show_default=True,
               help="Hold each RCU lookup of the workload this long (1us..1ms).")
+@click.option("--stat-rate", type=click.FloatRange(0), default=None,
+              help="stat() calls per second of the workload's loop in both phases "
+                   "(default: paced to hold it about half the time when widened; 0: flat out).")
 @click.option("--no-baseline", is_flag=True, help="Run only the widened phase.")
 @click.option("--from-trace", "trace", type=click.Path(), help="Judge a recorded or simulated trace instead.")
 @click.option("-o", "--output", type=click.Path(), help="Keep the recorded events as a trace (.vft dir or .jsonl).")
 @click.option("--min-overlaps", type=click.IntRange(1), default=MIN_OVERLAPS, show_default=True,
               help="Overlaps needed before a clean run counts as PASS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def selftest_cmd(kernel_only, seconds, widen, no_baseline, trace, output, min_overlaps, as_json):
+def selftest_cmd(kernel_only, seconds, widen, stat_rate, no_baseline, trace, output, min_overlaps, as_json):
     """Tell whether this kernel re-checks d_seq when a prune hits an RCU lookup.
 
     \b
@@ -701,6 +730,7 @@ def selftest_cmd(kernel_only, seconds, widen, no_baseline, trace, output, min_ov
 
             raise PrivilegeError("selftest on the live kernel needs root (or judge a trace with --from-trace)")
         phases = ("widened",) if no_baseline else ("baseline", "widened")
-        res = run_live(seconds, parse_delay(widen), kernel_only, output, min_overlaps, phases)
+        res = run_live(seconds, parse_delay(widen), kernel_only, output, min_overlaps, phases,
+                       stat_rate=stat_rate)
     _emit(res, as_json)
     return res.exit_code
