@@ -2,9 +2,12 @@
 
 Every kernel here carries the 2011 fix, so the verdict must be PASS: lookups
 overlapped prunes of their own dentries and the kernel re-checked d_seq and
-retried each one. Widening must multiply the overlaps per minute by at
-least 5 against the unwidened phase of the same run, and the delay must have
-been applied only to the workload's stat loop (delayed lookups > 0).
+retried each one. The unwidened phase must see overlaps too (the compiled
+lookup loop, paced alike in both phases, makes them frequent enough), and
+widening must multiply the overlaps per minute by at least 5 against it in
+the same run, with the delay applied to the workload's loop (delayed
+lookups > 0). The correlator's own check on simulated kernels runs on the
+host (tests/test_selftest.py), so the guest skips it (--kernel-only).
 """
 
 import json
@@ -13,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT, need, is_root
 
-PHASE_SECONDS = 45
+PHASE_SECONDS = 40
 MIN_FACTOR = 5.0
 
 
@@ -25,8 +28,11 @@ def test_selftest_passes_and_widening_multiplies_overlaps(kernel, tmp_path):
     need(is_root(), "booting guests with the host root shared needs root")
     ok, why = vm.can_boot(kernel)
     need(ok, why)
+    from vfstrace import statloop
+
+    statloop.build()  # on the host: the guest sees the same cache read-only
     py = str(ROOT / ".venv" / "bin" / "python")
-    res = vm.run(kernel, [py, "-m", "vfstrace.cli", "selftest", "--json", "-d", str(PHASE_SECONDS),
+    res = vm.run(kernel, [py, "-m", "vfstrace.cli", "selftest", "--kernel-only", "--json", "-d", str(PHASE_SECONDS),
                           "-o", "/vmout/selftest.vft"],
                  timeout=600, out_dir=tmp_path, cwd=str(ROOT))
     assert res.stdout.strip(), f"no output from the guest; stderr: {res.stderr[-2000:]}"
@@ -35,9 +41,11 @@ def test_selftest_passes_and_widening_multiplies_overlaps(kernel, tmp_path):
     print(f"{res.kernel_release}: overlaps/min {base['overlaps_per_min']} -> {wide['overlaps_per_min']} "
           f"(x{r['widening_factor']}); retried {base['retried']}+{wide['retried']}, race {base['race']}+{wide['race']}; "
           f"delayed {wide['widen']['delayed']} (mean {wide['widen']['mean_delay_ns'] / 1000:.0f} us); "
+          f"lookups/s {base['workload']['stat']['stats_per_s']:.0f} vs {wide['workload']['stat']['stats_per_s']:.0f}; "
           f"boot+run {res.duration_s:.0f} s")
-    assert r["detector"]["ok"]
     assert base["race"] == wide["race"] == 0
+    assert base["workload"]["stat"]["impl"] == "c"
+    assert base["overlaps"] > 0, "the unwidened phase saw no overlap: no baseline to multiply"
     assert wide["widen"]["delayed"] > 0
     assert (r["verdict"], res.returncode) == ("PASS", 0), r["reason"]
-    assert r["widening_factor"] == "inf" or r["widening_factor"] >= MIN_FACTOR
+    assert r["widening_factor"] >= MIN_FACTOR
