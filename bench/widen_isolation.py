@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Widening delays only the workload: a stat() loop in another cgroup keeps its pace.
 
-Two stat() loops over the same files run side by side, each in a cgroup of
-its own. For SECONDS the rates are measured with nothing attached, then for
+Two lookup loops (vfstrace/statloop.c, flat out, faccessat like the
+selftest's) over the same files run side by side, each in a cgroup of its
+own. For SECONDS the rates are measured with nothing attached, then for
 SECONDS with tracers/widen.py holding the RCU lookups of the FIRST cgroup
 only. Printed: stats/s of both loops in both phases, the other cgroup's
 ratio (widened / plain: 1.0 means untouched) and the delayed lookups.
@@ -27,57 +28,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Each loop: one path component per stat (fstatat on a directory fd), counts
-# until SIGTERM, then prints the count.
-LOOP = r"""
-import os, signal, sys
-stop = []
-signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-names = sorted(e.name for e in os.scandir(fd) if e.is_file(follow_symlinks=False))[:int(sys.argv[2])]
-print("ready", flush=True)
-n = 0
-while not stop:
-    for nm in names:
-        os.stat(nm, dir_fd=fd, follow_symlinks=False)
-        n += 1
-print(n, flush=True)
-"""
-
-
-def _loop(cg, directory, files):
-    p = subprocess.Popen([sys.executable, "-c", LOOP, directory, str(files)], stdout=subprocess.PIPE, text=True)
+def _loop(cg, argv):
+    """One lookup loop (vfstrace/statloop.c, flat out) moved into ``cg``."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     cg.add(p.pid)
     assert p.stdout.readline().strip() == "ready"
     return p
 
 
-def _measure(cgs, directory, files, seconds):
-    procs = [_loop(cg, directory, files) for cg in cgs]
-    t0 = time.monotonic()
+def _measure(cgs, argv, seconds):
+    procs = [_loop(cg, argv) for cg in cgs]
     time.sleep(seconds)
     for p in procs:
         p.terminate()
-    counts = [int(p.communicate()[0].split()[-1]) for p in procs]
-    dt = time.monotonic() - t0
-    return [c / dt for c in counts]
+    # each loop reports its own count and running time
+    return [json.loads(p.communicate()[0].strip().splitlines()[-1])["stats_per_s"] for p in procs]
 
 
 def inside(seconds: float, delay: str, files: int) -> dict:
     from tracers.widen import Widener, WorkloadCgroup, parse_delay
+    from vfstrace import statloop
     from vfstrace.doctor import choose_tier
-    from vfstrace.selftest import _stat_dir
+    from vfstrace.selftest import STAT_OP, _stat_dir
 
     choice = choose_tier("auto")
-    directory = _stat_dir()
+    argv, notice = statloop.command(_stat_dir(), files, 0, STAT_OP)
+    if notice:
+        print(notice, file=sys.stderr)
     target, other = WorkloadCgroup("vfstrace-bench-target"), WorkloadCgroup("vfstrace-bench-other")
     try:
-        plain = _measure([target, other], directory, files, seconds)
+        plain = _measure([target, other], argv, seconds)
         w = Widener(choice, parse_delay(delay), cgroup_id=target.id)
         w.compile()
         w.attach()
         try:
-            widened = _measure([target, other], directory, files, seconds)
+            widened = _measure([target, other], argv, seconds)
             st = w.stats().to_dict()
         finally:
             w.close()
@@ -86,6 +71,7 @@ def inside(seconds: float, delay: str, files: int) -> dict:
         other.close()
     return {
         "kernel": os.uname().release,
+        "loop": argv[0],
         "delay": delay,
         "seconds_per_phase": seconds,
         "target_stats_per_s": {"plain": round(plain[0]), "widened": round(widened[0])},
@@ -120,9 +106,9 @@ def main():
         return res.returncode
     r = json.loads(res.stdout.strip().splitlines()[-1])
     print(f"kernel {r['kernel']}, widening {r['delay']} on the target cgroup, {r['seconds_per_phase']:g} s per phase")
-    print(f"  other cgroup stat()/s : plain {r['other_stats_per_s']['plain']:>8,}  widened {r['other_stats_per_s']['widened']:>8,}"
+    print(f"  other cgroup lookups/s : plain {r['other_stats_per_s']['plain']:>8,}  widened {r['other_stats_per_s']['widened']:>8,}"
           f"  ratio {r['other_ratio']}")
-    print(f"  target cgroup stat()/s: plain {r['target_stats_per_s']['plain']:>8,}  widened {r['target_stats_per_s']['widened']:>8,}"
+    print(f"  target cgroup lookups/s: plain {r['target_stats_per_s']['plain']:>8,}  widened {r['target_stats_per_s']['widened']:>8,}"
           f"  ratio {r['target_ratio']}")
     print(f"  delayed lookups {r['widen']['delayed']:,} (mean {r['widen']['mean_delay_ns'] / 1000:.0f} us)")
     return 0
