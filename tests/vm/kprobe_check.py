@@ -76,6 +76,16 @@ def summarise(trace: Path) -> tuple[dict, object]:
         v = correlate(df)
         col = "verdict" if "verdict" in getattr(v, "columns", ()) else None
         s["verdicts"] = {str(k): int(c) for k, c in v[col].value_counts().items()} if col else None
+        # Each `retried` must rest on a PRUNE-side event of its own dentry.
+        kind_of = dict(zip(df["event_id"].tolist(), df["kind"].tolist()))
+        dentry_of = dict(zip(df["event_id"].tolist(), df["dentry"].tolist()))
+        prune_kinds = {int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT)}
+        tied = 0
+        retried = v[v["verdict"] == "retried"] if col else v.iloc[0:0]
+        for d, ev in zip(retried["dentry"].tolist(), retried["evidence"].tolist()):
+            if any(kind_of.get(int(e)) in prune_kinds and dentry_of.get(int(e)) == d for e in ev):
+                tied += 1
+        s["retried_tied_to_prune"] = tied
     return s, df
 
 
@@ -158,7 +168,8 @@ def main():
         summary["runs"]["fentry"] = record(out, "fentry", a.fentry_seconds, "/var/tmp/vt-fentry")
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({t: {k: r.get(k) for k in ("returncode", "seconds", "by_kind", "walk_enoent", "walk_echild",
-                                                 "walk_echild_pruned_dentry", "verdicts")}
+                                                 "walk_echild_pruned_dentry", "verdicts",
+                                                 "retried_tied_to_prune")}
                       for t, r in summary["runs"].items()}, default=str), flush=True)
 
 
