@@ -219,8 +219,22 @@ class KprobeTracer(Tracer):
                     "not in BTF), so fentry cannot attach: kprobe used for it"
                 )
                 continue
+            if p.define == "RCU" and self._kernel_version() < (5, 17):
+                # fexit on __d_lookup_rcu reads its `unsigned *seqp` argument;
+                # before v5.17 ("bpf: Allow access to int pointer arguments in
+                # tracing programs", Jiri Olsa) the verifier refuses a
+                # pointer to a non-struct in a tracing context ("arg2 type
+                # INT is not a struct"), as 5.10 does.
+                self.notes.append(f"{p.symbol} ({p.role}): fexit cannot read its seqp argument before 5.17: kprobe used for it")
+                continue
             p.mode = "fentry"
             p.nargs = nargs
+
+    def _kernel_version(self) -> tuple[int, int]:
+        import re as _re
+
+        m = _re.match(r"(\d+)\.(\d+)", self.release or "")
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
     def ring_pages(self) -> int:
         """Pages of the shared BPF ring buffer: options.ring_pages per CPU, at least 32 MiB.
