@@ -32,6 +32,18 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def need_tracing() -> None:
+    """Root, tracefs and bcc: what the live tracepoint tests need."""
+    need(is_root(), "needs root for BPF")
+    try:
+        from tracers.tracepoint import tracefs
+
+        tracefs()
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001 (any failure here means: cannot trace)
+        need(False, f"needs tracefs and bcc: {e}")
+
+
 @pytest.fixture
 def fixtures_dir():
     return FIXTURES

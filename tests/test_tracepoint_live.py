@@ -9,28 +9,19 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, is_root, need
+from conftest import ROOT, need, need_tracing
 
 pytestmark = pytest.mark.live
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 
 
-def _tracing_ok():
-    need(is_root(), "needs root for BPF")
-    try:
-        from tracers.tracepoint import tracefs
-
-        tracefs()
-        import bcc  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        need(False, f"needs tracefs and bcc: {e}")
 
 
 @pytest.fixture(scope="module")
 def churn_trace(tmp_path_factory):
     """One recording: `vfstrace record --tier tracepoint --workload stress` (churn), while
     this test stats a known-missing path and writes drop_caches itself."""
-    _tracing_ok()
+    need_tracing()
     d = tmp_path_factory.mktemp("tp")
     trace = d / "churn.trace"
     missing = str(d / f"missing-{uuid.uuid4().hex}")
@@ -108,7 +99,7 @@ def test_verdicts_explained_for_churn(churn_trace):
 
 
 def test_no_transient_without_churn(tmp_path):
-    _tracing_ok()
+    need_tracing()
     need(importlib.util.find_spec("vfstrace.correlate") is not None, "vfstrace.correlate (the correlator) is not in this tree yet")
     trace = tmp_path / "quiet.trace"
     r = subprocess.run(

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, is_root, need
+from conftest import ROOT, is_root, need, need_tracing
 
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 
@@ -37,20 +37,11 @@ def test_not_root_is_one_line():
     assert "root" in r.stderr
 
 
-def _tracing_ok():
-    need(is_root(), "needs root for BPF")
-    try:
-        from tracers.tracepoint import tracefs
-
-        tracefs()
-        import bcc  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        need(False, f"needs tracefs and bcc: {e}")
 
 
 @pytest.mark.live
 def test_kprobe_tier_refused_here_in_one_line():
-    _tracing_ok()
+    need_tracing()
     if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
         pytest.skip("this kernel has kprobes: the refusal is not expected here")
     r = _cli("watch", "--tier", "kprobe", "-d", "1")
@@ -60,7 +51,7 @@ def test_kprobe_tier_refused_here_in_one_line():
 
 @pytest.mark.live
 def test_auto_falls_back_to_tracepoint_dry_run():
-    _tracing_ok()
+    need_tracing()
     if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
         pytest.skip("this kernel has kprobes: auto would not fall back")
     r = _cli("watch", "--dry-run", "--json")
@@ -73,7 +64,7 @@ def test_auto_falls_back_to_tracepoint_dry_run():
 
 @pytest.mark.live
 def test_ebpf_prints_program_with_numeric_filters_only():
-    _tracing_ok()
+    need_tracing()
     r = _cli("watch", "--ebpf", "-c", "zq9\"*/x", "--path-prefix", "/tmp/\"; zq8")
     assert r.returncode == 0, r.stderr
     assert "TRACEPOINT_PROBE(kmem, kmem_cache_free)" in r.stdout
@@ -82,7 +73,7 @@ def test_ebpf_prints_program_with_numeric_filters_only():
 
 @pytest.mark.live
 def test_record_command_traces_its_enoent(tmp_path):
-    _tracing_ok()
+    need_tracing()
     from vfstrace.store import load, read_meta
 
     missing = str(tmp_path / f"missing-{uuid.uuid4().hex}")
@@ -102,7 +93,7 @@ def test_record_command_traces_its_enoent(tmp_path):
 
 @pytest.mark.live
 def test_sigterm_flushes_and_closes_the_trace(tmp_path):
-    _tracing_ok()
+    need_tracing()
     from vfstrace.store import read_meta
 
     trace = tmp_path / "sig.trace"

@@ -345,14 +345,7 @@ class _Sim:
             # ref-walk: d_lookup under a reference; a held dentry is never pruned.
             self.emit(Kind.LOOKUP_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, ino=d.ino,
                       seq=d.seq, seq2=d.seq, flags=0 if d.ino else _NEG)
-            if d.ino:
-                self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, ino=d.ino, seq=d.seq, seq2=d.seq)
-                return 0, d
-            i = self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, seq=d.seq, seq2=d.seq,
-                          ret=ENOENT, flags=_NEG)
-            label = self.neg_label(dirpath, name, d)
-            self.truth[i] = ("walk", label)
-            return ENOENT, label
+            return self.walk_outcome(cpu, tid, comm, d, parent, dirpath, name)
         # dcache miss: lookup_slow() allocates a dentry and asks the file system.
         self.emit(Kind.LOOKUP_RETURN, cpu, tid, comm, parent=parent.addr, name=name, flags=fl)
         if rcu:
@@ -365,6 +358,10 @@ class _Sim:
             d = self.d_alloc(parent, name, ent[0] if ent else 0, bool(ent and ent[1]), cpu, tid, comm)
             if not ent:
                 d.cause = "ns" if (dirpath, name) in self.removed else "never"
+        return self.walk_outcome(cpu, tid, comm, d, parent, dirpath, name)
+
+    def walk_outcome(self, cpu, tid, comm, d, parent, dirpath, name):
+        """The walk's return once it holds dentry ``d``: found, or a labelled -ENOENT."""
         if d.ino:
             self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, ino=d.ino, seq=d.seq, seq2=d.seq)
             return 0, d
