@@ -76,15 +76,23 @@ def summarise(trace: Path) -> tuple[dict, object]:
         v = correlate(df)
         col = "verdict" if "verdict" in getattr(v, "columns", ()) else None
         s["verdicts"] = {str(k): int(c) for k, c in v[col].value_counts().items()} if col else None
-        # Each `retried` must rest on a PRUNE-side event of its own dentry.
+        # Each `retried` must rest on the kernel's own retry (a failed d_seq
+        # re-check or an -ECHILD walk); how many also cite a prune of their
+        # own dentry is reported.
         kind_of = dict(zip(df["event_id"].tolist(), df["kind"].tolist()))
+        ret_of = dict(zip(df["event_id"].tolist(), df["ret"].tolist()))
         dentry_of = dict(zip(df["event_id"].tolist(), df["dentry"].tolist()))
         prune_kinds = {int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT)}
-        tied = 0
+        retry_kinds = {int(Kind.SEQ_CHECK), int(Kind.WALK_RETURN), int(Kind.LOOKUP_RETURN)}
+        tied = cites_retry = 0
         retried = v[v["verdict"] == "retried"] if col else v.iloc[0:0]
         for d, ev in zip(retried["dentry"].tolist(), retried["evidence"].tolist()):
-            if any(kind_of.get(int(e)) in prune_kinds and dentry_of.get(int(e)) == d for e in ev):
+            ev = [int(e) for e in ev]
+            if any(kind_of.get(e) in retry_kinds and ret_of.get(e) == ECHILD for e in ev):
+                cites_retry += 1
+            if d and any(kind_of.get(e) in prune_kinds and dentry_of.get(e) == d for e in ev):
                 tied += 1
+        s["retried_cites_kernel_retry"] = cites_retry
         s["retried_tied_to_prune"] = tied
     return s, df
 
@@ -169,7 +177,7 @@ def main():
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({t: {k: r.get(k) for k in ("returncode", "seconds", "by_kind", "walk_enoent", "walk_echild",
                                                  "walk_echild_pruned_dentry", "verdicts",
-                                                 "retried_tied_to_prune")}
+                                                 "retried_tied_to_prune", "retried_cites_kernel_retry")}
                       for t, r in summary["runs"].items()}, default=str), flush=True)
 
 
