@@ -15,8 +15,6 @@ pytestmark = pytest.mark.live
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 
 
-
-
 @pytest.fixture(scope="module")
 def churn_trace(tmp_path_factory):
     """One recording: `vfstrace record --tier tracepoint --workload stress` (churn), while

@@ -37,8 +37,6 @@ def test_not_root_is_one_line():
     assert "root" in r.stderr
 
 
-
-
 @pytest.mark.live
 def test_kprobe_tier_refused_here_in_one_line():
     need_tracing()
