@@ -14,8 +14,21 @@
  * re-check on every kernel since the d_seq check moved there.
  *
  * Who is delayed: only tasks in the target cgroup (cgroup v2 id, compared
- * with bpf_get_current_cgroup_id(), kernel >= 4.18) or whose tgid is in
- * the `targets` hash map. Everything else returns at once.
+ * with bpf_get_current_cgroup_id(), kernel >= 4.18) or, without a cgroup
+ * id, whose tgid is in the `targets` hash map. Everything else returns at
+ * once.
+ *
+ * How it is attached: as an fexit program where the kernel has fentry and
+ * BTF describes the site (WIDEN_MODE 2), else as a kretprobe (WIDEN_MODE 1).
+ * The probe's own cost is paid by every task that looks a name up, target
+ * or not; under emulation a kretprobe's (breakpoint, return trampoline,
+ * saved registers) is most of a microsecond, an fexit trampoline's a small
+ * part of that.
+ *
+ * Armed or not: the `armed` array's one slot says whether target lookups
+ * are held (1) or only counted (0). The program can so sit attached while
+ * a comparison phase runs without the delay, and the two phases differ in
+ * the delay alone, not in the probe's cost.
  *
  * Defines (numbers only, from tracers/widen.py):
  *   WIDEN_DELAY_NS    busy-wait per delayed lookup (capped at 1 ms there)
@@ -23,6 +36,10 @@
  *   WIDEN_CGROUP_ID   cgroup v2 id to delay, 0 for none
  *   WIDEN_NEED_RESULT 1: delay only when the probed function returned a
  *                     dentry (not NULL / ERR_PTR)
+ *   WIDEN_MODE        1 kretprobe, 2 fexit
+ *   WIDEN_FN          fexit only: the site's name (a C identifier)
+ *   WIDEN_NARGS       fexit only: the site's parameter count (BTF), so
+ *                     ctx[WIDEN_NARGS] is its return value
  */
 #include <uapi/linux/ptrace.h>
 
@@ -38,6 +55,9 @@
 #ifndef WIDEN_NEED_RESULT
 #define WIDEN_NEED_RESULT 1
 #endif
+#ifndef WIDEN_MODE
+#define WIDEN_MODE 1
+#endif
 
 /* Per-CPU counters, read and summed by tracers/widen.py. */
 enum widen_counter {
@@ -46,11 +66,13 @@ enum widen_counter {
 	W_DELAY_NS,      /* total time held, measured */
 	W_CAPPED,        /* held until WIDEN_MAX_ITERS ran out, short of the delay */
 	W_NO_DENTRY,     /* target lookup found nothing: nothing to widen */
+	W_UNARMED,       /* target lookup seen while disarmed: not held */
 	W_NCOUNTERS,
 };
 
 BPF_PERCPU_ARRAY(counters, u64, W_NCOUNTERS);
 BPF_HASH(targets, u32, u8, 4096);
+BPF_ARRAY(armed, u32, 1);
 
 static __always_inline void bump(int idx, u64 by)
 {
@@ -59,23 +81,33 @@ static __always_inline void bump(int idx, u64 by)
 		*v += by;
 }
 
+/*
+ * Every task that looks a name up runs this, so it is kept to one helper
+ * call when the workload has a cgroup (children are born in it); the tgid
+ * hash serves only where the cgroup id is not usable (before 5.5).
+ */
 static __always_inline int is_target(void)
 {
 #if WIDEN_CGROUP_ID
-	if (bpf_get_current_cgroup_id() == WIDEN_CGROUP_ID)
-		return 1;
-#endif
+	return bpf_get_current_cgroup_id() == WIDEN_CGROUP_ID;
+#else
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	return targets.lookup(&tgid) != NULL;
+#endif
 }
 
-int widen_ret(struct pt_regs *ctx)
+static __always_inline int widen(unsigned long rc)
 {
 	if (!is_target())
 		return 0;
 	bump(W_SEEN, 1);
+	int zero = 0;
+	u32 *on = armed.lookup(&zero);
+	if (!on || !*on) {
+		bump(W_UNARMED, 1);
+		return 0;
+	}
 #if WIDEN_NEED_RESULT
-	unsigned long rc = PT_REGS_RC(ctx);
 	/* NULL: not in the dcache; ERR_PTR (top 4095 values): -ECHILD etc. */
 	if (rc == 0 || rc >= (unsigned long)-4095) {
 		bump(W_NO_DENTRY, 1);
@@ -98,3 +130,12 @@ int widen_ret(struct pt_regs *ctx)
 		bump(W_CAPPED, 1);
 	return 0;
 }
+
+#if WIDEN_MODE == 2
+#define VT_CAT(a, b) a##b
+#define VT_XCAT(a, b) VT_CAT(a, b)
+/* BCC attaches a function named kretfunc__<symbol> as fexit of <symbol>. */
+int VT_XCAT(kretfunc__, WIDEN_FN)(u64 *ctx) { return widen(ctx[WIDEN_NARGS]); }
+#else
+int widen_ret(struct pt_regs *ctx) { return widen(PT_REGS_RC(ctx)); }
+#endif

@@ -47,3 +47,26 @@ def need_tracing() -> None:
 @pytest.fixture
 def fixtures_dir():
     return FIXTURES
+
+
+def need_kernel_without_kprobes(what: str) -> None:
+    """These tests are about a kernel without kprobes (this host's 6.18).
+
+    On a kernel that has them the behaviour under test does not apply, so
+    this is a plain skip with its reason, not a need(): strict mode must not
+    fail a test that is not meant for the running kernel.
+    """
+    need_tracing()
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+        pytest.skip(f"this kernel has kprobes: {what}")
+
+
+def need_guest_with_statloop(kernel: str) -> None:
+    """Root, a bootable ``kernel`` and the compiled lookup loop, built on the
+    host (the guest sees the same cache read-only)."""
+    from vfstrace import statloop, vm
+
+    need(is_root(), "booting guests with the host root shared needs root")
+    ok, why = vm.can_boot(kernel)
+    need(ok, why)
+    statloop.build()

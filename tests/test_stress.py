@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, is_root, need
+from conftest import ROOT, is_root, need, need_kernel_without_kprobes
 from vfstrace.stress import CP_ENOENT, fs_type, generate_tree, list_files, pick_workdir
 
 
@@ -39,6 +39,24 @@ def test_bad_flag_is_one_line():
     r = _cli("stress", "--workdir", "/nonexistent/dir", "-d", "1")
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "workdir" in r.stderr
+
+
+@pytest.mark.parametrize("delay", ["200", "2ms", "200us; rm -rf /", "0.1us"])
+def test_bad_widen_delay_is_one_line(delay):
+    r = _cli("stress", "--widen", delay, "-d", "1")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--widen" in r.stderr
+
+
+@pytest.mark.live
+def test_stress_widen_refused_without_kprobes_before_anything_starts(tmp_path):
+    """Widening needs a probe inside the path walk: on a kernel without
+    kprobes one line, exit 4 (no usable tier), and no tree, no cgroup."""
+    need_kernel_without_kprobes("widening would run here (tested in the VMs: tests/vm/test_widen_vm.py)")
+    r = _cli("stress", "--widen", "200us", "-d", "5", "--workdir", str(tmp_path), timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--widen needs kprobes" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.live

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, is_root, need, need_tracing
+from conftest import ROOT, is_root, need, need_kernel_without_kprobes, need_tracing
 
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 
@@ -37,21 +37,9 @@ def test_not_root_is_one_line():
     assert "root" in r.stderr
 
 
-def _need_kernel_without_kprobes(what: str) -> None:
-    """These tests are about a kernel without kprobes (this host's 6.18).
-
-    On a kernel that has them the behaviour under test does not apply, so
-    this is a plain skip with its reason, not a need(): strict mode must not
-    fail a test that is not meant for the running kernel.
-    """
-    need_tracing()
-    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
-        pytest.skip(f"this kernel has kprobes: {what}")
-
-
 @pytest.mark.live
 def test_kprobe_tier_refused_here_in_one_line():
-    _need_kernel_without_kprobes("the refusal is not expected here")
+    need_kernel_without_kprobes("the refusal is not expected here")
     r = _cli("watch", "--tier", "kprobe", "-d", "1")
     _one_line_error(r)
     assert "kprobe" in r.stderr
@@ -59,7 +47,7 @@ def test_kprobe_tier_refused_here_in_one_line():
 
 @pytest.mark.live
 def test_auto_falls_back_to_tracepoint_dry_run():
-    _need_kernel_without_kprobes("auto would not fall back")
+    need_kernel_without_kprobes("auto would not fall back")
     r = _cli("watch", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])

@@ -67,9 +67,41 @@ def test_options_reach_the_program_as_numbers_only():
         f"-DWIDEN_MAX_ITERS={widen.max_iters(200_000)}",
         "-DWIDEN_CGROUP_ID=4242ULL",
         "-DWIDEN_NEED_RESULT=1",
+        "-DWIDEN_MODE=1",
     ]
     text = w.program_text()
     assert "#define WIDEN_DELAY_NS 200000ULL" in text and "int widen_ret(struct pt_regs *ctx)" in text
+
+
+class _FakeBtf:
+    def __init__(self, funcs):
+        self.funcs = funcs
+
+    def func_nargs(self, name):
+        return self.funcs.get(name)
+
+
+def test_fentry_tier_widens_with_fexit_when_btf_has_the_site():
+    w = widen.Widener(_choice("fentry"), 200_000, cgroup_id=7, site="__d_lookup_rcu", rcu_only=True,
+                      btf=_FakeBtf({"__d_lookup_rcu": 3}))
+    assert (w.mode, w.mode_note, w.how) == ("fentry", None, "fexit on __d_lookup_rcu")
+    assert w.cflags()[-3:] == ["-DWIDEN_MODE=2", "-DWIDEN_FN=__d_lookup_rcu", "-DWIDEN_NARGS=3"]
+
+
+@pytest.mark.parametrize("site,funcs,why", [
+    ("__d_lookup_rcu.constprop.0", {"__d_lookup_rcu": 3}, "compiler clone"),
+    ("__d_lookup_rcu", {}, "BTF has no function"),
+])
+def test_fentry_tier_falls_back_to_a_kretprobe_and_says_why(site, funcs, why):
+    w = widen.Widener(_choice("fentry"), 200_000, site=site, rcu_only=True, btf=_FakeBtf(funcs))
+    assert w.mode == "kprobe" and why in w.mode_note
+    assert "-DWIDEN_MODE=1" in w.cflags() and not any(f.startswith("-DWIDEN_FN") for f in w.cflags())
+
+
+def test_kprobe_tier_never_uses_fexit():
+    w = widen.Widener(_choice("kprobe"), 200_000, site="__d_lookup_rcu", rcu_only=True,
+                      btf=_FakeBtf({"__d_lookup_rcu": 3}))
+    assert w.mode == "kprobe" and w.how == "kretprobe on __d_lookup_rcu"
 
 
 def _debian_headers():

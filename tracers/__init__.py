@@ -9,6 +9,10 @@ apart from poll is what lets a command fail early with one clear line.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
+import sys
+import tempfile
 
 
 class Tracer(abc.ABC):
@@ -65,6 +69,43 @@ def import_bcc():
             "(installs Debian's python3-bpfcc) and use .venv/bin/vfstrace"
         ) from None
     return bcc
+
+
+@contextlib.contextmanager
+def compiler_output():
+    """Keep clang's diagnostics from the terminal while BCC compiles.
+
+    libbcc's clang writes straight to file descriptor 2, so Python's
+    redirect_stderr does not catch it; the kernel's own headers give a
+    screenful of warnings on 6.12 (percpu address spaces, __noendbr) that
+    say nothing about vfstrace's programs. They go to a temporary file;
+    the caller gets its text (``box[0]``) to cite when the build fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    box: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box.append(tmp.read().decode(errors="replace"))
+
+
+def first_error(text: str) -> str:
+    """The line of BCC's output that says why a build failed, or ''.
+
+    Clang's first 'error:' line; failing that (a verifier refusal, whose
+    log ends with its reason) the last non-empty line.
+    """
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        if "error:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
 
 
 # tier name -> (module, class); modules are imported only when chosen.

@@ -320,9 +320,16 @@ class KprobeTracer(Tracer):
         self._headers_env(verify_only)
         text = c_defines() + (SOURCE_DIR / SOURCE).read_text()
         cflags = self.cflags()
+        from tracers import compiler_output, first_error
+
+        cc: list[str] = []
         try:
-            self.bpf = bcc.BPF(text=text, cflags=cflags)
+            with compiler_output() as cc:
+                self.bpf = bcc.BPF(text=text, cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile and fentry attach errors
+            err = first_error(cc[0] if cc else "")
+            if err:
+                e = Exception(f"{str(e).splitlines()[0] if str(e) else 'compile failed'} ({err})")
             fent = [p for p in self.probes if p.mode == "fentry"]
             if fent and not verify_only:
                 raise TierUnavailable(

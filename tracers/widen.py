@@ -9,8 +9,13 @@ tasks (a cgroup v2 id and/or a set of tgids), so a concurrent prune of the
 same dentry overlaps the window far more often while the rest of the system
 runs untouched.
 
-Kprobes only: a tracepoint cannot sit inside a path walk. The delay reaches
-the program as a -D number (bounded here to 1 ms), never as text.
+Kprobes only: a tracepoint cannot sit inside a path walk. Where the kernel
+has fentry the program is an fexit program (a BPF trampoline, far cheaper
+for the tasks that are not delayed than a kretprobe's breakpoint and return
+trampoline); elsewhere a kretprobe. It attaches disarmed and is armed
+apart, so a comparison phase can carry the probe without the delay. The
+delay reaches the program as a -D number (bounded here to 1 ms), never as
+text.
 
 This module imports bcc only inside :meth:`Widener.load`, so its pure parts
 (delay parsing, the workload cgroup) are usable without bcc or root.
@@ -22,6 +27,7 @@ import ctypes
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +53,8 @@ MAX_ITERS = 40_000
 # do_lookup), whose return is still before step_into's re-check.
 PREFERRED_SITE = "__d_lookup_rcu"
 
-COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry")
+COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry", "unarmed")
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
@@ -100,12 +107,16 @@ class WorkloadCgroup:
     fall back to a tgid set.
     """
 
-    def __init__(self, name: str = "vfstrace-widen"):
+    def __init__(self, name: str = "vfstrace-widen", parent: str | os.PathLike | None = None):
+        """``parent``: an existing cgroup v2 directory to nest in (e.g. a
+        memory-limited one the workload must stay under); default the root."""
         if os.geteuid() != 0:
             raise PrivilegeError("a workload cgroup needs root")
         self._mounted = None
         root = next((mnt for mnt, fs in _mounts() if fs == "cgroup2"), None)
-        if root is None:
+        if parent is not None:
+            root = str(parent)
+        elif root is None:
             root = tempfile.mkdtemp(prefix="vfstrace-cgroup2-")
             rc = _mount_cgroup2(root)
             if rc != 0:
@@ -139,7 +150,7 @@ class WorkloadCgroup:
             return []
 
     def close(self) -> None:
-        """Move leftover tasks to the root cgroup and remove the directory."""
+        """Move leftover tasks to the parent cgroup and remove the directory."""
         if self.path is None:
             return
         for pid in self.pids():
@@ -147,10 +158,14 @@ class WorkloadCgroup:
                 (self.root / "cgroup.procs").write_text(f"{pid}\n")
             except OSError:
                 pass
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)  # EBUSY: exiting tasks still counted
         self.path = None
         self._unmount()
 
@@ -215,6 +230,8 @@ class WidenStats:
     delay_ns_total: int = 0
     capped: int = 0
     no_dentry: int = 0
+    unarmed: int = 0
+    mode: str = "kprobe"
 
     @property
     def mean_delay_ns(self) -> float:
@@ -231,14 +248,23 @@ class WidenStats:
             "mean_delay_ns": round(self.mean_delay_ns, 1),
             "capped": self.capped,
             "no_dentry": self.no_dentry,
+            "unarmed": self.unarmed,
+            "mode": self.mode,
         }
 
 
 class Widener:
-    """Compile, attach and account bpf/widen.c; ``close()`` removes it."""
+    """Compile, attach, arm and account bpf/widen.c; ``close()`` removes it.
+
+    ``compile()`` loads the program (in fexit mode BCC attaches it there and
+    then, disarmed); ``attach(arm=...)`` attaches where that is still to do
+    and sets the arm switch; ``arm()`` flips it. Nothing is delayed until
+    armed.
+    """
 
     def __init__(self, choice, delay_ns: int = DEFAULT_DELAY_NS, *, cgroup_id: int | None = None,
-                 tgids=(), site: str | None = None, rcu_only: bool | None = None):
+                 tgids=(), site: str | None = None, rcu_only: bool | None = None, mode: str | None = None,
+                 btf=None):
         tier = getattr(choice, "tier", None)
         if tier not in ("kprobe", "fentry"):
             raise TierUnavailable(
@@ -251,15 +277,53 @@ class Widener:
         if site is None:
             site, rcu_only = choose_site(choice)
         self.site, self.rcu_only = site, bool(rcu_only)
+        self.nargs = None
+        self.mode, self.mode_note = self._choose_mode(tier, mode, btf)
         self.bpf = None
+        self.attached = False
+        self.armed = False
+
+    def _choose_mode(self, tier, mode, btf) -> tuple[str, str | None]:
+        """fexit where the tier is fentry and BTF has the site as a FUNC, else kretprobe."""
+        if mode is None:
+            mode = "fentry" if tier == "fentry" else "kprobe"
+        if mode not in ("kprobe", "fentry"):
+            raise VfstraceError(f"widen mode {mode!r}: kprobe or fentry")
+        if mode == "kprobe":
+            return "kprobe", None
+        if not _C_IDENT.fullmatch(self.site):
+            # a compiler clone (.constprop.0) has no BTF FUNC to attach to
+            return "kprobe", f"{self.site} is a compiler clone, not in BTF: kretprobe used"
+        if btf is None:
+            from tracers.btf import Btf
+
+            try:
+                btf = Btf.from_file()
+            except VfstraceError as e:
+                return "kprobe", f"no kernel BTF ({str(e).splitlines()[0]}): kretprobe used"
+        self.nargs = btf.func_nargs(self.site)
+        if self.nargs is None:
+            return "kprobe", f"BTF has no function {self.site}: kretprobe used"
+        return "fentry", None
 
     def cflags(self) -> list[str]:
-        return [
+        flags = [
             f"-DWIDEN_DELAY_NS={self.delay_ns}ULL",
             f"-DWIDEN_MAX_ITERS={max_iters(self.delay_ns)}",
             f"-DWIDEN_CGROUP_ID={self.cgroup_id}ULL",
             "-DWIDEN_NEED_RESULT=1",
         ]
+        if self.mode == "fentry":
+            # site checked against _C_IDENT above: an identifier, never free text
+            flags += ["-DWIDEN_MODE=2", f"-DWIDEN_FN={self.site}", f"-DWIDEN_NARGS={int(self.nargs)}"]
+        else:
+            flags.append("-DWIDEN_MODE=1")
+        return flags
+
+    @property
+    def how(self) -> str:
+        """'fexit on X' / 'kretprobe on X', for messages."""
+        return f"{'fexit' if self.mode == 'fentry' else 'kretprobe'} on {self.site}"
 
     def program_text(self) -> str:
         head = "/* vfstrace widen; compiled with: */\n"
@@ -267,15 +331,16 @@ class Widener:
         return head + source("widen.c")
 
     def load(self) -> None:
-        """Compile and attach: from here the target tasks are delayed."""
+        """Compile, attach and arm: from here the target tasks are delayed."""
         self.compile()
         self.attach()
 
     def compile(self) -> None:
-        """Compile and create the maps; nothing is delayed until :meth:`attach`.
+        """Compile and create the maps; nothing is delayed until armed.
 
         Kept apart so a caller can pay BCC's compile time (about 35 s under
-        emulation) before its measurement starts.
+        emulation) before its measurement starts. In fexit mode BCC attaches
+        the program here (disarmed).
         """
         from tracers import import_bcc
 
@@ -284,27 +349,47 @@ class Widener:
             raise PrivilegeError("widening needs root (it attaches a kprobe)")
         if self.bpf is not None:
             return
+        from tracers import compiler_output, first_error
+
+        cc: list[str] = []
         try:
-            self.bpf = bcc.BPF(text=source("widen.c"), cflags=self.cflags())
-        except Exception as e:  # BCC raises bare Exception on compile errors
-            raise VfstraceError(f"widen program did not compile: {str(e).splitlines()[0]}") from None
+            with compiler_output() as cc:
+                self.bpf = bcc.BPF(text=source("widen.c"), cflags=self.cflags())
+        except Exception as e:  # BCC raises bare Exception on compile and fexit attach errors
+            self.bpf = None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err = first_error(cc[0] if cc else "")
+            raise VfstraceError(f"widen program ({self.how}) did not load: {why}" + (f" ({err})" if err else "")) from None
+        self.attached = self.mode == "fentry"
         for t in self.tgids:
             self._put(t)
 
-    def attach(self) -> None:
+    def attach(self, arm: bool = True) -> None:
         if self.bpf is None:
             self.compile()
-        try:
-            # No maxactive: with it libbcc must create a named tracefs kprobe
-            # event ("r_<func>_bcc_<pid>"), and the tracer in the same process
-            # already owns that name for its own kretprobe on this function
-            # (EEXIST on 5.10). Without it the kprobe PMU needs no name.
-            self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
-        except Exception as e:
-            self.close()
-            raise TierUnavailable(
-                f"widening needs kprobes: cannot attach a kretprobe on {self.site}: {str(e).splitlines()[0]}"
-            ) from None
+        if not self.attached:
+            try:
+                # No maxactive: with it libbcc must create a named tracefs
+                # kprobe event ("r_<func>_bcc_<pid>"), and the tracer in the
+                # same process already owns that name for its own kretprobe
+                # on this function (EEXIST on 5.10). Without it the kprobe
+                # PMU needs no name.
+                self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
+            except Exception as e:
+                self.close()
+                raise TierUnavailable(
+                    f"widening needs kprobes: cannot attach a kretprobe on {self.site}: {str(e).splitlines()[0]}"
+                ) from None
+            self.attached = True
+        self.arm(arm)
+
+    def arm(self, on: bool = True) -> None:
+        """Hold the target's lookups (True) or only count them (False)."""
+        if self.bpf is None:
+            raise VfstraceError("widen program not loaded")
+        tbl = self.bpf["armed"]
+        tbl[ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
+        self.armed = bool(on)
 
     def _put(self, tgid: int) -> None:
         tbl = self.bpf["targets"]
@@ -316,7 +401,7 @@ class Widener:
             self._put(tgid)
 
     def stats(self) -> WidenStats:
-        s = WidenStats(self.site, self.rcu_only, self.delay_ns)
+        s = WidenStats(self.site, self.rcu_only, self.delay_ns, mode=self.mode)
         if self.bpf is None:
             return s
         tbl = self.bpf["counters"]
@@ -324,7 +409,7 @@ class Widener:
         for i, name in enumerate(COUNTERS):
             vals[name] = int(sum(tbl[ctypes.c_int(i)]))
         s.seen, s.delayed, s.delay_ns_total = vals["seen"], vals["delayed"], vals["delay_ns"]
-        s.capped, s.no_dentry = vals["capped"], vals["no_dentry"]
+        s.capped, s.no_dentry, s.unarmed = vals["capped"], vals["no_dentry"], vals["unarmed"]
         return s
 
     def close(self) -> None:
@@ -334,6 +419,7 @@ class Widener:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+                self.attached = self.armed = False
 
     def _close_probe_fds(self) -> None:
         """Detach by closing our own perf event fds.
@@ -341,7 +427,8 @@ class Widener:
         BCC's cleanup() would then also write "-:kprobes/r_<func>_bcc_<pid>"
         to kprobe_events: a PMU kprobe has no such event, but the tracer of
         the same process may own one by that name (it attaches with
-        maxactive), and removing it fails with EBUSY while in use.
+        maxactive), and removing it fails with EBUSY while in use. An fexit
+        link is closed by cleanup() itself.
         """
         from bcc import libbcc
 
@@ -368,7 +455,7 @@ def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1) -> int:
 
     bcc = import_bcc()
     w = Widener.__new__(Widener)
-    w.delay_ns, w.cgroup_id = parse_delay(int(delay_ns)), int(cgroup_id)
+    w.delay_ns, w.cgroup_id, w.mode = parse_delay(int(delay_ns)), int(cgroup_id), "kprobe"
     b = bcc.BPF(text=source("widen.c"), cflags=w.cflags())
     try:
         return b.load_func("widen_ret", bcc.BPF.KPROBE).fd

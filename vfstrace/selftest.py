@@ -610,15 +610,28 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             tracer = make_tracer(choice, TraceOptions(ring_pages=1024))
             tracer.load()
         if "widened" in phases:
-            say(f"compiling the widening program (kretprobe on {widener.site}, {delay / 1000:g} us)")
-            widener.compile()
+            say(f"compiling the widening program ({widener.how}, {delay / 1000:g} us)")
+            if widener.mode_note:
+                say(widener.mode_note)
+            try:
+                widener.compile()
+            except VfstraceError as e:
+                if widener.mode != "fentry":
+                    raise
+                notes.append(f"fexit widening refused ({str(e)[:160]}); kretprobe used instead")
+                say("fexit widening refused; compiling it as a kretprobe")
+                widener = Widener(choice, delay, cgroup_id=cg.id or 0, mode="kprobe")
+                widener.compile()
+            # attached disarmed for every phase: the phases differ in the
+            # delay alone, not in the probe's own cost
+            widener.attach(arm=False)
         stat_argv, notice = statloop.command(_stat_dir(), STAT_FILES, rate, STAT_OP)
         if notice:
             say(notice)
         workload = {}
         for name in phases:
             if name == "widened":
-                widener.attach()
+                widener.arm(True)
             # A fresh workload per phase: each phase's stat count is its own.
             work = Workload(workdir, cgroup=cg, on_target=widener.add_tgid, stat_argv=stat_argv)
             c0, w0 = tracer.counters(), widener.stats().to_dict() if name == "widened" else None
@@ -634,13 +647,13 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             if name == "widened":
                 w1 = widener.stats().to_dict()
                 wst = dict(w1)
-                for k in ("target_lookups", "delayed", "delay_ns_total", "capped", "no_dentry"):
+                for k in ("target_lookups", "delayed", "delay_ns_total", "capped", "no_dentry", "unarmed"):
                     wst[k] = w1[k] - w0[k]
                 wst["mean_delay_ns"] = round(wst["delay_ns_total"] / wst["delayed"], 1) if wst["delayed"] else 0.0
             workload[name] = work.stop()
             work = None
             if name == "widened":
-                widener.close()
+                widener.arm(False)
             _drain(tracer, frames)
             marks.append({"name": name, "start_ns": t0, "end_ns": t1, "counters": _counter_delta(c0, c1),
                           "widen": wst, "workload": workload[name]})

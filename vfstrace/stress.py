@@ -16,7 +16,12 @@ the same, so the symptom can be counted and traced:
   creates and joins (where the memory controller is on cgroup v2), else a
   loop writing 2 to /proc/sys/vm/drop_caches (frees dentries and inodes);
 * ``--churn``: rename-over and unlink/re-create loops inside the source tree
-  that make real, explainable ENOENT (and NS_OPs that explain them).
+  that make real, explainable ENOENT (and NS_OPs that explain them);
+* ``--widen DELAY`` (kernels with kprobes only): the workload runs in a
+  cgroup of its own and tracers/widen.py holds its RCU lookups for DELAY
+  between finding a dentry and re-checking its d_seq, so that the pruning
+  lands in that window far more often; nothing outside the cgroup is held.
+  The result says how many lookups were held and for how long.
 
 The tree is generated (``--files``, ``--depth``, ``--size``) unless
 ``--tree`` names one, under a work dir that is NOT tmpfs when possible:
@@ -238,7 +243,7 @@ class Pressure:
 
 class Stress:
     def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
-                 churn=False, pressure="auto", workdir=None, out=None):
+                 churn=False, pressure="auto", workdir=None, out=None, widen_ns=None):
         if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
             raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
         self.duration = float(duration)
@@ -263,6 +268,64 @@ class Stress:
         self.notices: list[str] = []
         self.session: Path | None = None
         self._procs: set[subprocess.Popen] = set()
+        self.widen_ns = widen_ns
+        self.widener = None
+        self.widen_cgroup = None
+        self.widen_stats: dict | None = None
+        if widen_ns is not None:
+            self._check_widen()
+
+    # -- widening ------------------------------------------------------------
+    def _check_widen(self) -> None:
+        """Refuse --widen before anything starts where it cannot work."""
+        from vfstrace.doctor import choose_tier
+
+        if os.geteuid() != 0:
+            raise PrivilegeError("--widen needs root (it attaches a probe inside the path walk)")
+        choice = choose_tier("auto")
+        if choice.tier not in ("kprobe", "fentry"):
+            from vfstrace.errors import TierUnavailable
+
+            raise TierUnavailable(
+                f"--widen needs kprobes; {choice.kernel_release} offers only the {choice.tier} tier ({choice.reason})"
+            )
+        from tracers.widen import Widener
+
+        self.widener = Widener(choice, self.widen_ns)
+
+    def _start_widen(self) -> None:
+        """Put this process (so every worker it starts from now on) in a fresh
+        cgroup, nested in the memory cgroup when that is the pressure, and
+        hold that cgroup's lookups."""
+        from tracers.widen import WorkloadCgroup, Widener
+
+        self.out(f"vfstrace stress: compiling the widening program ({self.widener.how})")
+        if self.widener.mode_note:
+            self.notices.append(self.widener.mode_note)
+        self.widen_cgroup = WorkloadCgroup("vfstrace-stress-widen", parent=self.pressure.cgroup)
+        if not self.widen_cgroup.id:
+            raise VfstraceError("--widen needs cgroup ids usable by BPF (kernel 5.5 or later)")
+        self.widener = Widener(self.widener.choice, self.widen_ns, cgroup_id=self.widen_cgroup.id,
+                               site=self.widener.site, rcu_only=self.widener.rcu_only, mode=self.widener.mode)
+        self.widener.compile()
+        self.widener.attach(arm=True)
+        self.widen_cgroup.add(os.getpid())
+
+    def _stop_widen(self) -> None:
+        if self.widener is not None and self.widener.bpf is not None:
+            self.widen_stats = self.widener.stats().to_dict()
+            self.widen_stats["how"] = self.widener.how
+        if self.widen_cgroup is not None:
+            back = self.pressure.cgroup or self.widen_cgroup.root
+            try:
+                (Path(back) / "cgroup.procs").write_text(str(os.getpid()))
+            except OSError:
+                pass
+        if self.widener is not None:
+            self.widener.close()
+        if self.widen_cgroup is not None:
+            self.widen_cgroup.close()
+            self.widen_cgroup = None
 
     # -- workers -----------------------------------------------------------
     def _popen(self, argv, **kw):
@@ -389,6 +452,8 @@ class Stress:
             self.pressure.start()
             if self.pressure.notice:
                 self.out(f"vfstrace stress: notice: {self.pressure.notice}")
+            if self.widener is not None:
+                self._start_widen()
             statter = self._statter(list_files(src, 5000))
             fast = self._fast_statter(src)
             threads += [threading.Thread(target=self._copy_loop, args=(i, src, nfiles), daemon=True) for i in range(self.copies)]
@@ -422,6 +487,7 @@ class Stress:
                 except (subprocess.TimeoutExpired, ValueError):
                     statter.kill()
                     statter.wait()
+            self._stop_widen()
             self.pressure.stop()
             shutil.rmtree(self.session, ignore_errors=True)
         self.elapsed = time.monotonic() - started
@@ -449,6 +515,7 @@ class Stress:
             "fast_stat_calls": self.fast_stats,
             "notices": self.notices + ([self.pressure.notice] if self.pressure.notice else []),
             "stop_reason": getattr(self, "stop_reason", None),
+            "widen": self.widen_stats,
         }
 
 
@@ -490,6 +557,13 @@ def render(r: dict) -> str:
         ("stat() calls by " + STATTER_COMM, f"{r['stat_calls']} ({r['stat_errors']} failed)"),
         ("stat() calls by the compiled loop", r.get("fast_stat_calls", 0)),
     ]
+    w = r.get("widen")
+    if w:
+        rows.append(("widening", f"{w['how']}, {w['delay_ns'] / 1000:g} us per held lookup"))
+        rows.append(("lookups held", f"{w['delayed']:,} of {w['target_lookups']:,} by the workload, "
+                     f"mean {w['mean_delay_ns'] / 1000:.1f} us, {w['delay_ns_total'] / 1e9:.2f} s in all"
+                     + (f", {w['capped']:,} cut short by the iteration bound" if w["capped"] else "")))
+        rows.append(("lookups not held", f"{w['no_dentry']:,} (nothing found: no window to widen)"))
     out = tabulate(rows, tablefmt="plain")
     if r["cp_enoent_paths"]:
         out += "\n\ncp: No such file or directory:\n" + "\n".join(f"  {p}" for p in r["cp_enoent_paths"])
@@ -507,14 +581,23 @@ def render(r: dict) -> str:
 @click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
 @click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
+@click.option("--widen", "widen", metavar="DELAY",
+              help="Hold the workload's RCU lookups DELAY (e.g. 200us, at most 1ms) at the race window; kprobes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, as_json):
+def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen, as_json):
     """Run the 2011 reproducer: staggered parallel `cp -a` under memory pressure.
 
     \b
     Counts cp failures with "No such file or directory" (the race's
     symptom) and lists their paths; cleans up trees and cgroups on exit.
+    With --widen (kernels with kprobes) the workload's own RCU lookups are
+    held at the race window and the result says how many, for how long.
     """
-    r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir).run()
+    widen_ns = None
+    if widen is not None:
+        from tracers.widen import parse_delay
+
+        widen_ns = parse_delay(widen)
+    r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen_ns=widen_ns).run()
     click.echo(json.dumps(r) if as_json else render(r))
     return 0

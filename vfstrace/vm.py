@@ -573,7 +573,12 @@ def qemu_argv(k: Kernel, initrd: Path, out_dir: Path, mem="2G", cpus=2) -> list[
         "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
         # panic=-1: a panicking guest reboots at once, and -no-reboot turns
         # that into qemu exiting, so a panic never looks like a hang.
-        "-append", "console=ttyS0 quiet loglevel=4 panic=-1",
+        # tsc=reliable: under TCG the emulated HPET drifts against the TSC
+        # when the host is busy, the clocksource watchdog then marks the TSC
+        # unstable and the guest falls back to the HPET, whose every read is
+        # an emulated MMIO access that serialises the vCPUs (seen as other
+        # tasks slowing while a widened task reads the clock in a loop).
+        "-append", "console=ttyS0 quiet loglevel=4 panic=-1 tsc=reliable",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={_qemu_path(out_dir)},mount_tag=vmout,security_model=none,multidevs=remap",
     ]

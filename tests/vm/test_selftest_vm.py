@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, need, is_root
+from tests.conftest import ROOT, need_guest_with_statloop
 
 PHASE_SECONDS = 40
 MIN_FACTOR = 5.0
@@ -25,12 +25,7 @@ MIN_FACTOR = 5.0
 def test_selftest_passes_and_widening_multiplies_overlaps(kernel, tmp_path):
     from vfstrace import vm
 
-    need(is_root(), "booting guests with the host root shared needs root")
-    ok, why = vm.can_boot(kernel)
-    need(ok, why)
-    from vfstrace import statloop
-
-    statloop.build()  # on the host: the guest sees the same cache read-only
+    need_guest_with_statloop(kernel)
     py = str(ROOT / ".venv" / "bin" / "python")
     res = vm.run(kernel, [py, "-m", "vfstrace.cli", "selftest", "--kernel-only", "--json", "-d", str(PHASE_SECONDS),
                           "-o", "/vmout/selftest.vft"],
