@@ -2,6 +2,7 @@
 """ns per stat() call, untraced vs traced, ENOENT and hit paths, side by side in one run.
 
     sudo .venv/bin/python bench/overhead.py [--calls N] [--tier auto|tracepoint|kprobe|fentry] [--small]
+                                            [--syscall-args auto|regs|map]
 
 Every traced ENOENT call streams one event (a PATH_SYSCALL record on the
 tracepoint tier), so "added ns per streamed event" is traced minus
@@ -9,7 +10,9 @@ untraced on the ENOENT path; the hit path streams nothing and shows the
 cost of having the syscall tracepoints on at all. Events are drained while
 the loop runs, and drops are counted and printed. Repeats are interleaved
 (untraced, traced, untraced, ...) so drift affects both sides alike; the
-median of the repeats is reported.
+median of the repeats is reported. On the tracepoint tier the header line
+names how the syscall arguments reached the exit programs (``--syscall-args``
+chooses; see tracers/tracepoint.py).
 """
 
 import argparse
@@ -31,6 +34,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tier", default="auto")
     ap.add_argument("--small", action="store_true", help="CI size: 50k calls, 1 repeat")
+    ap.add_argument("--syscall-args", default="auto", choices=("auto", "regs", "map"),
+                    help="tracepoint tier: syscall arguments from saved registers at exit, or kept from enter in a map")
     a = ap.parse_args()
     if a.small:
         a.calls, a.repeats = 50_000, 1
@@ -47,7 +52,7 @@ def main():
     open(hit, "w").close()
     miss = os.path.join(work, "absent")
     choice = choose_tier(a.tier)
-    tracer = make_tracer(choice, TraceOptions())
+    tracer = make_tracer(choice, TraceOptions(extra={"syscall_args": a.syscall_args}))
     res = {(p, t): [] for p in ("enoent", "hit") for t in ("untraced", "traced")}
     got = 0
     try:
@@ -80,6 +85,7 @@ def main():
             th.join()
             got += counted[0]
             lost = sum(tracer.lost().values())
+            mode = getattr(tracer, "mode", None)
             tracer.close()
     finally:
         tracer.close()
@@ -87,7 +93,8 @@ def main():
         os.unlink(hit)
         os.rmdir(work)
     med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"tier: {choice.tier}   kernel: {choice.kernel_release}   calls per run: {a.calls}   repeats: {a.repeats}")
+    how = f"   syscall args: {mode}" if mode else ""
+    print(f"tier: {choice.tier}{how}   kernel: {choice.kernel_release}   calls per run: {a.calls}   repeats: {a.repeats}")
     print(f"{'path':<8} {'untraced ns':>12} {'traced ns':>10} {'ratio':>6} {'added ns':>9}")
     for p in ("enoent", "hit"):
         u, t = med[(p, "untraced")], med[(p, "traced")]

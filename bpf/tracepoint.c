@@ -2,8 +2,9 @@
 /*
  * vfstrace tracepoint tier: for kernels that allow BPF on tracepoints but
  * not kprobes or fentry. Tracepoint argument structs come from the
- * tracepoint format files, so nothing here depends on kernel struct layouts
- * and it is right whatever headers BCC compiles against.
+ * tracepoint format files and the one kernel struct read, x86-64 pt_regs
+ * (exit-only mode), has the user ABI layout, so it is right whatever
+ * headers BCC compiles against.
  *
  * What crosses to user space (everything else is counted per CPU):
  *  - PATH_SYSCALL: path syscalls that returned -ENOENT (all results when
@@ -16,7 +17,8 @@
  *
  * Built by tracers/tracepoint.py with, prepended: the VFS_K_* / VFS_OP_* /
  * VFS_F_* defines from vfstrace.events.c_defines(), and numeric -D options
- * only (VFS_FILTER_PID, VFS_COMM0/1, VFS_HAVE_<syscall>, ring sizes). The
+ * only (VFS_FILTER_PID, VFS_COMM0/1, VFS_HAVE_<syscall>, ring sizes,
+ * VFS_EXIT_ONLY for the exit-only mode below). The
  * path prefix arrives through the `prefix` array map, never as C text.
  */
 #include "vfstrace.h"
@@ -46,7 +48,7 @@
 #define C_DFREE          8  /* dentry frees seen */
 #define C_DALLOC         9  /* dentry allocations seen */
 #define C_SHRINK        10  /* shrinker runs seen */
-#define C_INFLIGHT_MISS 11  /* exit without a matching enter (attached mid-call) */
+#define C_INFLIGHT_MISS 11  /* enter+map mode: exit without a matching enter (attached mid-call) */
 #define C_NSLOTS        12
 
 #ifndef VFS_USE_PERF
@@ -68,16 +70,6 @@ struct prefix_t {
 	char p[VFS_PATH_LEN];
 };
 BPF_ARRAY(prefix, struct prefix_t, 1);
-
-struct inflight_t {
-	u64 p1;   /* user pointer: path */
-	u64 p2;   /* user pointer: second path (rename/link) or 0 */
-	u16 kind;
-	u16 op;
-};
-/* LRU: a task killed inside a syscall never reaches sys_exit; its entry
- * must not pin a slot forever and make later updates fail. */
-BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
 
 static __always_inline void count(int slot)
 {
@@ -151,6 +143,16 @@ static __always_inline int task_wanted(u64 id)
 	return 1;
 }
 
+/* vfstrace's own re-checks and trace writes must not feed back. */
+static __always_inline int not_self(u64 id)
+{
+#ifdef VFS_SELF_PID
+	return (u32)(id >> 32) != VFS_SELF_PID;
+#else
+	return 1;
+#endif
+}
+
 static __always_inline int prefix_ok(const char *path)
 {
 #ifdef VFS_FILTER_PREFIX
@@ -168,28 +170,6 @@ static __always_inline int prefix_ok(const char *path)
 	}
 #endif
 	return 1;
-}
-
-static __always_inline int on_enter(u16 kind, u16 op, const char *p1, const char *p2)
-{
-	u64 id = bpf_get_current_pid_tgid();
-#ifdef VFS_SELF_PID
-	/* vfstrace's own re-checks and trace writes must not feed back. */
-	if ((u32)(id >> 32) == VFS_SELF_PID)
-		return 0;
-#endif
-	if (kind == VFS_K_PATH_SYSCALL && !task_wanted(id)) {
-		count(C_FILT_TASK);
-		return 0;
-	}
-	u32 tid = (u32)id;
-	struct inflight_t f = {};
-	f.p1 = (u64)p1;
-	f.p2 = (u64)p2;
-	f.kind = kind;
-	f.op = op;
-	inflight.update(&tid, &f);
-	return 0;
 }
 
 static __always_inline void fill_hdr(struct vfs_event *e, u64 id, u16 kind, u16 op, s64 ret)
@@ -212,57 +192,59 @@ static __always_inline void fill_hdr(struct vfs_event *e, u64 id, u16 kind, u16 
 	e->name[0] = 0;
 }
 
-static __always_inline int on_exit(void *ctx, long ret)
+/* The pid/comm filter applies to path syscalls (NS_OPs come from every
+ * process); counts what it drops. */
+static __always_inline int task_passes(u64 id, u16 kind)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	struct inflight_t *f = inflight.lookup(&tid);
-	if (!f) {
-#ifdef VFS_SELF_PID
-		if ((u32)(id >> 32) == VFS_SELF_PID)
-			return 0;
-#endif
-		/* Filtered tasks never stored an entry; only count real misses
-		 * (a call in flight when the probes attached). */
-		if (task_wanted(id))
-			count(C_INFLIGHT_MISS);
+	if (kind == VFS_K_PATH_SYSCALL && !task_wanted(id)) {
+		count(C_FILT_TASK);
 		return 0;
 	}
-	struct inflight_t fl = *f;
-	inflight.delete(&tid);
+	return 1;
+}
 
-	if (fl.kind == VFS_K_PATH_SYSCALL) {
-		count(C_PATH_SEEN);
-		if (ret != -2 /* ENOENT */) {
-			if (!VFS_STREAM_SUCCESS || ret < 0) {
-				count(ret < 0 ? C_PATH_OTHERERR : C_PATH_OK);
-				return 0;
-			}
-		}
-	} else {
+/*
+ * Whether a syscall that returned `ret` needs a record. Decided before any
+ * argument fetch, ring reservation or string read, so the common case (a
+ * success nobody streams) ends here. Counts what it decides.
+ */
+static __always_inline int result_wanted(u16 kind, long ret)
+{
+	if (kind != VFS_K_PATH_SYSCALL) {
 		count(C_NS_SEEN);
+		return 1;
 	}
+	count(C_PATH_SEEN);
+	if (ret != -2 /* ENOENT */ && (!VFS_STREAM_SUCCESS || ret < 0)) {
+		count(ret < 0 ? C_PATH_OTHERERR : C_PATH_OK);
+		return 0;
+	}
+	return 1;
+}
 
+/* One PATH_SYSCALL / NS_OP record: p1, p2 are the syscall's user path pointers (p2 may be 0). */
+static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2)
+{
 	struct vfs_path_event *e = reserve_path();
 	if (!e) {
 		count(C_DROP_PATH);
 		return 0;
 	}
-	fill_hdr(&e->hdr, id, fl.kind, fl.op, ret);
-	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const void *)fl.p1);
+	fill_hdr(&e->hdr, id, kind, op, ret);
+	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const void *)p1);
 	if (n < 0)
 		e->path[0] = 0;
 	else if (n == sizeof(e->path))
 		e->hdr.flags |= VFS_F_TRUNCATED;
 	e->path2[0] = 0;
-	if (fl.p2) {
-		n = bpf_probe_read_user_str(e->path2, sizeof(e->path2), (const void *)fl.p2);
+	if (p2) {
+		n = bpf_probe_read_user_str(e->path2, sizeof(e->path2), (const void *)p2);
 		if (n < 0)
 			e->path2[0] = 0;
 		else if (n == sizeof(e->path2))
 			e->hdr.flags |= VFS_F_TRUNCATED;
 	}
-	if (!prefix_ok(e->path) && !(fl.p2 && prefix_ok(e->path2))) {
+	if (!prefix_ok(e->path) && !(p2 && prefix_ok(e->path2))) {
 		count(C_FILT_PREFIX);
 		discard_path(e);
 		return 0;
@@ -271,87 +253,180 @@ static __always_inline int on_exit(void *ctx, long ret)
 	return 0;
 }
 
-/* One enter/exit pair per syscall; VFS_HAVE_<name> says the tracepoint exists here. */
-#define PATH1(sc, kind, op, field) \
+#ifdef VFS_EXIT_ONLY
+/*
+ * Exit-only mode (tracers/tracepoint.py picks it when the kernel has BTF
+ * and this program loads; x86-64 only): one program per syscall, at
+ * sys_exit, no enter program and no per-task map. The syscall's arguments
+ * are read back from the task's saved user registers:
+ * bpf_get_current_task_btf() (5.11, commit 3ca1032ab7ab) and
+ * bpf_task_pt_regs() (5.15, commit dd6e10fbd9fb). The x86-64 syscall entry
+ * saves the user registers in pt_regs and syscall handlers only read them
+ * (syscall args: di, si, dx, r10, r8, r9), so at sys_exit they still hold
+ * the arguments. struct pt_regs on x86-64 is the user ABI layout, the same
+ * in every header tree BCC may compile against. Compat (ia32) syscalls
+ * never reach the syscalls:* tracepoints, so the 64-bit ABI always applies.
+ * A successful execve has replaced the registers (and the memory the path
+ * was in), as it had the memory in enter+map mode: its path reads empty in
+ * both modes.
+ */
+#include <linux/ptrace.h>
+
+#define VFS_SC_ARG0 di
+#define VFS_SC_ARG1 si
+#define VFS_SC_ARG2 dx
+#define VFS_SC_ARG3 r10
+#define SC_ARG(r, n) ((u64)(r)->VFS_SC_ARG##n)
+
+/* a1, a2: the path arguments' 0-based indexes in the syscall, i.e. their
+ * order in the sys_enter_<sc> format file (tests/test_tracepoint_live.py
+ * checks the table below against this kernel's). */
+#define EXIT_PROBE(sc, kind, op, p1, p2) \
+TRACEPOINT_PROBE(syscalls, sys_exit_##sc) \
+{ \
+	u64 id = bpf_get_current_pid_tgid(); \
+	long ret = args->ret; \
+	if (!not_self(id) || !task_passes(id, kind) || !result_wanted(kind, ret)) \
+		return 0; \
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()); \
+	return emit_path(args, id, kind, op, ret, p1, p2); \
+}
+#define PATH1(sc, kind, op, field, a1) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), 0)
+#define PATH2(sc, kind, op, f1, a1, f2, a2) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), SC_ARG(r, a2))
+
+#else /* enter+map mode */
+struct inflight_t {
+	u64 p1;   /* user pointer: path */
+	u64 p2;   /* user pointer: second path (rename/link) or 0 */
+	u16 kind;
+	u16 op;
+};
+/* LRU: a task killed inside a syscall never reaches sys_exit; its entry
+ * must not pin a slot forever and make later updates fail. */
+BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
+
+static __always_inline int on_enter(u16 kind, u16 op, const char *p1, const char *p2)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!not_self(id) || !task_passes(id, kind))
+		return 0;
+	u32 tid = (u32)id;
+	struct inflight_t f = {};
+	f.p1 = (u64)p1;
+	f.p2 = (u64)p2;
+	f.kind = kind;
+	f.op = op;
+	inflight.update(&tid, &f);
+	return 0;
+}
+
+static __always_inline int on_exit(void *ctx, long ret)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct inflight_t *f = inflight.lookup(&tid);
+	if (!f) {
+		if (!not_self(id))
+			return 0;
+		/* Filtered tasks never stored an entry; only count real misses
+		 * (a call in flight when the probes attached). */
+		if (task_wanted(id))
+			count(C_INFLIGHT_MISS);
+		return 0;
+	}
+	struct inflight_t fl = *f;
+	inflight.delete(&tid);
+	/* The task filter ran at enter. */
+	if (!result_wanted(fl.kind, ret))
+		return 0;
+	return emit_path(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2);
+}
+
+/* One enter/exit pair per syscall. */
+#define PATH1(sc, kind, op, field, a1) \
 TRACEPOINT_PROBE(syscalls, sys_enter_##sc) { return on_enter(kind, op, args->field, 0); } \
 TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret); }
-#define PATH2(sc, kind, op, f1, f2) \
+#define PATH2(sc, kind, op, f1, a1, f2, a2) \
 TRACEPOINT_PROBE(syscalls, sys_enter_##sc) { return on_enter(kind, op, args->f1, args->f2); } \
 TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret); }
+#endif
 
+/* Each syscall: its path argument(s) by tracepoint field name (enter+map)
+ * and by argument index (exit-only); VFS_HAVE_<name> says the tracepoints
+ * exist here. */
 #ifdef VFS_HAVE_openat
-PATH1(openat, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT, filename)
+PATH1(openat, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT, filename, 1)
 #endif
 #ifdef VFS_HAVE_openat2
-PATH1(openat2, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT2, filename)
+PATH1(openat2, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT2, filename, 1)
 #endif
 #ifdef VFS_HAVE_newfstatat
-PATH1(newfstatat, VFS_K_PATH_SYSCALL, VFS_OP_NEWFSTATAT, filename)
+PATH1(newfstatat, VFS_K_PATH_SYSCALL, VFS_OP_NEWFSTATAT, filename, 1)
 #endif
 #ifdef VFS_HAVE_statx
-PATH1(statx, VFS_K_PATH_SYSCALL, VFS_OP_STATX, filename)
+PATH1(statx, VFS_K_PATH_SYSCALL, VFS_OP_STATX, filename, 1)
 #endif
 #ifdef VFS_HAVE_faccessat
-PATH1(faccessat, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT, filename)
+PATH1(faccessat, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT, filename, 1)
 #endif
 #ifdef VFS_HAVE_faccessat2
-PATH1(faccessat2, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT2, filename)
+PATH1(faccessat2, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT2, filename, 1)
 #endif
 #ifdef VFS_HAVE_execve
-PATH1(execve, VFS_K_PATH_SYSCALL, VFS_OP_EXECVE, filename)
+PATH1(execve, VFS_K_PATH_SYSCALL, VFS_OP_EXECVE, filename, 0)
 #endif
 #ifdef VFS_HAVE_readlinkat
-PATH1(readlinkat, VFS_K_PATH_SYSCALL, VFS_OP_READLINKAT, pathname)
+PATH1(readlinkat, VFS_K_PATH_SYSCALL, VFS_OP_READLINKAT, pathname, 1)
 #endif
 #ifdef VFS_HAVE_chdir
-PATH1(chdir, VFS_K_PATH_SYSCALL, VFS_OP_CHDIR, filename)
+PATH1(chdir, VFS_K_PATH_SYSCALL, VFS_OP_CHDIR, filename, 0)
 #endif
 /* Legacy x86-64 entry points: stat(2) is sys_newstat, lstat(2) sys_newlstat. */
 #ifdef VFS_HAVE_open
-PATH1(open, VFS_K_PATH_SYSCALL, VFS_OP_OPEN, filename)
+PATH1(open, VFS_K_PATH_SYSCALL, VFS_OP_OPEN, filename, 0)
 #endif
 #ifdef VFS_HAVE_newstat
-PATH1(newstat, VFS_K_PATH_SYSCALL, VFS_OP_STAT, filename)
+PATH1(newstat, VFS_K_PATH_SYSCALL, VFS_OP_STAT, filename, 0)
 #endif
 #ifdef VFS_HAVE_newlstat
-PATH1(newlstat, VFS_K_PATH_SYSCALL, VFS_OP_LSTAT, filename)
+PATH1(newlstat, VFS_K_PATH_SYSCALL, VFS_OP_LSTAT, filename, 0)
 #endif
 #ifdef VFS_HAVE_access
-PATH1(access, VFS_K_PATH_SYSCALL, VFS_OP_ACCESS, filename)
+PATH1(access, VFS_K_PATH_SYSCALL, VFS_OP_ACCESS, filename, 0)
 #endif
 #ifdef VFS_HAVE_readlink
-PATH1(readlink, VFS_K_PATH_SYSCALL, VFS_OP_READLINK, path)
+PATH1(readlink, VFS_K_PATH_SYSCALL, VFS_OP_READLINK, path, 0)
 #endif
 
 #ifdef VFS_HAVE_unlinkat
-PATH1(unlinkat, VFS_K_NS_OP, VFS_OP_UNLINK, pathname)
+PATH1(unlinkat, VFS_K_NS_OP, VFS_OP_UNLINK, pathname, 1)
 #endif
 #ifdef VFS_HAVE_unlink
-PATH1(unlink, VFS_K_NS_OP, VFS_OP_UNLINK, pathname)
+PATH1(unlink, VFS_K_NS_OP, VFS_OP_UNLINK, pathname, 0)
 #endif
 #ifdef VFS_HAVE_rmdir
-PATH1(rmdir, VFS_K_NS_OP, VFS_OP_RMDIR, pathname)
+PATH1(rmdir, VFS_K_NS_OP, VFS_OP_RMDIR, pathname, 0)
 #endif
 #ifdef VFS_HAVE_mkdirat
-PATH1(mkdirat, VFS_K_NS_OP, VFS_OP_MKDIR, pathname)
+PATH1(mkdirat, VFS_K_NS_OP, VFS_OP_MKDIR, pathname, 1)
 #endif
 #ifdef VFS_HAVE_mkdir
-PATH1(mkdir, VFS_K_NS_OP, VFS_OP_MKDIR, pathname)
+PATH1(mkdir, VFS_K_NS_OP, VFS_OP_MKDIR, pathname, 0)
 #endif
 #ifdef VFS_HAVE_renameat2
-PATH2(renameat2, VFS_K_NS_OP, VFS_OP_RENAME, oldname, newname)
+PATH2(renameat2, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 1, newname, 3)
 #endif
 #ifdef VFS_HAVE_renameat
-PATH2(renameat, VFS_K_NS_OP, VFS_OP_RENAME, oldname, newname)
+PATH2(renameat, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 1, newname, 3)
 #endif
 #ifdef VFS_HAVE_rename
-PATH2(rename, VFS_K_NS_OP, VFS_OP_RENAME, oldname, newname)
+PATH2(rename, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 0, newname, 1)
 #endif
 #ifdef VFS_HAVE_linkat
-PATH2(linkat, VFS_K_NS_OP, VFS_OP_LINK, oldname, newname)
+PATH2(linkat, VFS_K_NS_OP, VFS_OP_LINK, oldname, 1, newname, 3)
 #endif
 #ifdef VFS_HAVE_link
-PATH2(link, VFS_K_NS_OP, VFS_OP_LINK, oldname, newname)
+PATH2(link, VFS_K_NS_OP, VFS_OP_LINK, oldname, 0, newname, 1)
 #endif
 
 /*

@@ -110,3 +110,166 @@ def test_no_transient_without_churn(tmp_path):
 
     v = _correlate(load(trace))
     assert not {"transient", "race"} & set(v.verdict)
+
+
+# What a child process does, by raw syscall number so the libc in use cannot
+# turn stat() into newfstatat()/statx(): stat(a) (path in arg 0), rename(a, b)
+# (args 0, 1) and renameat2(AT_FDCWD, a, AT_FDCWD, b, 0) (args 1, 3): all ENOENT.
+SYSCALLS_CHILD = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = sys.argv[1].encode(), sys.argv[2].encode()
+buf = ctypes.create_string_buffer(256)
+assert libc.syscall(4, a, buf) == -1 and ctypes.get_errno() == 2
+assert libc.syscall(82, a, b) == -1 and ctypes.get_errno() == 2
+assert libc.syscall(316, -100, a, -100, b, 0) == -1 and ctypes.get_errno() == 2
+"""
+
+
+def _child_syscalls_traced(tmp_path, syscall_args):
+    """(tracer mode, the rows naming the child's paths, child pid, a, b)."""
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.options import TraceOptions
+
+    a = str(tmp_path / f"missing-{uuid.uuid4().hex}")
+    b = a + ".renamed"
+    t = TracepointTracer(TraceOptions(extra={"syscall_args": syscall_args, "recheck": False}))
+    t.load()
+    try:
+        child = subprocess.run([sys.executable, "-c", SYSCALLS_CHILD, a, b], capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0, child.stderr
+        import pandas as pd
+
+        parts, deadline = [], time.monotonic() + 5
+        while time.monotonic() < deadline:
+            df = t.poll(100)
+            parts.append(df[(df.path == a) | (df.path2 == b)])
+            if sum(len(p) for p in parts) >= 3:
+                time.sleep(0.3)  # a fourth row would be a duplicate: let it arrive
+                df = t.poll(0)
+                parts.append(df[(df.path == a) | (df.path2 == b)])
+                break
+        rows = pd.concat(parts, ignore_index=True).sort_values("ts_ns", ignore_index=True)
+        return t.mode, t.attached(), rows, a, b
+    finally:
+        t.close()
+
+
+def test_exit_only_mode_is_chosen_where_it_can_be():
+    """On x86-64 with kernel BTF (this host) the tracer reads syscall arguments
+    from saved registers at sys_exit: no sys_enter program is attached."""
+    need_tracing()
+    from tracers.tracepoint import TracepointTracer, regs_unavailable
+    from vfstrace.options import TraceOptions
+
+    why = regs_unavailable()
+    need(why is None, f"exit-only mode cannot run here: {why}")
+    t = TracepointTracer(TraceOptions(extra={"recheck": False}))
+    t.load()
+    try:
+        assert t.mode == "regs" and t.mode_note is None
+        probes = t.attached()
+        assert "tracepoint:syscalls:sys_exit_newstat" in probes
+        assert not [p for p in probes if ":sys_enter_" in p]
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("syscall_args", ["regs", "map"])
+def test_child_syscalls_seen_exactly_once_with_their_paths(tmp_path, syscall_args):
+    """Both modes: each ENOENT syscall of a child is one record with the child's
+    pid, the syscall's kind/op/ret and both paths, i.e. what the child did."""
+    need_tracing()
+    from tracers.tracepoint import regs_unavailable
+    from vfstrace.events import Kind, Op
+
+    if syscall_args == "regs":
+        why = regs_unavailable()
+        need(why is None, f"exit-only mode cannot run here: {why}")
+    mode, probes, rows, a, b = _child_syscalls_traced(tmp_path, syscall_args)
+    assert mode == syscall_args
+    assert bool([p for p in probes if ":sys_enter_" in p]) == (syscall_args == "map")
+    assert len(rows) == 3, rows.to_string()
+    assert len(set(rows.pid)) == 1 and rows.pid.iloc[0] != os.getpid()
+    assert set(rows.ret) == {-2} and set(rows.path) == {a}
+    got = [(int(k), int(o), p2) for k, o, p2 in zip(rows.kind, rows.op, rows.path2)]
+    assert got == [
+        (int(Kind.PATH_SYSCALL), int(Op.STAT), ""),
+        (int(Kind.NS_OP), int(Op.RENAME), b),
+        (int(Kind.NS_OP), int(Op.RENAME), b),
+    ]
+
+
+def test_exit_only_argument_indexes_match_the_syscalls():
+    """bpf/tracepoint.c names each path argument by field (enter+map mode) and
+    by index (exit-only mode); the index must be the field's position in this
+    kernel's sys_enter_<syscall> format file."""
+    import re
+
+    need_tracing()
+    from tracers.tracepoint import SOURCE, tracepoint_format
+
+    src = SOURCE.read_text()
+    table = re.findall(r"^PATH1\((\w+), \w+, \w+, (\w+), (\d)\)$", src, re.M)
+    table += [(sc, f, i) for sc, f1, i1, f2, i2 in
+              re.findall(r"^PATH2\((\w+), \w+, \w+, (\w+), (\d), (\w+), (\d)\)$", src, re.M)
+              for f, i in ((f1, i1), (f2, i2))]
+    assert len(table) >= 24
+    checked = 0
+    for sc, fld, idx in table:
+        fmt = tracepoint_format("syscalls", f"sys_enter_{sc}")
+        if fmt is None:
+            continue
+        args = [m for m in re.findall(r"field:[^;]*?(\w+);", fmt) if m not in ("__syscall_nr",) and not m.startswith("common_")]
+        assert args.index(fld) == int(idx), (sc, fld, idx, args)
+        checked += 1
+    assert checked >= 10
+
+
+def test_without_kernel_btf_falls_back_to_enter_map_with_a_notice(tmp_path, monkeypatch, capsys):
+    need_tracing()
+    import tracers.tracepoint as tp
+    from vfstrace.options import TraceOptions
+
+    monkeypatch.setattr(tp, "KERNEL_BTF", tmp_path / "no-vmlinux")
+    t = tp.TracepointTracer(TraceOptions(extra={"recheck": False}))
+    t.load()
+    try:
+        assert t.mode == "map"
+        assert "no kernel BTF" in t.mode_note and t.mode_note in capsys.readouterr().err
+        assert "tracepoint:syscalls:sys_enter_newstat" in t.attached()
+    finally:
+        t.close()
+
+
+def test_bad_syscall_args_is_one_clear_error():
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.errors import VfstraceError
+    from vfstrace.options import TraceOptions
+
+    with pytest.raises(VfstraceError, match="syscall_args must be one of auto, regs, map, not 'regz'"):
+        TracepointTracer(TraceOptions(extra={"syscall_args": "regz"}))
+
+
+@pytest.mark.parametrize("syscall_args", ["auto", "map"])
+def test_path_prefix_filter_keeps_only_paths_under_it(tmp_path, syscall_args):
+    """A record is kept when its path, or a rename's second path, is under the prefix."""
+    need_tracing()
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.options import TraceOptions
+
+    inside = str(tmp_path / f"in-{uuid.uuid4().hex}")
+    outside = f"/var/tmp/out-{uuid.uuid4().hex}"
+    t = TracepointTracer(TraceOptions(path_prefix=str(tmp_path), extra={"syscall_args": syscall_args, "recheck": False}).validate())
+    t.load()
+    try:
+        r = subprocess.run([sys.executable, "-c", SYSCALLS_CHILD, outside, inside], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        subprocess.run([sys.executable, "-c", SYSCALLS_CHILD, inside, outside], capture_output=True, timeout=60, check=True)
+        time.sleep(0.3)
+        df = t.poll(200)
+        assert (df.path == inside).sum() == 3  # stat, rename, renameat2 of the second child
+        assert set(df[df.path == outside].path2) == {inside}  # renames kept for their second path
+        assert t.counters()["filtered_prefix"] >= 1  # the first child's stat(outside)
+    finally:
+        t.close()

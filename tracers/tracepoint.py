@@ -19,9 +19,19 @@ successes are streamed (``options.extra["stream_success"]``), and otherwise
 from the absence of any namespace operation on the path. Re-checks are
 capped per poll so a storm of ENOENTs cannot stall the drain.
 
-Kernel headers: tracepoint programs read only tracepoint argument records,
-whose layout BCC takes from the format files, so mismatched headers are safe
-here; BCC still needs *some* headers to compile. :func:`bcc_kernel_source`
+Syscall arguments: by default the sys_exit programs read the path pointers
+back from the task's saved user registers (``bpf_task_pt_regs``, 5.15), so
+each path syscall runs one BPF program and touches no map. Where that is
+not possible (no kernel BTF, not x86-64, or the verifier refuses it) the
+tracer says so once and falls back to sys_enter programs that keep the
+pointers per task in a map: same records, about twice the cost per call.
+``options.extra["syscall_args"]`` ("auto", "regs", "map") forces a mode;
+:attr:`TracepointTracer.mode` is the one loaded.
+
+Kernel headers: tracepoint programs read tracepoint argument records, whose
+layout BCC takes from the format files, and (in "regs" mode) x86-64
+``struct pt_regs``, whose layout is the user ABI, so mismatched headers are
+safe here; BCC still needs *some* headers to compile. :func:`bcc_kernel_source`
 turns the headers doctor found into a tree libbcc accepts (a Debian split
 -common/-amd64 pair becomes one symlink farm) and the tracer prints a notice
 when they are not the running kernel's.
@@ -59,6 +69,13 @@ COUNTER_NAMES = (
     "dentry_frees", "dentry_allocs", "shrinker_runs", "exit_without_enter",
 )
 RECHECK_CAP = 4096  # user-space re-checks per poll
+KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
+# How the sys_exit programs get the syscall's path arguments (bpf/tracepoint.c):
+#  - "regs": read back at sys_exit from the task's saved user registers
+#    (exit programs only; needs kernel BTF and bpf_task_pt_regs, 5.15);
+#  - "map": stored per task by a sys_enter program in a map (any kernel).
+# "auto" tries regs, then map. options.extra["syscall_args"] chooses.
+SYSCALL_ARGS_MODES = ("auto", "regs", "map")
 
 
 def tracefs() -> Path:
@@ -97,6 +114,18 @@ def available_tracepoints(root: Path | None = None) -> dict[str, bool]:
     for ev in ("mm_shrink_slab_start", "mm_shrink_slab_end"):
         have[ev] = tracepoint_format("vmscan", ev, root) is not None
     return have
+
+
+def regs_unavailable() -> str | None:
+    """Why the "regs" mode cannot work on this host, or None if it may (the
+    verifier has the last word: load() falls back when it rejects it)."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        return f"reading syscall arguments from saved registers is written for x86-64 only, not {platform.machine()}"
+    if not KERNEL_BTF.is_file():
+        return f"no kernel BTF ({KERNEL_BTF}): bpf_task_pt_regs needs it (CONFIG_DEBUG_INFO_BTF)"
+    return None
 
 
 def _has_full_tree(d: Path) -> bool:
@@ -182,6 +211,13 @@ class TracepointTracer(Tracer):
         self._attached: list[str] = []
         self._have: dict[str, bool] | None = None
         self.notice: str | None = None
+        self.syscall_args = str(self.options.extra.get("syscall_args", "auto"))
+        if self.syscall_args not in SYSCALL_ARGS_MODES:
+            raise VfstraceError(f"syscall_args must be one of {', '.join(SYSCALL_ARGS_MODES)}, not {self.syscall_args!r}")
+        # The mode in use once loaded ("regs" or "map"); program_text() shows
+        # the one load() tries first.
+        self.mode: str | None = None
+        self.mode_note: str | None = None
         self.rechecked = 0
 
     # -- program -----------------------------------------------------------
@@ -201,9 +237,16 @@ class TracepointTracer(Tracer):
             d.append("VFS_FILTER_PREFIX=1")
         if self.use_perf:
             d.append("VFS_USE_PERF=1")
+        if (self.mode or self._first_mode()) == "regs":
+            d.append("VFS_EXIT_ONLY=1")
         have = self._have if self._have is not None else {}
         d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v]
         return d
+
+    def _first_mode(self) -> str:
+        if self.syscall_args == "auto":
+            return "map" if regs_unavailable() else "regs"
+        return self.syscall_args
 
     def program_text(self) -> str:
         if self._have is None:
@@ -232,7 +275,8 @@ class TracepointTracer(Tracer):
         os.environ["BCC_KERNEL_SOURCE"] = src
         self.notice = (
             f"notice: no headers for {release}; compiling the tracepoint program against {src} "
-            "(safe here: tracepoint records are laid out from the kernel's format files, no struct is read)"
+            "(safe here: tracepoint records are laid out from the kernel's format files; the one struct read, "
+            "x86-64 pt_regs, has the user ABI layout and the verifier checks it against the kernel's BTF)"
         )
         print(f"vfstrace: {self.notice}", file=sys.stderr)
 
@@ -247,19 +291,22 @@ class TracepointTracer(Tracer):
         if not any(self._have.get(s) for s in PATH_SYSCALLS):
             raise TierUnavailable("no syscalls:sys_enter_* tracepoints on this kernel (CONFIG_FTRACE_SYSCALLS off)")
         self._prepare_headers()
-        text = c_defines() + SOURCE.read_text()
-        cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
-        try:
-            import contextlib
-            import io
-
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                self._bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-        except Exception as e:  # libbcc raises bare Exception on compile/attach failure
-            raise TierUnavailable(f"tracepoint program failed to load: {str(e).splitlines()[0]}") from None
+        first = self._first_mode()
+        why = regs_unavailable() if self.syscall_args == "auto" else None
+        if first == "regs":
+            why = self._compile(bcc, "regs")
+            if why and self.syscall_args == "regs":
+                raise TierUnavailable(f"tracepoint program (syscall_args=regs) failed to load: {why}")
+        if self._bpf is None:
+            if self.syscall_args == "auto":
+                self.mode_note = f"notice: syscall arguments kept per task from sys_enter (slower): {why}"
+                print(f"vfstrace: {self.mode_note}", file=sys.stderr)
+            err = self._compile(bcc, "map")
+            if err:
+                raise TierUnavailable(f"tracepoint program failed to load: {err}")
+        phases = ("exit",) if self.mode == "regs" else ("enter", "exit")
         self._attached = [
-            f"tracepoint:syscalls:sys_{p}_{sc}" for sc in PATH_SYSCALLS + NS_SYSCALLS if self._have.get(sc) for p in ("enter", "exit")
+            f"tracepoint:syscalls:sys_{p}_{sc}" for sc in PATH_SYSCALLS + NS_SYSCALLS if self._have.get(sc) for p in phases
         ]
         self._attached += [f"tracepoint:kmem:{e}" for e in ("kmem_cache_free", "kmem_cache_alloc") if self._have.get(e)]
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
@@ -278,12 +325,27 @@ class TracepointTracer(Tracer):
                 RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
 
+    def _compile(self, bcc, mode: str) -> str | None:
+        """Compile, load and attach in ``mode``; the first error line on failure."""
+        import contextlib
+        import io
+
+        self.mode = mode
+        text = c_defines() + SOURCE.read_text()
+        cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                self._bpf = bcc.BPF(text=text.encode(), cflags=cflags)
+        except Exception as e:  # libbcc raises bare Exception on compile/attach failure
+            self.mode = None
+            return (str(e).splitlines() or ["unknown error"])[0]
+        return None
+
     def _set_prefix(self, b: bytes) -> None:
         t = self._bpf[b"prefix"]
         leaf = t.Leaf()
         leaf.len = len(b)
-        for i, ch in enumerate(b):
-            leaf.p[i] = ch
+        leaf.p = b  # a c_char array: indexing it yields bytes, it is assigned whole
         t[t.Key(0)] = leaf
 
     def poll_records(self, timeout_ms: int = 100) -> list[np.ndarray]:
