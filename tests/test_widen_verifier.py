@@ -142,7 +142,7 @@ def test_real_verifier_enforces_the_bound(bcc_headers):
     from bpf import source
 
     flags = ["-DWIDEN_DELAY_NS=1000000ULL", "-DWIDEN_MAX_ITERS=1000000", "-DWIDEN_CGROUP_ID=1ULL"]
-    b = bcc.BPF(text=source("widen.c"), cflags=flags)
+    b = bcc.BPF(text=source("widen.c").encode(), cflags=flags)
     try:
         with pytest.raises(Exception, match="Argument list too long|too large|E2BIG"):
             b.load_func("widen_ret", bcc.BPF.KPROBE)

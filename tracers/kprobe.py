@@ -325,7 +325,7 @@ class KprobeTracer(Tracer):
         cc: list[str] = []
         try:
             with compiler_output() as cc:
-                self.bpf = bcc.BPF(text=text, cflags=cflags)
+                self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile and fentry attach errors
             err = first_error(cc[0] if cc else "")
             if err:

@@ -354,7 +354,7 @@ class Widener:
         cc: list[str] = []
         try:
             with compiler_output() as cc:
-                self.bpf = bcc.BPF(text=source("widen.c"), cflags=self.cflags())
+                self.bpf = bcc.BPF(text=source("widen.c").encode(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile and fexit attach errors
             self.bpf = None
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -456,7 +456,7 @@ def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1) -> int:
     bcc = import_bcc()
     w = Widener.__new__(Widener)
     w.delay_ns, w.cgroup_id, w.mode = parse_delay(int(delay_ns)), int(cgroup_id), "kprobe"
-    b = bcc.BPF(text=source("widen.c"), cflags=w.cflags())
+    b = bcc.BPF(text=source("widen.c").encode(), cflags=w.cflags())
     try:
         return b.load_func("widen_ret", bcc.BPF.KPROBE).fd
     finally:
