@@ -32,30 +32,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _loop(cg, argv):
-    """One lookup loop (vfstrace/statloop.c, flat out) moved into ``cg``."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    cg.add(p.pid)
-    assert p.stdout.readline().strip() == "ready"
-    return p
-
-
 def _measure(cgs, argv, seconds):
-    procs = [_loop(cg, argv) for cg in cgs]
-    time.sleep(seconds)
-    for p in procs:
-        p.terminate()
-    # each loop reports its own count and running time
-    return [json.loads(p.communicate()[0].strip().splitlines()[-1])["stats_per_s"] for p in procs]
+    from vfstrace.statloop import run_in_cgroups
+
+    return [r["stats_per_s"] for r in run_in_cgroups(argv, cgs, seconds)]
 
 
 def _one_mode(mode, choice, delay_ns, cgs, argv, seconds, rounds):

@@ -95,6 +95,24 @@ def compiler_output():
             box.append(tmp.read().decode(errors="replace"))
 
 
+class BuildError(Exception):
+    """BCC could not compile, load or attach a program; the message is one
+    line: BCC's own, then clang's or the verifier's reason in parentheses."""
+
+
+def build_bpf(bcc, text: str, cflags: list[str]):
+    """``bcc.BPF(text, cflags)`` with clang's output kept off the terminal;
+    :class:`BuildError` (one line) when it fails."""
+    cc: list[str] = []
+    try:
+        with compiler_output() as cc:
+            return bcc.BPF(text=text.encode(), cflags=cflags)
+    except Exception as e:  # libbcc raises bare Exception on compile/load/attach failure
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        err = first_error(cc[0] if cc else "")
+        raise BuildError(why + (f" ({err})" if err else "")) from None
+
+
 def first_error(text: str) -> str:
     """The line of BCC's output that says why a build failed, or ''.
 

@@ -320,23 +320,18 @@ class KprobeTracer(Tracer):
         self._headers_env(verify_only)
         text = c_defines() + (SOURCE_DIR / SOURCE).read_text()
         cflags = self.cflags()
-        from tracers import compiler_output, first_error
+        from tracers import BuildError, build_bpf
 
-        cc: list[str] = []
         try:
-            with compiler_output() as cc:
-                self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-        except Exception as e:  # bcc raises bare Exception for compile and fentry attach errors
-            err = first_error(cc[0] if cc else "")
-            if err:
-                e = Exception(f"{str(e).splitlines()[0] if str(e) else 'compile failed'} ({err})")
+            self.bpf = build_bpf(bcc, text, cflags)
+        except BuildError as e:
             fent = [p for p in self.probes if p.mode == "fentry"]
             if fent and not verify_only:
                 raise TierUnavailable(
                     f"fentry programs did not load/attach on {self.release} "
-                    f"({', '.join(p.symbol for p in fent)}): {str(e).splitlines()[0]}"
+                    f"({', '.join(p.symbol for p in fent)}): {e}"
                 ) from None
-            raise VfstraceError(f"BCC could not build the kprobe program for {self.release}: {str(e).splitlines()[0]}") from None
+            raise VfstraceError(f"BCC could not build the kprobe program for {self.release}: {e}") from None
         return self.bpf
 
     def kprobe_functions(self) -> list[str]:

@@ -327,20 +327,16 @@ class TracepointTracer(Tracer):
 
     def _compile(self, bcc, mode: str) -> str | None:
         """Compile, load and attach in ``mode``; the first error line on failure."""
-        from tracers import compiler_output, first_error
+        from tracers import BuildError, build_bpf
 
         self.mode = mode
         text = c_defines() + SOURCE.read_text()
         cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
-        cc: list[str] = []
         try:
-            with compiler_output() as cc:
-                self._bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-        except Exception as e:  # libbcc raises bare Exception on compile/attach failure
+            self._bpf = build_bpf(bcc, text, cflags)
+        except BuildError as e:
             self.mode = None
-            why = (str(e).splitlines() or ["unknown error"])[0]
-            err = first_error(cc[0] if cc else "")
-            return why + (f" ({err})" if err else "")
+            return str(e)
         return None
 
     def _set_prefix(self, b: bytes) -> None:

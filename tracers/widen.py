@@ -281,7 +281,6 @@ class Widener:
         self.mode, self.mode_note = self._choose_mode(tier, mode, btf)
         self.bpf = None
         self.attached = False
-        self.armed = False
 
     def _choose_mode(self, tier, mode, btf) -> tuple[str, str | None]:
         """fexit where the tier is fentry and BTF has the site as a FUNC, else kretprobe."""
@@ -349,17 +348,12 @@ class Widener:
             raise PrivilegeError("widening needs root (it attaches a kprobe)")
         if self.bpf is not None:
             return
-        from tracers import compiler_output, first_error
+        from tracers import BuildError, build_bpf
 
-        cc: list[str] = []
         try:
-            with compiler_output() as cc:
-                self.bpf = bcc.BPF(text=source("widen.c").encode(), cflags=self.cflags())
-        except Exception as e:  # BCC raises bare Exception on compile and fexit attach errors
-            self.bpf = None
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            err = first_error(cc[0] if cc else "")
-            raise VfstraceError(f"widen program ({self.how}) did not load: {why}" + (f" ({err})" if err else "")) from None
+            self.bpf = build_bpf(bcc, source("widen.c"), self.cflags())
+        except BuildError as e:
+            raise VfstraceError(f"widen program ({self.how}) did not load: {e}") from None
         self.attached = self.mode == "fentry"
         for t in self.tgids:
             self._put(t)
@@ -389,7 +383,6 @@ class Widener:
             raise VfstraceError("widen program not loaded")
         tbl = self.bpf["armed"]
         tbl[ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
-        self.armed = bool(on)
 
     def _put(self, tgid: int) -> None:
         tbl = self.bpf["targets"]
@@ -419,7 +412,7 @@ class Widener:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
-                self.attached = self.armed = False
+                self.attached = False
 
     def _close_probe_fds(self) -> None:
         """Detach by closing our own perf event fds.

@@ -138,6 +138,28 @@ def command(directory: str, files: int, rate: float, op: str = "stat") -> tuple[
     )
 
 
+def run_in_cgroups(argv: list[str], cgroups, seconds: float) -> list[dict]:
+    """One loop per cgroup (each moved in before it starts looking names
+    up), side by side for ``seconds``; each loop's own JSON report."""
+    import json
+    import subprocess
+    import time
+
+    procs = []
+    try:
+        for cg in cgroups:
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            cg.add(p.pid)
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"lookup loop {argv[0]} did not start")
+        time.sleep(seconds)
+    finally:
+        for p in procs:
+            p.terminate()
+    return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+
 if __name__ == "__main__":  # prebuild: python -m vfstrace.statloop
     p, why = build()
     print(p if p else f"not built: {why}")

@@ -297,7 +297,7 @@ class Stress:
         """Put this process (so every worker it starts from now on) in a fresh
         cgroup, nested in the memory cgroup when that is the pressure, and
         hold that cgroup's lookups."""
-        from tracers.widen import WorkloadCgroup, Widener
+        from tracers.widen import WorkloadCgroup
 
         self.out(f"vfstrace stress: compiling the widening program ({self.widener.how})")
         if self.widener.mode_note:
@@ -305,8 +305,7 @@ class Stress:
         self.widen_cgroup = WorkloadCgroup("vfstrace-stress-widen", parent=self.pressure.cgroup)
         if not self.widen_cgroup.id:
             raise VfstraceError("--widen needs cgroup ids usable by BPF (kernel 5.5 or later)")
-        self.widener = Widener(self.widener.choice, self.widen_ns, cgroup_id=self.widen_cgroup.id,
-                               site=self.widener.site, rcu_only=self.widener.rcu_only, mode=self.widener.mode)
+        self.widener.cgroup_id = self.widen_cgroup.id  # reaches the program as a -D number at compile
         self.widener.compile()
         self.widener.attach(arm=True)
         self.widen_cgroup.add(os.getpid())

@@ -29,20 +29,11 @@ sys.path.insert(0, str(ROOT))
 DELAY = "200us"
 
 
-def _loop(cg, argv):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    cg.add(p.pid)
-    assert p.stdout.readline().strip() == "ready"
-    return p
-
-
 def _phase(w, cgs, argv, seconds):
+    from vfstrace.statloop import run_in_cgroups
+
     s0 = w.stats().to_dict()
-    procs = [_loop(cg, argv) for cg in cgs]
-    time.sleep(seconds)
-    for p in procs:
-        p.terminate()
-    loops = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    loops = run_in_cgroups(argv, cgs, seconds)
     s1 = w.stats().to_dict()
     delta = {k: s1[k] - s0[k] for k in ("target_lookups", "delayed", "delay_ns_total", "capped", "no_dentry", "unarmed")}
     return {"target_loop": loops[0], "other_loop": loops[1], "widen": delta}
