@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfstrace.analyze import run_correlator, summarize  # noqa: E402
+from vfstrace.report.analyze import run_correlator, summarize  # noqa: E402
 from vfstrace.events import ENOENT, ECHILD, Flag, Kind, Op  # noqa: E402
 from vfstrace.store import TraceWriter, load  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate the correlator against simulator ground truth, and measure its speed and memory.
 
-Prints, for many seeds of both kernel semantics (vfstrace/simulate.py):
+Prints, for many seeds of both kernel semantics (vfstrace/workload/simulate.py):
 * precision and recall of ``race`` on the buggy kernel (targets >= 0.99),
   over all races and over races whose window lost no events;
 * ``race`` verdicts on the fixed kernel (target: 0);
@@ -33,7 +33,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vfstrace.correlate import StreamingCorrelator, correlate  # noqa: E402
-from vfstrace.simulate import simulate  # noqa: E402
+from vfstrace.workload.simulate import simulate  # noqa: E402
 
 
 def score(seeds, semantics, durations, **kw):

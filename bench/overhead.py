@@ -43,7 +43,7 @@ def main():
         raise SystemExit("bench/overhead.py: needs root (BPF)")
 
     from tracers import make_tracer
-    from vfstrace.doctor import choose_tier
+    from vfstrace.kernel.doctor import choose_tier
     from vfstrace.options import TraceOptions
 
     gen = StatGen()

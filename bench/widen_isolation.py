@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Widening delays only the workload: a stat() loop in another cgroup keeps its pace.
 
-Two lookup loops (vfstrace/statloop.c, flat out, faccessat like the
+Two lookup loops (vfstrace/workload/statloop.c, flat out, faccessat like the
 selftest's) over the same files run side by side, each in a cgroup of its
 own; the widening program targets the FIRST cgroup only. Phases of SECONDS
 each, both loops restarted per phase:
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _measure(cgs, argv, seconds):
-    from vfstrace.statloop import run_in_cgroups
+    from vfstrace.workload.statloop import run_in_cgroups
 
     return [r["stats_per_s"] for r in run_in_cgroups(argv, cgs, seconds)]
 
@@ -106,8 +106,8 @@ def _one_mode(mode, choice, delay_ns, cgs, argv, seconds, rounds):
 
 def inside(seconds: float, delay: str, files: int, modes: list[str], rounds: int) -> dict:
     from tracers.widen import WorkloadCgroup, parse_delay
-    from vfstrace import statloop
-    from vfstrace.doctor import choose_tier
+    from vfstrace.workload import statloop
+    from vfstrace.kernel.doctor import choose_tier
     from vfstrace.selftest import STAT_OP, _stat_dir
 
     choice = choose_tier("auto")
@@ -170,7 +170,8 @@ def main():
     if a.inside:
         print(json.dumps(inside(a.seconds, a.widen, a.files, modes, a.rounds)), flush=True)
         return 0
-    from vfstrace import statloop, vm
+    from vfstrace import vm
+    from vfstrace.workload import statloop
 
     statloop.build()  # on the host: the guest sees the same cache read-only
     argv = [str(ROOT / ".venv/bin/python"), str(ROOT / "bench/widen_isolation.py"), "--inside",

@@ -64,7 +64,8 @@ def need_kernel_without_kprobes(what: str) -> None:
 def need_guest_with_statloop(kernel: str) -> None:
     """Root, a bootable ``kernel`` and the compiled lookup loop, built on the
     host (the guest sees the same cache read-only)."""
-    from vfstrace import statloop, vm
+    from vfstrace import vm
+    from vfstrace.workload import statloop
 
     need(is_root(), "booting guests with the host root shared needs root")
     ok, why = vm.can_boot(kernel)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from conftest import FIXTURES, ROOT, need
-from vfstrace import analyze, store
+from vfstrace import store
+from vfstrace.report import analyze
 from vfstrace.events import ENOENT, Kind
 
 RACE = FIXTURES / "traces" / "race.jsonl"

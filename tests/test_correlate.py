@@ -7,7 +7,7 @@ import pytest
 from vfstrace.correlate import VERDICT_COLUMNS, StreamingCorrelator, Windows, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import COLUMNS, ECHILD, ENOENT, NUMPY_DTYPES, Flag, Kind, Op
-from vfstrace.simulate import simulate
+from vfstrace.workload.simulate import simulate
 
 D, P, D2 = 0xFFFF888100001000, 0xFFFF888100000100, 0xFFFF888100002000
 RCU = int(Flag.RCU)

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfstrace.correlate import StreamingCorrelator, correlate
-from vfstrace.simulate import simulate
+from vfstrace.workload.simulate import simulate
 
 _cache = {}
 

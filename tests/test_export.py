@@ -7,7 +7,8 @@ from collections import defaultdict
 import pandas as pd
 
 from conftest import FIXTURES, ROOT, need
-from vfstrace import export, store
+from vfstrace import store
+from vfstrace.report import perfetto as export
 
 RACE = FIXTURES / "traces" / "race.jsonl"
 VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"

@@ -29,8 +29,8 @@ BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 
 def _choice(tier="kprobe", ringbuf=True, **over):
-    from vfstrace import symbols
-    from vfstrace.doctor import TierChoice, find_headers
+    from vfstrace.kernel import symbols
+    from vfstrace.kernel.doctor import TierChoice, find_headers
 
     ks = symbols.running_kernel_symbols()
     roles = symbols.resolve(ks)

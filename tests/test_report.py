@@ -9,7 +9,8 @@ import types
 import pandas as pd
 
 from conftest import FIXTURES, ROOT, need
-from vfstrace import report, store
+from vfstrace import store
+from vfstrace.report import correlated as report
 
 ESCAPE = FIXTURES / "traces" / "escape.jsonl"
 RACE = FIXTURES / "traces" / "race.jsonl"

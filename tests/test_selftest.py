@@ -67,9 +67,9 @@ def test_widening_factor_and_side_by_side_table():
 
 @pytest.fixture(scope="module")
 def sim_traces(tmp_path_factory):
-    need(_has("vfstrace.simulate") and _has("vfstrace.correlate"),
-         "vfstrace.simulate and vfstrace.correlate are needed to judge simulated kernels")
-    from vfstrace.simulate import simulate
+    need(_has("vfstrace.workload.simulate") and _has("vfstrace.correlate"),
+         "vfstrace.workload.simulate and vfstrace.correlate are needed to judge simulated kernels")
+    from vfstrace.workload.simulate import simulate
     from vfstrace.store import save
 
     d = tmp_path_factory.mktemp("sim")
@@ -179,13 +179,13 @@ def test_stat_loop_contract(impl, op, tmp_path, monkeypatch):
     import subprocess
     import time
 
-    from vfstrace import statloop
+    from vfstrace.workload import statloop
 
     for name in ("c", "a", "b"):
         (tmp_path / name).write_text("x")
     (tmp_path / "0-subdir").mkdir()
     if impl == "c":
-        need(shutil.which("cc") is not None, "no C compiler to build vfstrace/statloop.c")
+        need(shutil.which("cc") is not None, "no C compiler to build vfstrace/workload/statloop.c")
         monkeypatch.setenv("VFSTRACE_CACHE", str(tmp_path / "cache"))
     else:
         monkeypatch.setattr(statloop, "build", lambda: (None, "no C compiler (cc) found"))

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from vfstrace.errors import VfstraceError
 from vfstrace.events import COLUMNS, ECHILD, ENOENT, NUMPY_DTYPES, Kind
-from vfstrace.simulate import TRACEPOINT_KINDS, simulate, simulate_cmd
+from vfstrace.workload.simulate import TRACEPOINT_KINDS, simulate, simulate_cmd
 
 SMALL = dict(duration_ns=3_000_000)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, is_root, need, need_kernel_without_kprobes
-from vfstrace.stress import CP_ENOENT, fs_type, generate_tree, list_files, pick_workdir
+from vfstrace.workload.stress import CP_ENOENT, fs_type, generate_tree, list_files, pick_workdir
 
 
 def test_generate_tree_makes_exactly_n_files(tmp_path):

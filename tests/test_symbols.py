@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import FIXTURES, need
-from vfstrace import symbols
+from vfstrace.kernel import symbols
 
 KALLSYMS = FIXTURES / "kallsyms"
 

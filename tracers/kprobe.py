@@ -1,5 +1,8 @@
 """The kprobe / fentry tier: BCC programs on the functions of the race itself.
 
+Kept as one module because symbol choice, BTF offsets and the program's
+defines are one decision per kernel: the tier's whole kernel edge.
+
 bpf/kprobe.c probes the path walk (walk_component, lookup_fast,
 __d_lookup_rcu, the d_seq re-check sites) and dentry teardown
 (__dentry_kill, the unhash site, dentry_unlink_inode, __d_free). This module
@@ -78,7 +81,7 @@ _MODE = {"kprobe": 1, "fentry": 2}
 
 
 def _kallsyms_text() -> dict[str, int]:
-    from vfstrace.symbols import parse_kallsyms
+    from vfstrace.kernel.symbols import parse_kallsyms
 
     try:
         with open("/proc/kallsyms") as f:

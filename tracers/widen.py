@@ -1,5 +1,8 @@
 """Race-window widening: hold the workload's RCU walks at the race's window.
 
+Kept as one module because fexit and kretprobe widening share the arming,
+the cgroup filter and the detach rules.
+
 The lookup/prune race needs a prune to land between an RCU walk finding a
 dentry (sampling its d_seq) and re-checking that sample. Left alone the
 window is a few hundred nanoseconds and the race takes weeks of `cp -a`.
@@ -203,7 +206,7 @@ def choose_site(choice, kallsyms_text: str | None = None) -> tuple[str, bool]:
 
     ``rcu_only`` is True when the site runs only in RCU-walk mode.
     """
-    from vfstrace import symbols
+    from vfstrace.kernel import symbols
 
     if kallsyms_text is None:
         try:

@@ -17,17 +17,17 @@ from vfstrace.errors import VfstraceError
 
 # (module, attribute) of every command; imported when the CLI starts.
 COMMANDS = [
-    ("vfstrace.vm", "vm_group"),
-    ("vfstrace.doctor", "doctor_cmd"),
-    ("vfstrace.store", "convert"),
-    ("vfstrace.analyze", "analyze"),
-    ("vfstrace.report", "report"),
-    ("vfstrace.export", "export"),
+    ("vfstrace.vm.cli", "vm_group"),
+    ("vfstrace.kernel.doctor", "doctor_cmd"),
+    ("vfstrace.store.convert", "convert"),
+    ("vfstrace.report.analyze", "analyze"),
+    ("vfstrace.report.correlated", "report"),
+    ("vfstrace.report.perfetto", "export"),
     ("vfstrace.watch", "watch_cmd"),
     ("vfstrace.watch", "record_cmd"),
-    ("vfstrace.simulate", "simulate_cmd"),
-    ("vfstrace.stress", "stress_cmd"),
-    ("vfstrace.selftest", "selftest_cmd"),
+    ("vfstrace.workload.simulate", "simulate_cmd"),
+    ("vfstrace.workload.stress", "stress_cmd"),
+    ("vfstrace.selftest.cli", "selftest_cmd"),
 
 ]
 

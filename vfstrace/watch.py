@@ -151,7 +151,7 @@ class Session:
         if os.geteuid() != 0:
             raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
         from tracers import make_tracer
-        from vfstrace.doctor import choose_tier
+        from vfstrace.kernel.doctor import choose_tier
 
         self.choice = choose_tier(self.tier)
         self.tracer = make_tracer(self.choice, self.options)

@@ -1,7 +1,7 @@
 """Runs inside a vfstrace guest: what the widening program did, next to what was done.
 
 For each MODE (fentry: fexit program; kprobe: kretprobe) one Widener on the
-RCU dcache lookup targets cgroup A. Two lookup loops (vfstrace/statloop.c,
+RCU dcache lookup targets cgroup A. Two lookup loops (vfstrace/workload/statloop.c,
 flat out) run side by side, one in A and one in cgroup B, for SECONDS
 disarmed, then SECONDS armed. Printed as one JSON line per mode: the loops'
 own call counts and rates, the program's counters per phase, and what is
@@ -30,7 +30,7 @@ DELAY = "200us"
 
 
 def _phase(w, cgs, argv, seconds):
-    from vfstrace.statloop import run_in_cgroups
+    from vfstrace.workload.statloop import run_in_cgroups
 
     s0 = w.stats().to_dict()
     loops = run_in_cgroups(argv, cgs, seconds)
@@ -68,8 +68,8 @@ def leftovers() -> dict:
 
 def one_mode(mode: str, seconds: float) -> dict:
     from tracers.widen import Widener, WorkloadCgroup, parse_delay
-    from vfstrace import statloop
-    from vfstrace.doctor import choose_tier
+    from vfstrace.workload import statloop
+    from vfstrace.kernel.doctor import choose_tier
     from vfstrace.selftest import STAT_OP, _stat_dir
 
     choice = choose_tier("auto")

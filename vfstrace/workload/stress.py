@@ -1,5 +1,8 @@
 """`vfstrace stress`: the 2011 reproducer for the RCU-walk / dentry-prune race.
 
+Kept as one module for now because the command, its cgroups and its workers
+share one lifetime (start, stop, clean up when orphaned).
+
 The report behind "vfs: fix race in rcu lookup of pruned dentry" came from
 several slightly staggered parallel `cp -a` of one tree under memory
 pressure: the copies walk the same paths while the shrinker prunes their
@@ -278,7 +281,7 @@ class Stress:
     # -- widening ------------------------------------------------------------
     def _check_widen(self) -> None:
         """Refuse --widen before anything starts where it cannot work."""
-        from vfstrace.doctor import choose_tier
+        from vfstrace.kernel.doctor import choose_tier
 
         if os.geteuid() != 0:
             raise PrivilegeError("--widen needs root (it attaches a probe inside the path walk)")
@@ -405,7 +408,7 @@ class Stress:
         )
 
     def _fast_statter(self, src: Path):
-        """The compiled per-name lookup loop (vfstrace/statloop.c) on a few files.
+        """The compiled per-name lookup loop (vfstrace/workload/statloop.c) on a few files.
 
         The Python statter walks full paths at ~100 calls/s under emulation;
         this one fstatat()s a handful of names in one directory tens of
@@ -414,7 +417,7 @@ class Stress:
         kernel's d_seq re-check (-ECHILD, then ref-walk) to show. None when
         no compiler is there to build it (the Python statter still runs).
         """
-        from vfstrace import statloop
+        from vfstrace.workload import statloop
 
         leaf = next((Path(dp) for dp, _, fn in os.walk(src) if fn), None)
         if leaf is None:

@@ -2,7 +2,7 @@
 
 Everything here is computed with whole-column numpy/pandas operations (no
 Python loop over events), so a ten-million-event trace is summarised in
-seconds. The correlator (vfstrace/correlate.py) is imported only when
+seconds. The correlator (vfstrace/correlate/) is imported only when
 verdicts are wanted; where it is missing the summary says so and shows the
 rest, because a trace is worth reading even before anything is judged.
 """

@@ -1,54 +1,20 @@
-"""The correlator: one verdict for every failed lookup, batch or streaming.
-
-Given events in the schema of vfstrace/events.py, decide for each walk that
-returned -ENOENT (or -ECHILD) whether it raced a prune of its dentry without
-a d_seq re-check -- the bug fixed by "vfs: fix race in rcu lookup of pruned
-dentry" -- and for each path syscall that returned -ENOENT what the
-tracepoint tier can say about it. Two implementations, one set of rules:
-
-* :func:`correlate` (batch, for ``analyze``/``report``): whole columns at once;
-* :class:`StreamingCorrelator` (for ``watch``): ``feed()`` chunks as they
-  arrive and get back the verdicts that can no longer change; memory holds
-  only walks in flight, judged events still waiting for their window to
-  close, and evidence young enough to matter (evicted by age).
-
-Both call the same functions (vfstrace/correlate_walk.py,
-vfstrace/correlate_syscall.py) on the same rows, so they agree exactly on any
-trace whose timestamps are out of order by at most ``skew_ns``; the property
-tests check that over simulated traces cut into random chunks.
-
-Verdicts (column ``verdict``)
------------------------------
-Walk level (judged event: ``WALK_RETURN`` with -ENOENT or -ECHILD):
-``race``      a prune (PRUNE/UNHASH/IPUT) of the same dentry -- same address,
-              no D_FREE/D_ALLOC between, the dentry positive -- overlapped the
-              walk, and the walk returned -ENOENT with no d_seq re-check;
-``retried``   the walk returned -ECHILD, or a re-check failed (SEQ_CHECK or
-              LOOKUP_RETURN -ECHILD) during an overlapping prune: the fixed
-              kernel doing its job;
-``explained`` an unlink, rmdir or rename removed that name (or that dentry)
-              within the window;
-``uncertain`` would be ``race`` or ``absent`` but events were lost (LOST) in
-              the window: never a guess at ``race``;
-``absent``    a plain miss.
-Syscall level (judged event: ``PATH_SYSCALL`` -ENOENT, lower resolution):
-``transient``, ``explained``, ``uncertain``, ``absent``; see
-vfstrace/correlate_syscall.py.
-
-Time windows (:class:`Windows`, all in ns) absorb clock skew between CPUs
-(``skew_ns``), walks whose entry the kernel filtered out (``walk_ns``), syscall
-exit tracepoints that fire after the namespace change (``explain_after_ns``)
-and LOST records stamped when the drop was noticed (``loss_horizon_ns``).
-"""
+"""The streaming correlator: verdicts for `watch` as chunks arrive, judged by the batch rules."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 
-from vfstrace.correlate_syscall import (
+from vfstrace.correlate.batch import (
+    _EVIDENCE_KINDS,
+    Windows,
+    _finish,
+    _prepare,
+    empty_verdicts,
+)
+from vfstrace.correlate.syscall import (
     ACTIVITY_KINDS,
     final_at,
     judge_syscalls,
@@ -56,122 +22,9 @@ from vfstrace.correlate_syscall import (
     neighbours,
     successes,
 )
-from vfstrace.correlate_walk import BOUNDARY_KINDS, PRUNE_KINDS, WALK_KINDS, judge_walks, walk_segments
+from vfstrace.correlate.walk import WALK_KINDS, judge_walks, walk_segments
 from vfstrace.errors import VfstraceError
-from vfstrace.events import COLUMNS, Kind
-
-VERDICT_COLUMNS = ["event_id", "verdict", "ts_ns", "tid", "pid", "comm", "dentry", "name", "path", "evidence", "reason"]
-VERDICTS = ("race", "retried", "explained", "absent", "uncertain", "transient")
-
-_EVIDENCE_KINDS = np.concatenate([PRUNE_KINDS, BOUNDARY_KINDS, ACTIVITY_KINDS,
-                                  np.array([Kind.NS_OP, Kind.LOST], dtype=np.uint8)])
-_NEEDED = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "name", "path",
-           "path2", "ret", "flags")
-
-
-@dataclass(frozen=True)
-class Windows:
-    """How far apart (ns) events may be and still bear on one verdict."""
-
-    skew_ns: int = 20_000                   # clock skew between CPUs tolerated on every comparison
-    max_walk_ns: int = 1_000_000            # a walk's events older than this before its return are ignored
-    walk_ns: int = 100_000                  # assumed walk length when nothing before its return was seen
-    explain_before_ns: int = 1_000_000      # a namespace op this long before a walk still explains it
-    explain_after_ns: int = 100_000         # ... or this long after (syscall exit comes late)
-    loss_horizon_ns: int = 1_000_000        # a LOST record covers drops this long before its stamp
-    syscall_window_ns: int = 1_000_000_000  # syscall level: "just before / just after"
-    activity_ns: int = 10_000_000           # syscall level: dentry frees/shrinks this close count
-
-    def check(self) -> "Windows":
-        for k, v in asdict(self).items():
-            if not isinstance(v, (int, np.integer)) or v < 0:
-                raise VfstraceError(f"correlator window {k} must be a non-negative integer (ns), got {v!r}")
-        if self.walk_ns > self.max_walk_ns:
-            raise VfstraceError("correlator window walk_ns must not exceed max_walk_ns")
-        return self
-
-    @property
-    def walk_forward_ns(self) -> int:
-        return max(self.skew_ns, self.explain_after_ns, self.skew_ns + self.loss_horizon_ns)
-
-
-def empty_verdicts() -> pd.DataFrame:
-    return pd.DataFrame({
-        "event_id": np.zeros(0, np.uint64), "verdict": np.zeros(0, object), "ts_ns": np.zeros(0, np.uint64),
-        "tid": np.zeros(0, np.uint32), "pid": np.zeros(0, np.uint32), "comm": np.zeros(0, object),
-        "dentry": np.zeros(0, np.uint64), "name": np.zeros(0, object), "path": np.zeros(0, object),
-        "evidence": np.zeros(0, object), "reason": np.zeros(0, object),
-    })
-
-
-def _prepare(df) -> pd.DataFrame:
-    """Check the columns, fill optional ones, sort by event_id."""
-    if not isinstance(df, pd.DataFrame):
-        raise VfstraceError("the correlator takes a pandas DataFrame of events")
-    missing = [c for c in ("event_id", "ts_ns", "kind") if c not in df.columns]
-    if missing:
-        raise VfstraceError(f"events lack column(s) {', '.join(missing)}; expected the vfstrace event schema")
-    df = df.copy() if any(c not in df.columns for c in _NEEDED) else df
-    n = len(df)
-    for c in _NEEDED:
-        if c not in df.columns:
-            df[c] = np.full(n, "", dtype=object) if c in ("comm", "name", "path", "path2") else np.zeros(n, np.int64)
-    try:
-        # name and path are compared over whole columns; comm and path2 only
-        # on a few rows, where a missing value is harmless.
-        for c in ("name", "path"):
-            col = df[c]
-            if col.isna().any():
-                df[c] = col.fillna("")
-        num = {c: df[c].to_numpy() for c in _NEEDED if c not in ("comm", "name", "path", "path2")}
-        for c, v in num.items():
-            if v.dtype.kind not in "iu":
-                raise VfstraceError(f"events column {c} is not integer ({v.dtype})")
-    except (TypeError, ValueError) as e:
-        raise VfstraceError(f"events are not in the vfstrace schema: {e}") from None
-    ids = df["event_id"].to_numpy()
-    if n > 1 and not (ids[1:] > ids[:-1]).all():
-        df = df.sort_values("event_id", kind="stable")
-        ids = df["event_id"].to_numpy()
-        if (ids[1:] == ids[:-1]).any():
-            raise VfstraceError("events have duplicate event_id values")
-    return df.reset_index(drop=True)
-
-
-def _finish(parts) -> pd.DataFrame:
-    parts = [p for p in parts if p is not None and len(p)]
-    if not parts:
-        return empty_verdicts()
-    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    out = out.sort_values("event_id", kind="stable").reset_index(drop=True)[VERDICT_COLUMNS]
-    for c in ("verdict", "comm", "name", "path", "reason"):
-        if out[c].dtype != object:
-            out[c] = out[c].astype(object)  # one dtype whatever pandas infers when concatenating
-    return out
-
-
-def correlate(df: pd.DataFrame, windows: Windows | None = None, **kw) -> pd.DataFrame:
-    """Verdicts for every judged event in ``df`` (see the module docstring), sorted by event_id.
-
-    ``windows`` (or keyword overrides of its fields, e.g. ``skew_ns=50_000``)
-    sets the time windows.
-    """
-    win = (windows or Windows())
-    if kw:
-        win = Windows(**{**asdict(win), **kw})
-    win.check()
-    df = _prepare(df)
-    kind = df["kind"].to_numpy()
-    W = df.loc[np.isin(kind, WALK_KINDS)]
-    E = df.loc[np.isin(kind, _EVIDENCE_KINDS)]
-    J, _ = walk_segments(W.reset_index(drop=True), win)
-    vw = judge_walks(J, E, win)
-    js = judged_syscalls(df)
-    vs = None
-    if js.any():
-        S = neighbours(df.loc[js], df.loc[successes(df), ["event_id", "ts_ns", "path"]], win)
-        vs = judge_syscalls(S, E, win)
-    return _finish([vw, vs])
+from vfstrace.events import Kind
 
 
 class StreamingCorrelator:

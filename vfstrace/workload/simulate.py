@@ -1,5 +1,8 @@
 """A discrete-event simulator of RCU path walk racing dentry pruning, with ground truth.
 
+Kept as one module because the model, its event emission and its ground truth
+are one state machine: split, the three would have to share every field of it.
+
 Why it exists: the race vfstrace hunts ("vfs: fix race in rcu lookup of pruned
 dentry", 3.0) takes weeks to hit on real hardware, and a live kernel never
 tells you which -ENOENT was wrong. The simulator runs the same interleavings

@@ -1,4 +1,4 @@
-"""The selftest's stat() loop: vfstrace/statloop.c, compiled on first use.
+"""The selftest's stat() loop: vfstrace/workload/statloop.c, compiled on first use.
 
 Under qemu TCG a Python stat() loop manages only ~100 calls/s, too few for a
 drop_caches pass to ever find one of its lookups between the dcache lookup
@@ -160,7 +160,7 @@ def run_in_cgroups(argv: list[str], cgroups, seconds: float) -> list[dict]:
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 
-if __name__ == "__main__":  # prebuild: python -m vfstrace.statloop
+if __name__ == "__main__":  # prebuild: python -m vfstrace.workload.statloop
     p, why = build()
     print(p if p else f"not built: {why}")
     sys.exit(0 if p else 1)

@@ -1,6 +1,6 @@
 """Walk-level (kprobe tier) verdicts: did a -ENOENT lookup race a prune of its dentry?
 
-Split out of vfstrace/correlate.py so the batch and the streaming correlator
+Apart from the batch driver so the batch and the streaming correlator
 call the very same two functions: :func:`walk_segments` turns the per-task
 walk events into one summary row per judged ``WALK_RETURN``, and
 :func:`judge_walks` joins those rows with the evidence (prunes, address

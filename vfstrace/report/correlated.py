@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from vfstrace.analyze import (
+from vfstrace.report.analyze import (
     SUSPECT_VERDICTS,
     _evidence_list,
     _json_default,

@@ -4,7 +4,7 @@ Kernels that allow BPF on tracepoints but not kprobes show only system call
 results, namespace operations, dentry-cache frees/allocations and shrinker
 runs; nobody sees the walk, the dentry it found, or a d_seq re-check. So these
 verdicts are LOWER RESOLUTION than the walk-level ones in
-vfstrace/correlate_walk.py: they judge a ``PATH_SYSCALL`` that returned
+vfstrace/correlate/walk.py: they judge a ``PATH_SYSCALL`` that returned
 -ENOENT by what happened to its *path*, not to a dentry.
 
 * ``explained``: a namespace operation removed the path or a directory above

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from vfstrace.analyze import _evidence_list, run_correlator
+from vfstrace.report.analyze import _evidence_list, run_correlator
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind, kind_name, op_name
 

@@ -1,0 +1,49 @@
+"""The correlator: one verdict for every failed lookup, batch or streaming.
+
+Given events in the schema of vfstrace/events.py, decide for each walk that
+returned -ENOENT (or -ECHILD) whether it raced a prune of its dentry without
+a d_seq re-check -- the bug fixed by "vfs: fix race in rcu lookup of pruned
+dentry" -- and for each path syscall that returned -ENOENT what the
+tracepoint tier can say about it. Two implementations, one set of rules:
+
+* :func:`correlate` (batch, for ``analyze``/``report``): whole columns at once;
+* :class:`StreamingCorrelator` (for ``watch``): ``feed()`` chunks as they
+  arrive and get back the verdicts that can no longer change; memory holds
+  only walks in flight, judged events still waiting for their window to
+  close, and evidence young enough to matter (evicted by age).
+
+Both call the same functions (vfstrace/correlate/walk.py,
+vfstrace/correlate/syscall.py) on the same rows, so they agree exactly on any
+trace whose timestamps are out of order by at most ``skew_ns``; the property
+tests check that over simulated traces cut into random chunks.
+
+Verdicts (column ``verdict``)
+-----------------------------
+Walk level (judged event: ``WALK_RETURN`` with -ENOENT or -ECHILD):
+``race``      a prune (PRUNE/UNHASH/IPUT) of the same dentry -- same address,
+              no D_FREE/D_ALLOC between, the dentry positive -- overlapped the
+              walk, and the walk returned -ENOENT with no d_seq re-check;
+``retried``   the walk returned -ECHILD, or a re-check failed (SEQ_CHECK or
+              LOOKUP_RETURN -ECHILD) during an overlapping prune: the fixed
+              kernel doing its job;
+``explained`` an unlink, rmdir or rename removed that name (or that dentry)
+              within the window;
+``uncertain`` would be ``race`` or ``absent`` but events were lost (LOST) in
+              the window: never a guess at ``race``;
+``absent``    a plain miss.
+Syscall level (judged event: ``PATH_SYSCALL`` -ENOENT, lower resolution):
+``transient``, ``explained``, ``uncertain``, ``absent``; see
+vfstrace/correlate/syscall.py.
+
+Time windows (:class:`Windows`, all in ns) absorb clock skew between CPUs
+(``skew_ns``), walks whose entry the kernel filtered out (``walk_ns``), syscall
+exit tracepoints that fire after the namespace change (``explain_after_ns``)
+and LOST records stamped when the drop was noticed (``loss_horizon_ns``).
+"""
+
+from __future__ import annotations
+
+from vfstrace.correlate.batch import VERDICT_COLUMNS, VERDICTS, Windows, correlate, empty_verdicts
+from vfstrace.correlate.streaming import StreamingCorrelator
+
+__all__ = ["VERDICT_COLUMNS", "VERDICTS", "StreamingCorrelator", "Windows", "correlate", "empty_verdicts"]

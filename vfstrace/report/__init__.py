@@ -1,0 +1,1 @@
+"""What people read: `analyze` summaries, correlated-event reports (text, HTML), Perfetto timelines."""

@@ -1,0 +1,270 @@
+"""Judging events: phases, overlaps, and the PASS/FAIL/INCONCLUSIVE verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from vfstrace.errors import VfstraceError
+from vfstrace.events import Kind
+
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+EXIT = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
+# Fewer overlaps than this and a clean run proves little.
+MIN_OVERLAPS = 20
+# More of the overlaps uncertain (lost events) than this share: not clean either.
+MAX_UNCERTAIN_SHARE = 0.10
+DEFAULT_SECONDS = 30.0
+MAX_RACES_SHOWN = 20
+
+_LOOKUP_RETURNS = (int(Kind.WALK_RETURN), int(Kind.LOOKUP_RETURN))
+
+
+@dataclass
+class Phase:
+    """What one phase (or one judged trace) showed."""
+
+    name: str
+    duration_s: float
+    lookups: int
+    prunes: int
+    overlaps: int = 0
+    retried: int = 0
+    race: int = 0
+    uncertain: int = 0
+    lost: int = 0
+    races: list = field(default_factory=list)
+    widen: dict | None = None
+    workload: dict | None = None
+
+    @property
+    def overlaps_per_min(self) -> float:
+        return self.overlaps * 60.0 / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["overlaps_per_min"] = round(self.overlaps_per_min, 2)
+        return d
+
+
+@dataclass
+class Result:
+    verdict: str
+    reason: str
+    kernel_release: str
+    tier: str
+    probes: list
+    phases: list
+    source: str  # "live" or the trace path
+    detector: dict | None = None
+    factor: float | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.verdict]
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "kernel_release": self.kernel_release,
+            "tier": self.tier,
+            "probes": list(self.probes),
+            "source": self.source,
+            "detector": self.detector,
+            "phases": [p.to_dict() for p in self.phases],
+            "widening_factor": None if self.factor is None else round(self.factor, 2),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------
+# judging events
+
+
+def _correlate(df):
+    try:
+        from vfstrace.correlate import correlate
+    except ImportError:
+        raise VfstraceError("selftest needs the correlator (vfstrace.correlate), which this build lacks") from None
+    return correlate(df)
+
+
+def _int(x) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return 0
+
+
+def judge_events(df, name: str = "trace", duration_s: float | None = None, counters: dict | None = None,
+                 verdicts=None) -> Phase:
+    """Correlate one phase's events and count what a selftest reports.
+
+    ``counters`` are the kernel-side totals (tracers.kprobe COUNTERS), which
+    see every lookup and prune even when only the interesting ones crossed
+    to user space; without them the counts come from the events.
+    """
+    if duration_s is None:
+        ts = df["ts_ns"].to_numpy(dtype=np.uint64) if len(df) else np.zeros(0, dtype=np.uint64)
+        duration_s = float(ts.max() - ts.min()) / 1e9 if len(ts) > 1 else 0.0
+    kind = df["kind"].to_numpy() if len(df) else np.zeros(0, dtype=np.uint8)
+    if counters:
+        lookups = _int(counters.get("lookup")) or _int(counters.get("walk"))
+        prunes = _int(counters.get("prune"))
+    else:
+        lookups = int(np.isin(kind, _LOOKUP_RETURNS).sum())
+        prunes = int((kind == int(Kind.PRUNE)).sum())
+    lost = int(df.loc[kind == int(Kind.LOST), "ret"].sum()) if len(df) else 0
+    v = _correlate(df) if verdicts is None else verdicts
+    counts = v["verdict"].value_counts().to_dict() if len(v) else {}
+    ph = Phase(
+        name=name,
+        duration_s=round(float(duration_s), 3),
+        lookups=lookups,
+        prunes=prunes,
+        retried=int(counts.get("retried", 0)),
+        race=int(counts.get("race", 0)),
+        uncertain=int(counts.get("uncertain", 0)),
+        lost=lost,
+    )
+    ph.overlaps = ph.retried + ph.race
+    if ph.race:
+        ph.races = _race_rows(df, v)
+    return ph
+
+
+def _race_rows(df, v) -> list[dict]:
+    """The racing lookups with what identifies them: event id, dentry, name, tid."""
+    races = v[v["verdict"] == "race"]
+    ev = df.set_index("event_id", drop=False)
+    out = []
+    for r in races.head(MAX_RACES_SHOWN).to_dict("records"):
+        eid = _int(r.get("event_id"))
+        row = ev.loc[eid] if eid in ev.index else None
+        if row is not None and getattr(row, "ndim", 1) > 1:  # duplicate ids: take the first
+            row = row.iloc[0]
+
+        def pick(col, row=row, r=r):
+            val = r.get(col)
+            if (val is None or val == "" or (isinstance(val, float) and math.isnan(val))) and row is not None:
+                val = row[col]
+            return val
+
+        out.append({
+            "event_id": eid,
+            "dentry": _int(pick("dentry")),
+            "name": str(pick("name") or ""),
+            "tid": _int(pick("tid")),
+            "comm": str(pick("comm") or ""),
+            "ts_ns": _int(pick("ts_ns")),
+            "evidence": [int(x) for x in _evidence(r.get("evidence"))],
+        })
+    return out
+
+
+def _evidence(e) -> list:
+    if e is None:
+        return []
+    if isinstance(e, str):
+        return [int(x) for x in e.replace(",", " ").split() if x.strip().isdigit()]
+    try:
+        return list(e)
+    except TypeError:
+        return [e]
+
+
+def verdict_of(phases: list[Phase], min_overlaps: int = MIN_OVERLAPS) -> tuple[str, str]:
+    """(PASS|FAIL|INCONCLUSIVE, the one-sentence reason)."""
+    race = sum(p.race for p in phases)
+    retried = sum(p.retried for p in phases)
+    overlaps = sum(p.overlaps for p in phases)
+    uncertain = sum(p.uncertain for p in phases)
+    seconds = sum(p.duration_s for p in phases)
+    if race:
+        first = next(r for p in phases for r in p.races) if any(p.races for p in phases) else None
+        cite = ""
+        if first:
+            cite = (f"; first: event {first['event_id']}, dentry 0x{first['dentry']:x} "
+                    f"name {first['name']!r} tid {first['tid']}")
+        return FAIL, (f"{race} lookup(s) overlapped a prune of the same dentry and were trusted "
+                      f"without a d_seq re-check (race){cite}")
+    if overlaps < min_overlaps:
+        best = max(phases, key=lambda p: p.overlaps_per_min) if phases else None
+        if best is not None and best.overlaps_per_min > 0:
+            need_s = math.ceil(min_overlaps / best.overlaps_per_min * 60.0 * 1.5)
+            how = f"run about {need_s} s per phase (-d {need_s})"
+        else:
+            how = f"run at least {max(4 * int(seconds or DEFAULT_SECONDS), 120)} s (-d) or widen more (--widen 500us)"
+        return INCONCLUSIVE, (f"only {overlaps} lookup(s) overlapped a prune of the same dentry in "
+                              f"{seconds:.0f} s (need {min_overlaps}); {how}")
+    if uncertain > MAX_UNCERTAIN_SHARE * (overlaps + uncertain):
+        return INCONCLUSIVE, (f"{uncertain} lookups are uncertain (events lost) against {overlaps} overlaps; "
+                              "enlarge the ring (--ring-pages) or shorten the run")
+    return PASS, (f"{overlaps} lookups overlapped a prune of the same dentry and the kernel re-checked "
+                  f"d_seq and retried every one ({retried} retried, 0 race)")
+
+
+def widening_factor(phases: list[Phase]) -> float | None:
+    base = next((p for p in phases if p.widen is None and p.name == "baseline"), None)
+    wide = next((p for p in phases if p.widen is not None), None)
+    if base is None or wide is None:
+        return None
+    if base.overlaps_per_min == 0:
+        return math.inf if wide.overlaps_per_min > 0 else None
+    return wide.overlaps_per_min / base.overlaps_per_min
+
+
+# --------------------------------------------------------------------------
+# the judge judged: the correlator on simulated kernels
+
+
+def detector_check(seed: int = 7) -> dict:
+    """Run the correlator on simulated buggy and fixed kernels: it must see races only in the buggy one."""
+    try:
+        from vfstrace.workload.simulate import simulate
+    except ImportError:
+        raise VfstraceError("selftest's detector check needs vfstrace.workload.simulate (use --kernel-only to skip it)") from None
+    out = {"seed": seed}
+    for sem in ("buggy", "fixed"):
+        events, truth = simulate(seed, semantics=sem)
+        ph = judge_events(events, name=f"simulated-{sem}")
+        out[sem] = {"events": int(len(events)), "race": ph.race, "retried": ph.retried}
+    out["ok"] = out["buggy"]["race"] > 0 and out["fixed"]["race"] == 0
+    if not out["ok"]:
+        raise VfstraceError(
+            f"the correlator failed its own check (simulated pre-patch: {out['buggy']['race']} race, "
+            f"fixed: {out['fixed']['race']} race): no kernel verdict would mean anything"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------
+# judging a recorded trace
+
+
+def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
+    """Judge a recorded or simulated trace. A trace recorded by selftest keeps its phases."""
+    from vfstrace.store import load
+
+    df = load(path)
+    meta = df.attrs.get("meta") or {}
+    st = meta.get("selftest") or {}
+    phases = []
+    if st.get("phases"):
+        ts = df["ts_ns"].to_numpy(dtype=np.uint64)
+        for p in st["phases"]:
+            sel = df[(ts >= int(p["start_ns"])) & (ts < int(p["end_ns"]))]
+            ph = judge_events(sel, name=p["name"], duration_s=(int(p["end_ns"]) - int(p["start_ns"])) / 1e9,
+                              counters=p.get("counters"))
+            ph.widen, ph.workload = p.get("widen"), p.get("workload")
+            phases.append(ph)
+    else:
+        phases.append(judge_events(df, name="trace", counters=meta.get("kernel_counters")))
+    verdict, reason = verdict_of(phases, min_overlaps)
+    return Result(verdict, reason, str(meta.get("kernel_release") or "?"), str(meta.get("tier") or "?"),
+                  list(meta.get("probes") or []), phases, str(path), factor=widening_factor(phases))

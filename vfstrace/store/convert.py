@@ -1,0 +1,28 @@
+"""`vfstrace convert`: a trace from one form into the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vfstrace.store.read import load
+from vfstrace.store.writer import save
+
+
+@click.command("convert")
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("-f", "--force", is_flag=True, help="Replace OUT if it exists.")
+def convert(src, dst, force):
+    """Convert a trace between a .vft directory and JSON Lines (by OUT's suffix).
+
+    \b
+    Examples:
+      vfstrace convert run.vft run.jsonl     # to hand-editable JSON Lines
+      vfstrace convert case.jsonl case.vft   # back to a Parquet trace
+    """
+    df = load(src)
+    meta = df.attrs["meta"]
+    n = save(df, dst, meta, overwrite=force)
+    click.echo(f"{src} -> {dst}: {n} events")

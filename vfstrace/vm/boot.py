@@ -1,0 +1,231 @@
+"""Booting a guest under qemu and running one command inside."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from vfstrace.vm.initramfs import build_initramfs
+from vfstrace.vm.kernels import (
+    GUEST_OUT,
+    QEMU,
+    STARTED_MARK,
+    Kernel,
+    VmError,
+    VmTimeout,
+    _last_line,
+    can_boot,
+    load_kernel,
+)
+
+# --------------------------------------------------------------------------
+# run
+
+
+@dataclasses.dataclass
+class VmResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    console: str
+    duration_s: float  # qemu start to qemu exit
+    kernel_release: str  # `uname -r` as the guest reported it
+    boot_s: float | None = None  # qemu start to the command starting
+    out_dir: Path | None = None
+
+
+# Host paths the guest mounts its own filesystems over (see vfstrace/vm/guest/init.sh).
+GUEST_MOUNTS = ("/proc", "/sys", "/dev", "/run", GUEST_OUT)
+
+
+def _hidden_in_guest(path: Path) -> str | None:
+    """The guest mount that hides ``path`` from the guest, if any."""
+    p = str(Path(path).resolve())
+    return next((m for m in GUEST_MOUNTS if p == m or p.startswith(m + "/")), None)
+
+
+def _guest_links(k: Kernel) -> list[list[str]]:
+    """Symlinks made inside the guest so BCC and modprobe find this kernel's files.
+
+    The cache folder is visible inside through the 9p root, so a link to it
+    is enough; the headers' own absolute links (build -> /usr/src/...) then
+    resolve too.
+    """
+    links = [[str(k.modules), f"/lib/modules/{k.release}"]]
+    for sub in ("usr/src", "usr/lib"):
+        d = k.root / sub
+        if d.is_dir():
+            for e in sorted(d.iterdir()):
+                if sub == "usr/src" or e.name.startswith("linux-kbuild-"):
+                    links.append([str(e), f"/{sub}/{e.name}"])
+    for e in sorted((k.root / "boot").iterdir()):
+        links.append([str(e), f"/boot/{e.name}"])
+    return links
+
+
+def _qemu_path(p: Path) -> str:
+    return str(p).replace(",", ",,")  # qemu's option syntax doubles commas
+
+
+def qemu_argv(k: Kernel, initrd: Path, out_dir: Path, mem="2G", cpus=2) -> list[str]:
+    return [
+        QEMU,
+        "-cpu", "max", "-accel", "tcg,thread=multi",
+        "-smp", str(int(cpus)), "-m", str(mem),
+        "-display", "none", "-monitor", "none", "-serial", "stdio",
+        "-no-reboot", "-nic", "none",
+        "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
+        # panic=-1: a panicking guest reboots at once, and -no-reboot turns
+        # that into qemu exiting, so a panic never looks like a hang.
+        # tsc=reliable: under TCG the emulated HPET drifts against the TSC
+        # when the host is busy, the clocksource watchdog then marks the TSC
+        # unstable and the guest falls back to the HPET, whose every read is
+        # an emulated MMIO access that serialises the vCPUs (seen as other
+        # tasks slowing while a widened task reads the clock in a loop).
+        "-append", "console=ttyS0 quiet loglevel=4 panic=-1 tsc=reliable",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={_qemu_path(out_dir)},mount_tag=vmout,security_model=none,multidevs=remap",
+    ]
+
+
+def _guest_env(extra: dict | None) -> dict:
+    std = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    path = os.environ.get("PATH", "")
+    parts = []
+    for p in (path + ":" + std).split(":"):
+        if p and p not in parts:
+            parts.append(p)
+    env = {
+        "PATH": ":".join(parts),
+        "HOME": "/root",
+        "TERM": "dumb",
+        "LANG": "C.UTF-8",
+        "VFSTRACE_IN_VM": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key in ("VFSTRACE_STRICT", "VIRTUAL_ENV"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def run(kernel: str, argv, timeout: float = 900, out_dir=None, mem: str = "2G", cpus: int = 2,
+        env: dict | None = None, cwd=None, stream=None) -> VmResult:
+    """Boot ``kernel`` and run ``argv`` inside; return its exit code and output.
+
+    ``stream`` gets each console line as it arrives (None: keep quiet).
+    Raises VmTimeout after ``timeout`` seconds (qemu killed), VmError if the
+    guest stops without reporting a result (a panic, a broken init).
+    """
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise VmError("no command given to run in the guest")
+    ok, why = can_boot(kernel)
+    if not ok:
+        raise VmError(why)
+    k = load_kernel(kernel)
+    hidden = _hidden_in_guest(k.root)
+    if hidden:
+        raise VmError(
+            f"the VM cache {k.root.parent.parent} is under {hidden}, which the guest covers with its own "
+            f"filesystem, so its kernel files would be invisible inside: set VFSTRACE_VM_CACHE elsewhere"
+        )
+    initrd = build_initramfs(k)
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="vfstrace-vm-")
+        out = Path(tmp.name)
+    else:
+        out = Path(out_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream)
+    finally:
+        if tmp:
+            tmp.cleanup()
+
+
+def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResult:
+    meta = out / ".vm"
+    shutil.rmtree(meta, ignore_errors=True)
+    meta.mkdir()
+    spec = {
+        "argv": argv,
+        "cwd": str(Path(cwd or os.getcwd()).resolve()),
+        "env": _guest_env(env),
+        "links": _guest_links(k),
+        "out": GUEST_OUT,
+        "started_mark": STARTED_MARK,
+    }
+    (meta / "spec.json").write_text(json.dumps(spec, indent=1))
+    cmd = qemu_argv(k, initrd, out, mem, cpus)
+    console: list[str] = []
+    started = [None]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as e:
+        raise VmError(f"cannot start {QEMU}: {e}") from None
+
+    def pump():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
+            console.append(line)
+            if started[0] is None and STARTED_MARK in line:
+                started[0] = time.monotonic() - t0
+            if stream:
+                stream(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        raise VmTimeout(
+            f"{k.series} guest ({k.release}) did not finish within {timeout:g} s; qemu killed "
+            f"(last console line: {_last_line(chr(10).join(console))})",
+            console="\n".join(console),
+        ) from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    reader.join(5)
+    duration = time.monotonic() - t0
+    text = "\n".join(console)
+    try:
+        res = json.loads((meta / "result.json").read_text())
+    except (OSError, ValueError):
+        why = "kernel panic" if "Kernel panic" in text else "init or runner failed"
+        raise VmError(
+            f"{k.series} guest ({k.release}) stopped without a result ({why}; qemu exit {proc.returncode}); "
+            f"last console line: {_last_line(text)}"
+        ) from None
+
+    def read(name):
+        try:
+            return (meta / name).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    return VmResult(
+        returncode=int(res["returncode"]),
+        stdout=read("stdout"),
+        stderr=read("stderr"),
+        console=text,
+        duration_s=round(duration, 2),
+        kernel_release=res.get("kernel_release", ""),
+        boot_s=round(started[0], 2) if started[0] is not None else None,
+        out_dir=out,
+    )
