@@ -45,6 +45,7 @@ from pathlib import Path
 import click
 
 from vfstrace.errors import MissingDependency, VfstraceError
+from vfstrace.vm.kernels import VmError, cache_dir
 
 KBUILD = Path(__file__).resolve().parent / "kbuild"
 FRAGMENT = KBUILD / "vfstrace.config"
@@ -69,7 +70,7 @@ NEED_FREE_BYTES = 10 << 30
 PROGRESS_EVERY_S = 30.0
 
 
-class BuildError(VfstraceError):
+class BuildError(VmError):
     """A kernel could not be built: missing tools, a patch that does not apply, make failing."""
 
     exit_code = 8
@@ -77,9 +78,7 @@ class BuildError(VfstraceError):
 
 def _cache_dir() -> Path:
     # the VM cache (VFSTRACE_VM_CACHE or .cache/vm), shared with fetched kernels
-    from vfstrace import vm
-
-    return vm.cache_dir()
+    return cache_dir()
 
 
 def _say(msg: str) -> None:
@@ -495,10 +494,3 @@ def build_cmd(kernel, force):
     build(kernel, force=force)
     return 0
 
-
-if __name__ == "__main__":
-    try:
-        build_cmd.main(standalone_mode=False)
-    except VfstraceError as e:
-        print(f"vfstrace: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)

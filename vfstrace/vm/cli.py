@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from vfstrace.vm import build as kbuild
 from vfstrace.vm.boot import run
 from vfstrace.vm.kernels import (
     GUEST_DIR,
@@ -27,6 +28,7 @@ from vfstrace.vm.kernels import (
     _run,
     _say,
     _series,
+    boot_names,
     cache_dir,
     can_boot,
     fetch,
@@ -39,13 +41,17 @@ from vfstrace.vm.kernels import (
 
 @click.group("vm")
 def vm_group():
-    """Boot Debian kernels 5.10, 6.1, 6.12 under qemu and run commands in them.
+    """Boot Debian kernels 5.10, 6.1, 6.12 (and vfstrace's own 6.1 builds) under qemu.
 
     \b
     vfstrace vm fetch --kernel all          download kernels + matching headers
-    vfstrace vm list                        what is fetched
+    vfstrace vm build --kernel all          build 6.1-prepatch (the 2011 race) and 6.1-control
+    vfstrace vm list                        what is fetched and built
     vfstrace vm run --kernel 6.12 -- uname -r
     """
+
+
+vm_group.add_command(kbuild.build_cmd)
 
 
 _KCHOICE = click.Choice([*SERIES, "all"])
@@ -67,14 +73,18 @@ def fetch_cmd(kernel):
 @vm_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json):
-    """Show which kernels are fetched and where."""
+    """Show which kernels are fetched (Debian's) and built (vfstrace's own), and where."""
     rows = []
-    for s in SERIES:
+    for s in boot_names():
         k = load_kernel(s)
+        built = kbuild.is_built_name(s)
+        man = kbuild.load_manifest(s) if built and k else None
         rows.append({
             "kernel": s,
+            "source": "built" if built else "fetched",
             "release": k.release if k else None,
             "package": f"{k.image_package['name']} {k.image_package['version']}" if k else None,
+            "patch": (man or {}).get("built", {}).get("patch") if built else None,
             "fetched": k.fetched if k else None,
             "path": str(k.root.parent) if k else None,
         })
@@ -83,16 +93,20 @@ def list_cmd(as_json):
         return 0
     for r in rows:
         if r["release"]:
-            click.echo(f"{r['kernel']:5} {r['release']:24} {r['package']}  ({r['path']})")
+            how = f"built from {r['package']}" + (f" + {r['patch']}" if r["patch"] else "") if r["source"] == "built" \
+                else r["package"]
+            click.echo(f"{r['kernel']:12} {r['release']:26} {how}  ({r['path']})")
+        elif r["source"] == "built":
+            click.echo(f"{r['kernel']:12} not built (vfstrace vm build --kernel {r['kernel']})")
         else:
-            click.echo(f"{r['kernel']:5} not fetched (vfstrace vm fetch --kernel {r['kernel']})")
+            click.echo(f"{r['kernel']:12} not fetched (vfstrace vm fetch --kernel {r['kernel']})")
     ok, why = can_boot()
     click.echo(f"can boot: {'yes' if ok else 'no: ' + why}")
     return 0
 
 
 @vm_group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--kernel", "-k", type=click.Choice(list(SERIES)), required=True)
+@click.option("--kernel", "-k", type=click.Choice(boot_names()), required=True)
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds before qemu is killed.")
 @click.option("--mem", default="2G", show_default=True)
 @click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True)

@@ -257,12 +257,29 @@ def _download(kernel: str, res: dict) -> None:
             raise VmError(f"{kernel}: apt-get download {p['name']}={p['version']} failed: {_last_line(r.stderr)}")
 
 
+def _built_names() -> tuple[str, ...]:
+    from vfstrace.vm.build import BUILT  # kernels built from source (vfstrace vm build)
+
+    return tuple(BUILT)
+
+
+def boot_names() -> list[str]:
+    """Every kernel a guest can be asked to boot: Debian's series, then vfstrace's own builds."""
+    return [*SERIES, *_built_names()]
+
+
 def _kernel_dir(kernel: str) -> Path:
+    if kernel in _built_names():
+        return cache_dir() / kernel
     return cache_dir() / _series(kernel).name
 
 
 def load_kernel(kernel: str) -> Kernel | None:
-    """The fetched kernel of a series, or None if it is not (completely) fetched."""
+    """The fetched (or built) kernel of that name, or None if it is not (completely) there.
+
+    A built kernel's manifest has the same shape as a fetched one's: its
+    "series" is the build's name and its one package the source package.
+    """
     d = _kernel_dir(kernel)
     try:
         man = json.loads((d / "manifest.json").read_text())
@@ -338,8 +355,8 @@ def _fetch_locked(kernel: str) -> Kernel:
 
 
 def available_kernels() -> dict[str, Kernel]:
-    """The fetched kernels, by series name."""
-    return {s: k for s in SERIES if (k := load_kernel(s))}
+    """The fetched and built kernels, by name."""
+    return {s: k for s in boot_names() if (k := load_kernel(s))}
 
 
 def can_boot(kernel: str | None = None) -> tuple[bool, str]:
@@ -350,6 +367,11 @@ def can_boot(kernel: str | None = None) -> tuple[bool, str]:
         return False, f"{BUSYBOX} missing (apt-get install busybox-static)"
     if not os.path.isfile(GUEST_PYTHON):
         return False, f"{GUEST_PYTHON} missing (the guest runs the host's python3)"
+    built = _built_names()
+    if kernel in built:
+        if not load_kernel(kernel):
+            return False, f"kernel {kernel} not built: run `vfstrace vm build --kernel {kernel}`"
+        return True, "ok"
     wanted = _kernels(kernel) if kernel else list(SERIES)
     missing = [k for k in wanted if not load_kernel(k)]
     if missing:
