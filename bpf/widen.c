@@ -40,6 +40,11 @@
  *   WIDEN_FN          fexit only: the site's name (a C identifier)
  *   WIDEN_NARGS       fexit only: the site's parameter count (BTF), so
  *                     ctx[WIDEN_NARGS] is its return value
+ *   WIDEN_SAMPLE      hold a lookup with probability WIDEN_SAMPLE / 65536
+ *                     (65536: every one). Holding every lookup of a `cp -a`
+ *                     stalls it (tens of held lookups per file copied); a
+ *                     sampled share keeps it copying, so the files it fails
+ *                     on show the race's symptom.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -58,6 +63,9 @@
 #ifndef WIDEN_MODE
 #define WIDEN_MODE 1
 #endif
+#ifndef WIDEN_SAMPLE
+#define WIDEN_SAMPLE 65536
+#endif
 
 /* Per-CPU counters, read and summed by tracers/widen.py. */
 enum widen_counter {
@@ -67,6 +75,7 @@ enum widen_counter {
 	W_CAPPED,        /* held until WIDEN_MAX_ITERS ran out, short of the delay */
 	W_NO_DENTRY,     /* target lookup found nothing: nothing to widen */
 	W_UNARMED,       /* target lookup seen while disarmed: not held */
+	W_NOT_SAMPLED,   /* target lookup left out by WIDEN_SAMPLE: not held */
 	W_NCOUNTERS,
 };
 
@@ -111,6 +120,12 @@ static __always_inline int widen(unsigned long rc)
 	/* NULL: not in the dcache; ERR_PTR (top 4095 values): -ECHILD etc. */
 	if (rc == 0 || rc >= (unsigned long)-4095) {
 		bump(W_NO_DENTRY, 1);
+		return 0;
+	}
+#endif
+#if WIDEN_SAMPLE < 65536
+	if ((bpf_get_prandom_u32() & 0xffff) >= WIDEN_SAMPLE) {
+		bump(W_NOT_SAMPLED, 1);
 		return 0;
 	}
 #endif

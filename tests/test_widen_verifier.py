@@ -67,10 +67,25 @@ def test_options_reach_the_program_as_numbers_only():
         f"-DWIDEN_MAX_ITERS={widen.max_iters(200_000)}",
         "-DWIDEN_CGROUP_ID=4242ULL",
         "-DWIDEN_NEED_RESULT=1",
+        "-DWIDEN_SAMPLE=65536",
         "-DWIDEN_MODE=1",
     ]
     text = w.program_text()
     assert "#define WIDEN_DELAY_NS 200000ULL" in text and "int widen_ret(struct pt_regs *ctx)" in text
+
+
+@pytest.mark.parametrize("text,share,sample", [("1", 1.0, 65536), ("0.1", 0.1, 6554), ("25%", 0.25, 16384),
+                                               ("0.00001", 0.00001, 1)])
+def test_share_reaches_the_program_as_a_number_out_of_65536(text, share, sample):
+    assert widen.parse_share(text) == pytest.approx(share)
+    w = widen.Widener(_choice(), 200_000, site="__d_lookup_rcu", rcu_only=True, share=widen.parse_share(text))
+    assert f"-DWIDEN_SAMPLE={sample}" in w.cflags()
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.1", "abc", "0.1; system()", "150%", ""])
+def test_bad_share_is_one_error(bad):
+    with pytest.raises(VfstraceError, match="--widen-share"):
+        widen.parse_share(bad)
 
 
 class _FakeBtf:
@@ -131,6 +146,11 @@ def bcc_headers(monkeypatch):
 def test_real_verifier_accepts_the_bounded_wait(bcc_headers, delay_ns):
     fd = widen.verify_only(delay_ns, cgroup_id=12345)
     assert fd > 0
+
+
+@pytest.mark.live
+def test_real_verifier_accepts_the_sampled_wait(bcc_headers):
+    assert widen.verify_only(widen.DEFAULT_DELAY_NS, cgroup_id=12345, share=0.1) > 0
 
 
 @pytest.mark.live

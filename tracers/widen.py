@@ -56,7 +56,8 @@ MAX_ITERS = 40_000
 # do_lookup), whose return is still before step_into's re-check.
 PREFERRED_SITE = "__d_lookup_rcu"
 
-COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry", "unarmed")
+COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry", "unarmed", "not_sampled")
+SAMPLE_ONE = 65536  # WIDEN_SAMPLE for "hold every lookup"
 _C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -79,6 +80,27 @@ def parse_delay(text) -> int:
             f"--widen {text!r}: the delay must be between 1us and 1ms (it holds an RCU read section)"
         )
     return ns
+
+
+def parse_share(text) -> float:
+    """'0.1', '10%' -> the share of target lookups to hold, in (0, 1].
+
+    Holding every lookup of a `cp -a` (tens per file) stalls the copy; a
+    share keeps it copying while still widening many of its lookups.
+    """
+    if isinstance(text, (int, float)):
+        share = float(text)
+    else:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%?)", str(text).strip())
+        share = (float(m.group(1)) / (100.0 if m.group(2) else 1.0)) if m else -1.0
+    if not 0.0 < share <= 1.0:
+        raise VfstraceError(f"--widen-share {text!r}: give a share in (0, 1] or a percentage, e.g. 0.1 or 10%")
+    return share
+
+
+def sample_of(share: float) -> int:
+    """The share as the program's WIDEN_SAMPLE (out of 65536), at least 1."""
+    return max(1, min(SAMPLE_ONE, int(round(float(share) * SAMPLE_ONE))))
 
 
 def max_iters(delay_ns: int) -> int:
@@ -235,6 +257,8 @@ class WidenStats:
     no_dentry: int = 0
     unarmed: int = 0
     mode: str = "kprobe"
+    share: float = 1.0
+    not_sampled: int = 0
 
     @property
     def mean_delay_ns(self) -> float:
@@ -253,6 +277,8 @@ class WidenStats:
             "no_dentry": self.no_dentry,
             "unarmed": self.unarmed,
             "mode": self.mode,
+            "share": self.share,
+            "not_sampled": self.not_sampled,
         }
 
 
@@ -267,7 +293,7 @@ class Widener:
 
     def __init__(self, choice, delay_ns: int = DEFAULT_DELAY_NS, *, cgroup_id: int | None = None,
                  tgids=(), site: str | None = None, rcu_only: bool | None = None, mode: str | None = None,
-                 btf=None):
+                 btf=None, share: float = 1.0):
         tier = getattr(choice, "tier", None)
         if tier not in ("kprobe", "fentry"):
             raise TierUnavailable(
@@ -275,6 +301,7 @@ class Widener:
             )
         self.choice = choice
         self.delay_ns = parse_delay(int(delay_ns))
+        self.share = parse_share(share)
         self.cgroup_id = int(cgroup_id) if cgroup_id else 0
         self.tgids = {int(t) for t in tgids}
         if site is None:
@@ -314,6 +341,7 @@ class Widener:
             f"-DWIDEN_MAX_ITERS={max_iters(self.delay_ns)}",
             f"-DWIDEN_CGROUP_ID={self.cgroup_id}ULL",
             "-DWIDEN_NEED_RESULT=1",
+            f"-DWIDEN_SAMPLE={sample_of(self.share)}",
         ]
         if self.mode == "fentry":
             # site checked against _C_IDENT above: an identifier, never free text
@@ -397,7 +425,7 @@ class Widener:
             self._put(tgid)
 
     def stats(self) -> WidenStats:
-        s = WidenStats(self.site, self.rcu_only, self.delay_ns, mode=self.mode)
+        s = WidenStats(self.site, self.rcu_only, self.delay_ns, mode=self.mode, share=self.share)
         if self.bpf is None:
             return s
         tbl = self.bpf["counters"]
@@ -406,6 +434,7 @@ class Widener:
             vals[name] = int(sum(tbl[ctypes.c_int(i)]))
         s.seen, s.delayed, s.delay_ns_total = vals["seen"], vals["delayed"], vals["delay_ns"]
         s.capped, s.no_dentry, s.unarmed = vals["capped"], vals["no_dentry"], vals["unarmed"]
+        s.not_sampled = vals["not_sampled"]
         return s
 
     def close(self) -> None:
@@ -441,7 +470,7 @@ class Widener:
         self.close()
 
 
-def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1) -> int:
+def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1, share: float = 1.0) -> int:
     """Compile and load (verifier included) without attaching; returns the program fd.
 
     Proves the bounded loop is accepted on a kernel that cannot attach
@@ -452,6 +481,7 @@ def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1) -> int:
     bcc = import_bcc()
     w = Widener.__new__(Widener)
     w.delay_ns, w.cgroup_id, w.mode = parse_delay(int(delay_ns)), int(cgroup_id), "kprobe"
+    w.share = parse_share(share)
     b = bcc.BPF(text=source("widen.c").encode(), cflags=w.cflags())
     try:
         return b.load_func("widen_ret", bcc.BPF.KPROBE).fd

@@ -24,7 +24,10 @@ the same, so the symptom can be counted and traced:
   cgroup of its own and tracers/widen.py holds its RCU lookups for DELAY
   between finding a dentry and re-checking its d_seq, so that the pruning
   lands in that window far more often; nothing outside the cgroup is held.
-  The result says how many lookups were held and for how long.
+  Only a sampled share of those lookups is held (``--widen-share``, default
+  WIDEN_SHARE): holding every one stalls `cp -a` (tens of lookups per file
+  copied, each held), and a copy that makes no progress cannot fail on a
+  file. The result says how many lookups were held and for how long.
 
 The tree is generated (``--files``, ``--depth``, ``--size``) unless
 ``--tree`` names one, under a work dir that is NOT tmpfs when possible:
@@ -54,6 +57,10 @@ from vfstrace.errors import PrivilegeError, VfstraceError
 CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
 STATTER_COMM = "vfs-statter"
 CGROUP_MEMORY_MAX = 64 * 1024 * 1024
+# Share of the workload's lookups --widen holds. On the 6.1-prepatch kernel
+# (2 vCPUs under TCG) it keeps cp copying while enough held lookups meet a
+# prune for cp to fail on existing files; see README ("The 2011 race, live").
+WIDEN_SHARE = 0.05
 
 STATTER = r"""
 import ctypes, os, sys, time
@@ -246,7 +253,7 @@ class Pressure:
 
 class Stress:
     def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
-                 churn=False, pressure="auto", workdir=None, out=None, widen_ns=None):
+                 churn=False, pressure="auto", workdir=None, out=None, widen_ns=None, widen_share=WIDEN_SHARE):
         if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
             raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
         self.duration = float(duration)
@@ -272,6 +279,7 @@ class Stress:
         self.session: Path | None = None
         self._procs: set[subprocess.Popen] = set()
         self.widen_ns = widen_ns
+        self.widen_share = widen_share
         self.widener = None
         self.widen_cgroup = None
         self.widen_stats: dict | None = None
@@ -294,7 +302,7 @@ class Stress:
             )
         from tracers.widen import Widener
 
-        self.widener = Widener(choice, self.widen_ns)
+        self.widener = Widener(choice, self.widen_ns, share=self.widen_share)
 
     def _start_widen(self) -> None:
         """Put this process (so every worker it starts from now on) in a fresh
@@ -561,11 +569,14 @@ def render(r: dict) -> str:
     ]
     w = r.get("widen")
     if w:
-        rows.append(("widening", f"{w['how']}, {w['delay_ns'] / 1000:g} us per held lookup"))
+        share = w.get("share", 1.0)
+        rows.append(("widening", f"{w['how']}, {w['delay_ns'] / 1000:g} us per held lookup"
+                     + (f", {share:.0%} of lookups sampled" if share < 1 else "")))
         rows.append(("lookups held", f"{w['delayed']:,} of {w['target_lookups']:,} by the workload, "
                      f"mean {w['mean_delay_ns'] / 1000:.1f} us, {w['delay_ns_total'] / 1e9:.2f} s in all"
                      + (f", {w['capped']:,} cut short by the iteration bound" if w["capped"] else "")))
-        rows.append(("lookups not held", f"{w['no_dentry']:,} (nothing found: no window to widen)"))
+        rows.append(("lookups not held", f"{w['no_dentry']:,} (nothing found: no window to widen)"
+                     + (f", {w.get('not_sampled', 0):,} (not sampled)" if share < 1 else "")))
     out = tabulate(rows, tablefmt="plain")
     if r["cp_enoent_paths"]:
         out += "\n\ncp: No such file or directory:\n" + "\n".join(f"  {p}" for p in r["cp_enoent_paths"])
@@ -585,8 +596,11 @@ def render(r: dict) -> str:
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
 @click.option("--widen", "widen", metavar="DELAY",
               help="Hold the workload's RCU lookups DELAY (e.g. 200us, at most 1ms) at the race window; kprobes only.")
+@click.option("--widen-share", "widen_share", metavar="SHARE", default=str(WIDEN_SHARE), show_default=True,
+              help="With --widen: the share of lookups held (0-1 or a percentage); 1 holds every one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen, as_json):
+def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen, widen_share,
+               as_json):
     """Run the 2011 reproducer: staggered parallel `cp -a` under memory pressure.
 
     \b
@@ -595,11 +609,12 @@ def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, press
     With --widen (kernels with kprobes) the workload's own RCU lookups are
     held at the race window and the result says how many, for how long.
     """
-    widen_ns = None
+    widen_ns, share = None, WIDEN_SHARE
     if widen is not None:
-        from tracers.widen import parse_delay
+        from tracers.widen import parse_delay, parse_share
 
-        widen_ns = parse_delay(widen)
-    r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen_ns=widen_ns).run()
+        widen_ns, share = parse_delay(widen), parse_share(widen_share)
+    r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen_ns=widen_ns,
+               widen_share=share).run()
     click.echo(json.dumps(r) if as_json else render(r))
     return 0
