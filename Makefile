@@ -17,6 +17,7 @@ demo: setup
 # The whole suite: unit, recorded-trace, live-kernel and VM tests.
 test: setup
 	$(VFSTRACE) vm fetch --kernel all
+	$(VFSTRACE) vm build --kernel all
 	$(PY) -m pytest -v $(PYTEST_ARGS)
 
 # Unit and recorded-trace tests only (no root, no VM).

@@ -10,6 +10,8 @@ APT_PACKAGES=(
   python3-bpfcc python3-venv python3-dev bpftrace bpftool
   linux-headers-amd64 kmod
   qemu-system-x86 busybox-static cpio xz-utils zstd
+  # vfstrace vm build: the 6.1-prepatch and 6.1-control kernels from source
+  build-essential bc bison flex libelf-dev libssl-dev dwarves patch
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,114 @@
+"""The 2011 race on a real kernel: 6.1-prepatch has it, 6.1-control does not.
+
+Both kernels are built by `vfstrace vm build` from Debian's linux-source-6.1
+with the same config; the prepatch one reverts the seed fix in step_into()
+and logs each spurious ENOENT it causes (its ground truth). One boot per
+kernel (TCG is slow) runs tests/vm/prepatch_check.py: `vfstrace watch
+--tier kprobe -o TRACE` around `vfstrace stress --widen 200us`, then
+`vfstrace selftest --kernel-only`. The tests assert on its summary:
+
+* prepatch: cp fails with "No such file or directory" on files that exist,
+  the kernel counts spurious ENOENTs, at least one `race` verdict matches a
+  ground-truth event by (task, dentry, time), every `race` cites a prune
+  event of its own dentry, and selftest says FAIL (exit 1);
+* control: no cp error, no `race`, selftest PASS (exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import ROOT, is_root, need
+
+SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "40"))
+SELFTEST_SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SELFTEST_SECONDS", "20"))
+_runs: dict[str, dict] = {}
+
+
+def _boot(kernel: str) -> dict:
+    """Boot ``kernel`` once for all tests of this module; its summary."""
+    if kernel in _runs:
+        return _runs[kernel]
+    from vfstrace import vm
+    from vfstrace.workload import statloop
+
+    need(is_root(), "booting guests with the host root shared needs root")
+    ok, why = vm.can_boot(kernel)
+    need(ok, why)
+    statloop.build()  # the selftest's compiled lookup loop, built on the host (the guest's root is read-only)
+    out = ROOT / ".cache" / "vm-tests" / kernel
+    out.mkdir(parents=True, exist_ok=True)
+    script = ROOT / "tests" / "vm" / "prepatch_check.py"
+    py = str(ROOT / ".venv" / "bin" / "python")
+    res = vm.run(kernel, [py, str(script), "/vmout", "--tiers", "kprobe", "--seconds", str(SECONDS),
+                          "--selftest-seconds", str(SELFTEST_SECONDS)],
+                 timeout=SECONDS + 2 * SELFTEST_SECONDS + 900, out_dir=out, cwd=str(ROOT))
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        pytest.fail(f"{kernel}: guest wrote no summary (exit {res.returncode}); stderr: {res.stderr[-3000:]}")
+    summary["boot_seconds"] = res.duration_s
+    _runs[kernel] = summary
+    k = summary["runs"]["kprobe"]
+    st = k.get("stress") or {}
+    sel = (summary.get("selftest") or {}).get("result") or {}
+    print(f"{kernel} ({summary['kernel_release']}): cp ENOENT {st.get('cp_enoent')} in {st.get('copy_rounds')} "
+          f"rounds, spurious ENOENT (kernel) {k.get('truth_count')}, race {k.get('suspects')} "
+          f"(matched {k.get('matched')}), verdicts {k.get('verdicts')}, selftest {sel.get('verdict')}; "
+          f"boot+run {res.duration_s:.0f} s")
+    return summary
+
+
+def _kprobe(kernel):
+    r = _boot(kernel)["runs"]["kprobe"]
+    assert "judge_error" not in r, r["judge_error"]
+    assert r["returncode"] == 0, r["stderr_tail"]
+    return r
+
+
+@pytest.mark.vm
+def test_prepatch_cp_fails_on_existing_files_and_the_kernel_counts_it():
+    r = _kprobe("6.1-prepatch")
+    st = r["stress"]
+    assert st["copy_rounds"] > 0, "cp made no copy round: widening stalls it"
+    assert st["cp_enoent"] > 0, f"no cp ENOENT in {st['copy_rounds']} rounds"
+    # the paths cp named exist in the source tree (they vanished only for a lookup)
+    assert all("/src/" in p or "/copy" in p for p in st["cp_enoent_paths"])
+    assert r["truth_count"] > 0 and r["truth_logged"] > 0
+
+
+@pytest.mark.vm
+def test_prepatch_races_match_the_kernels_ground_truth_and_cite_their_prune():
+    r = _kprobe("6.1-prepatch")
+    assert r["suspects"] >= 1, f"no race verdict; verdicts {r['verdicts']}, kernel count {r['truth_count']}"
+    assert r["matched"] >= 1, f"no race matched the ground truth: {r['false_suspects'][:3]}"
+    assert r["suspects_citing_prune"] == r["suspects"], [x for x in r["suspect_rows"] if not x["cites_prune"]][:3]
+
+
+@pytest.mark.vm
+def test_control_has_no_cp_error_no_race_and_no_ground_truth():
+    s = _boot("6.1-control")
+    r = _kprobe("6.1-control")
+    assert s["ground_truth_available"] is False
+    assert r["stress"]["copy_rounds"] > 0
+    assert r["stress"]["cp_enoent"] == 0, r["stress"]["cp_enoent_paths"]
+    assert r["verdicts"].get("race", 0) == 0, r["suspect_rows"][:3]
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("kernel,verdict,code", [("6.1-prepatch", "FAIL", 1), ("6.1-control", "PASS", 0)])
+def test_selftest_verdict(kernel, verdict, code):
+    st = _boot(kernel)["selftest"]
+    res = st["result"]
+    assert res is not None, st
+    base, wide = res["phases"]
+    print(f"{kernel}: selftest {res['verdict']}: unwidened race {base['race']}, widened race {wide['race']}; "
+          f"{res['reason']}")
+    assert (res["verdict"], st["returncode"]) == (verdict, code), res["reason"]
+    if verdict == "FAIL":
+        assert wide["race"] > 0 and "race" in res["reason"]
+    else:
+        assert base["race"] == wide["race"] == 0
