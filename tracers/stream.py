@@ -19,6 +19,26 @@ frees in well under a second. So the stream works in bulk:
   whole pending span, stops at the first BUSY record, drops DISCARDed ones,
   copies the rest out and advances the consumer position once: no Python
   code runs per event.
+* **Why the reader cannot read out of bounds** (:class:`RingView`, the
+  protocol of kernel/bpf/ringbuf.c and libbpf's ringbuf_process_ring()):
+  the ring's real size is asked of the kernel (the map's max_entries), never
+  assumed; the mapping must hold the producer page and both copies of the
+  data area; the positions must satisfy ``0 <= prod - cons <= size`` and
+  ``cons % 8 == 0`` or the read stops with :class:`RingError`; the span read
+  starts at ``cons & mask < size`` and is ``prod - cons <= size`` long, so
+  it ends inside the double mapping, and every access is a bounds-checked
+  Python buffer slice (no ctypes pointer into the mapping). Records before
+  the first BUSY header were committed before the producer position was
+  read and cannot change until the consumer position passes them; a
+  committed length other than the ring's record size is a producer bug,
+  reported as :class:`RingError`, not trusted. Ordering: the kernel pairs
+  ``smp_store_release(producer_pos)`` with the reader's acquire load; on
+  x86-64 (TSO) a plain load is an acquire and a plain store a release, and
+  each position access here is its own interpreter call the C compiler
+  cannot move others across, so :class:`RingStream` refuses other
+  architectures. After :meth:`RingView.close` every read raises
+  :class:`RingError` instead of touching the unmapped pages, and records
+  handed out are always copies, so none outlives the mapping it came from.
 * Producers submit with ``BPF_RB_NO_WAKEUP``: the consumer polls on a short
   timer (:meth:`RingStream.poll` sleeps in small steps up to ``timeout_ms``),
   so the kernel never pays for a wake-up per event. At 1M events/s a 10 ms
@@ -49,16 +69,26 @@ distinct value instead of once per row).
 from __future__ import annotations
 
 import mmap
+import platform
 import time
 
 import numpy as np
 
+from vfstrace.errors import TierUnavailable, VfstraceError
 from vfstrace.events import COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
 
 BUSY_BIT = 1 << 31  # BPF_RINGBUF_BUSY_BIT (include/uapi/linux/bpf.h)
 DISCARD_BIT = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
 HDR_SZ = 8  # BPF_RINGBUF_HDR_SZ
 PAGE_SIZE = mmap.PAGESIZE
+# Architectures whose memory model makes plain loads acquires and plain
+# stores releases (TSO), which is what the reader's position accesses need.
+TSO_MACHINES = {"x86_64", "amd64", "AMD64", "i386", "i686"}
+
+
+class RingError(VfstraceError, ValueError):
+    """The ring's contents or positions contradict the kernel's protocol
+    (or it was read after close): reading on would mean trusting garbage."""
 
 
 def record_stride(dtype: np.dtype) -> int:
@@ -86,9 +116,10 @@ def parse_ring_span(buf, dtype: np.dtype) -> tuple[np.ndarray, int]:
     Returns ``(records, consumed_bytes)``: ``records`` is a copy (safe after
     the consumer position moves) without discarded records; parsing stops at
     the first BUSY record, which is still being written, so
-    ``consumed_bytes`` never passes it. A header whose length is not
-    ``dtype.itemsize`` means the ring does not hold only records of this
-    type: that is a bug in the producer, reported as ValueError.
+    ``consumed_bytes`` never passes it. A committed header whose length is
+    not ``dtype.itemsize`` means the ring does not hold only records of this
+    type: that is a bug in the producer, reported as :class:`RingError`
+    (a ValueError), and its length is never used to find the next record.
     """
     stride = record_stride(dtype)
     mv = memoryview(buf)
@@ -105,7 +136,8 @@ def parse_ring_span(buf, dtype: np.dtype) -> tuple[np.ndarray, int]:
     sizes = lens & ~np.uint32(BUSY_BIT | DISCARD_BIT)
     if np.any(sizes != dtype.itemsize):
         bad = int(sizes[sizes != dtype.itemsize][0])
-        raise ValueError(f"ring record of {bad} bytes where {dtype.itemsize} expected")
+        raise RingError(f"ring record of {bad} bytes where {dtype.itemsize} expected: the ring's producer "
+                        "wrote a record this reader does not know; stopping rather than trusting its length")
     keep = (lens & DISCARD_BIT) == 0
     recs = framed["rec"][:k]
     out = recs[keep] if not keep.all() else recs.copy()
@@ -169,25 +201,112 @@ def percpu_sum(table, index: int = 0) -> dict[int, int]:
     return {cpu: int(v) for cpu, v in enumerate(vals) if int(v)}
 
 
+class RingView:
+    """The consumer side of one BPF ring, over three buffers.
+
+    ``cons`` (writable) and ``prod`` are one-element ``<u8`` arrays over the
+    consumer and producer positions; ``data`` is a buffer of at least
+    ``2 * size`` bytes in which byte ``i + size`` is byte ``i`` (the
+    kernel's double mapping of the data pages). :class:`RingStream` passes
+    the kernel's mapping; tests pass a fake one. See the module docstring
+    for why no read leaves the buffers.
+    """
+
+    def __init__(self, cons, prod, data, size: int, dtype: np.dtype):
+        if size <= 0 or size & (size - 1) or size % 8:
+            raise ValueError("ring size must be a power of two and a multiple of 8")
+        data = memoryview(data)
+        if data.nbytes < 2 * size:
+            raise RingError(f"ring data mapping of {data.nbytes} bytes cannot hold both copies of a {size}-byte ring")
+        self.dtype = np.dtype(dtype)
+        self.size = size
+        self.mask = size - 1
+        self.stride = record_stride(self.dtype)
+        self._cons = cons
+        self._prod = prod
+        self._data = data[: 2 * size]
+
+    def positions(self) -> tuple[int, int]:
+        """(consumer, producer), checked against the protocol."""
+        if self._data is None:
+            raise RingError("ring buffer read after it was closed")
+        cons = int(self._cons[0])
+        prod = int(self._prod[0])  # acquire on TSO: pairs with the kernel's smp_store_release
+        if cons & 7 or not 0 <= prod - cons <= self.size:
+            raise RingError(
+                f"ring positions out of protocol (consumer {cons}, producer {prod}, ring {self.size} bytes): "
+                "stopping rather than reading outside the committed span"
+            )
+        return cons, prod
+
+    def pending_bytes(self) -> int:
+        cons, prod = self.positions()
+        return prod - cons
+
+    def drain(self) -> np.ndarray:
+        """Take every committed record now in the ring, in order, without waiting."""
+        cons, prod = self.positions()
+        if prod == cons:
+            return np.empty(0, dtype=self.dtype)
+        off = cons & self.mask  # < size; off + (prod - cons) <= 2 * size: inside the double mapping
+        recs, used = parse_ring_span(self._data[off : off + (prod - cons)], self.dtype)
+        if used:
+            self._cons[0] = cons + used  # release on TSO: the records were copied out first
+        return recs
+
+    def close(self) -> None:
+        """Drop every view of the buffers; reads afterwards raise RingError."""
+        if self._data is not None:
+            self._data.release()
+        self._data = None
+        self._cons = self._prod = None
+
+
+def _kernel_ring_size(map_fd: int) -> int | None:
+    """max_entries of a ring buffer map as the kernel holds it (BPF_OBJ_GET_INFO_BY_FD), or None."""
+    import ctypes
+
+    try:
+        from bcc.libbcc import lib
+    except ImportError:
+        return None
+    info = (ctypes.c_uint8 * 256)()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    # struct bpf_map_info: type, id, key_size, value_size, max_entries (u32 at offset 16)
+    if lib.bpf_obj_get_info(map_fd, ctypes.cast(info, ctypes.c_void_p), ctypes.byref(n)) != 0 or n.value < 20:
+        return None
+    return int.from_bytes(bytes(info[16:20]), "little")
+
+
 class RingStream:
     """Bulk consumer of one BPF ring buffer holding fixed-size records of ``dtype``."""
 
     def __init__(self, map_fd: int, dtype: np.dtype, size_bytes: int, drops=None, drop_index: int = 0):
         if size_bytes <= 0 or size_bytes & (size_bytes - 1) or size_bytes % PAGE_SIZE:
             raise ValueError("ring size must be a power-of-two multiple of the page size")
+        if platform.machine() not in TSO_MACHINES:
+            raise TierUnavailable(
+                f"the BPF ring buffer reader relies on x86's memory ordering; {platform.machine()} needs "
+                "acquire/release accesses it cannot make"
+            )
+        real = _kernel_ring_size(map_fd)
+        if real is not None and real != size_bytes:
+            raise RingError(f"ring buffer map holds {real} bytes, not the {size_bytes} the reader was told")
         self.dtype = np.dtype(dtype)
         self.size = size_bytes
-        self.mask = size_bytes - 1
-        self.stride = record_stride(self.dtype)
         self._drops = drops
         self._drop_index = drop_index
         self.received = 0
         self.polls = 0
         self._cons_map = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod_map = mmap.mmap(map_fd, PAGE_SIZE + 2 * size_bytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE_SIZE)
-        self._cons = np.frombuffer(self._cons_map, dtype="<u8", count=1)
-        self._prod = np.frombuffer(self._prod_map, dtype="<u8", count=1)
-        self._data = memoryview(self._prod_map)[PAGE_SIZE:]
+        self._ring = RingView(
+            np.frombuffer(self._cons_map, dtype="<u8", count=1),
+            np.frombuffer(self._prod_map, dtype="<u8", count=1),
+            memoryview(self._prod_map)[PAGE_SIZE:],
+            size_bytes,
+            self.dtype,
+        )
 
     @classmethod
     def from_bcc(cls, table, dtype, size_bytes, drops=None, drop_index=0):
@@ -195,18 +314,11 @@ class RingStream:
         return cls(table.map_fd, dtype, size_bytes, drops, drop_index)
 
     def pending_bytes(self) -> int:
-        return int(self._prod[0]) - int(self._cons[0])
+        return self._ring.pending_bytes()
 
     def drain(self) -> np.ndarray:
         """Take every committed record now in the ring, without waiting."""
-        cons = int(self._cons[0])
-        prod = int(self._prod[0])
-        if prod == cons:
-            return np.empty(0, dtype=self.dtype)
-        off = cons & self.mask
-        recs, used = parse_ring_span(self._data[off : off + (prod - cons)], self.dtype)
-        if used:
-            self._cons[0] = cons + used  # x86 is TSO: a plain store publishes it
+        recs = self._ring.drain()
         self.received += len(recs)
         return recs
 
@@ -227,18 +339,17 @@ class RingStream:
         return percpu_sum(self._drops, self._drop_index) if self._drops is not None else {}
 
     def close(self) -> None:
-        for m in (getattr(self, "_data", None),):
-            if m is not None:
-                m.release()
-        self._data = None
-        self._cons = self._prod = None
+        """Unmap the ring. The views go first; a mapping still exported
+        elsewhere (which the reader never hands out) stays until exit
+        rather than being unmapped under a live view."""
+        self._ring.close()
         for name in ("_cons_map", "_prod_map"):
             m = getattr(self, name, None)
             if m is not None:
                 try:
                     m.close()
                 except BufferError:
-                    pass  # a caller still holds a view; the mapping goes with the process
+                    pass
                 setattr(self, name, None)
 
 
