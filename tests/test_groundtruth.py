@@ -33,7 +33,7 @@ def test_no_tracer_bpf_program_or_correlator_references_the_ground_truth():
 def test_the_patch_logs_under_the_tag_the_reader_parses():
     patch = (build.KBUILD / "6.1-prepatch.patch").read_text()
     added = [ln for ln in patch.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-    assert any(f'"{groundtruth.TAG} pid=%d tgid=%d dentry=%px mono_ns=%llu name=%pd\\n"' in ln for ln in added)
+    assert any(f'"{groundtruth.TAG} pid=%d tgid=%d dentry=%px mono_ns=%llu caller=%pS name=%pd\\n"' in ln for ln in added)
     assert any(f'.procname\t= "{groundtruth.TAG}"' in ln for ln in added)
     assert any(".mode\t\t= 0444" in ln for ln in added), "the counter must be read-only"
     # the revert itself: the negative-inode test now comes before the d_seq re-check
@@ -45,7 +45,7 @@ def test_the_patch_logs_under_the_tag_the_reader_parses():
 
 TRACE_TEXT = """# tracer: nop
 #
-            cp-1234    [001] d..1.   812.345678: step_into: prepatch_spurious_enoent pid=1234 tgid=1230 dentry=ffff8880045a1e40 mono_ns=812345670123 name=f000123.dat
+            cp-1234    [001] d..1.   812.345678: step_into: prepatch_spurious_enoent pid=1234 tgid=1230 dentry=ffff8880045a1e40 mono_ns=812345670123 caller=walk_component+0x7c/0x1a0 name=f000123.dat
   vfs-statter-99      [000] .....   813.000000: some_other_line: pid=1 dentry=ffff0000 mono_ns=5
      stat-77 [000] d..1.   814.1: step_into: prepatch_spurious_enoent pid=77 tgid=77 dentry=0xffff888004000000 mono_ns=814100000000 name=a b
 """
@@ -54,8 +54,9 @@ TRACE_TEXT = """# tracer: nop
 def test_parse_reads_task_dentry_time_and_name():
     ev = groundtruth.parse(TRACE_TEXT)
     assert [e.to_dict() for e in ev] == [
-        {"tid": 1234, "pid": 1230, "dentry": 0xFFFF8880045A1E40, "ts_ns": 812345670123, "name": "f000123.dat"},
-        {"tid": 77, "pid": 77, "dentry": 0xFFFF888004000000, "ts_ns": 814100000000, "name": "a b"},
+        {"tid": 1234, "pid": 1230, "dentry": 0xFFFF8880045A1E40, "ts_ns": 812345670123, "name": "f000123.dat",
+         "caller": "walk_component+0x7c/0x1a0"},
+        {"tid": 77, "pid": 77, "dentry": 0xFFFF888004000000, "ts_ns": 814100000000, "name": "a b", "caller": ""},
     ]
 
 

@@ -3,7 +3,8 @@
 vfstrace/vm/kbuild/6.1-prepatch.patch makes the reverted step_into() branch
 count every -ENOENT whose d_seq re-check would have failed, in the
 read-only /proc/sys/fs/prepatch_spurious_enoent, and log each one with
-trace_printk (task, process, dentry address, CLOCK_MONOTONIC time, name).
+trace_printk (task, process, dentry address, CLOCK_MONOTONIC time, the
+caller of step_into(), name).
 
 Only tests and bench/eval_kernel.py read this, to score the detector; no
 tracer or correlator may (tests/test_groundtruth.py checks that none names
@@ -24,7 +25,7 @@ TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 _LINE = re.compile(
     TAG + r" pid=(?P<tid>\d+) tgid=(?P<pid>\d+) dentry=(?:0x)?(?P<dentry>[0-9a-fA-F]+) "
-    r"mono_ns=(?P<ts>\d+) name=(?P<name>.*)$"
+    r"mono_ns=(?P<ts>\d+)(?: caller=(?P<caller>\S+))? name=(?P<name>.*)$"
 )
 
 
@@ -37,6 +38,7 @@ class Spurious:
     dentry: int  # struct dentry address, as BPF programs read it
     ts_ns: int  # ktime_get_ns(): CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns()
     name: str  # the last path component
+    caller: str = ""  # step_into's caller (walk_component, open_last_lookups, ...), symbolised by tracefs
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,7 +71,8 @@ def parse(text: str) -> list[Spurious]:
     for line in text.splitlines():
         m = _LINE.search(line.rstrip())
         if m:
-            out.append(Spurious(int(m["tid"]), int(m["pid"]), int(m["dentry"], 16), int(m["ts"]), m["name"]))
+            out.append(Spurious(int(m["tid"]), int(m["pid"]), int(m["dentry"], 16), int(m["ts"]), m["name"],
+                                m["caller"] or ""))
     return out
 
 
