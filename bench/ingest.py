@@ -9,8 +9,9 @@ Two parts:
    (records_to_frame), in records/s: the ceiling of the Python side;
 2. live: a C stat() loop produces ENOENT events at a fixed --rate for
    --seconds while the tracepoint tier streams them through a BPF ring
-   buffer (comm-filtered to the generator); the consumer drains numpy batches
-   every few ms. Prints generated vs received, drops counted in the kernel,
+   buffer (comm-filtered to the generator); the consumer drains it every few
+   ms through vfstrace.recorder.Recorder, as `record` does (DataFrames,
+   numbered, losses as LOST rows). Prints generated vs received, drops counted in the kernel,
    sustained events/s and the consumer's CPU% (user+sys over wall time).
 """
 
@@ -55,28 +56,31 @@ def live(rate, seconds):
     from tracers.tracepoint import TracepointTracer
     from vfstrace.events import Kind
     from vfstrace.options import TraceOptions
+    from vfstrace.recorder import Recorder
 
     comm = "vfs-ingest"
     gen = StatGen()
     t = TracepointTracer(TraceOptions(comm=comm, extra={"recheck": False}))
     t.load()
+    rec = Recorder(t)  # as `record` drains: numbered frames, losses as LOST rows
     got = 0
     try:
         r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         p = gen.start("/var/tmp/vfstrace-ingest-absent", int(rate * seconds), rate, comm)
-        def mine(batches):  # NS_OPs of other processes share the path ring
-            return sum(int(np.count_nonzero(b["kind"] == int(Kind.PATH_SYSCALL))) for b in batches)
+        def mine(df):  # NS_OPs of other processes share the path ring
+            return int(np.count_nonzero(df["kind"].to_numpy() == int(Kind.PATH_SYSCALL)))
 
         while p.poll() is None:
-            got += mine(t.poll_records(10))
+            got += mine(rec.poll(10))
         for _ in range(20):
-            n = mine(t.poll_records(20))
+            n = mine(rec.poll(20))
             got += n
             if not n:
                 break
         r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         res = gen.result(p)
-        lost = sum(t.lost().values())
+        rec.drain()
+        lost = rec.lost_total
         cnt = t.counters()
     finally:
         t.close()

@@ -45,6 +45,7 @@ def main():
     from tracers import make_tracer
     from vfstrace.kernel.doctor import choose_tier
     from vfstrace.options import TraceOptions
+    from vfstrace.recorder import Recorder
 
     gen = StatGen()
     work = tempfile.mkdtemp(prefix="vfstrace-overhead-", dir="/var/tmp")
@@ -54,7 +55,7 @@ def main():
     choice = choose_tier(a.tier)
     tracer = make_tracer(choice, TraceOptions(extra={"syscall_args": a.syscall_args}))
     res = {(p, t): [] for p in ("enoent", "hit") for t in ("untraced", "traced")}
-    got = 0
+    got = lost = 0
     try:
         for p, path in (("enoent", miss), ("hit", hit)):
             gen.run(path, a.calls // 10)  # warm the dcache (negative dentry for the miss)
@@ -63,28 +64,23 @@ def main():
                 res[(p, "untraced")].append(gen.run(path, a.calls)["ns_per_call"])
             tracer.load()
             stop = threading.Event()
-            counted = [0]
+            # Drained as `record` drains: the recorder numbers the events and
+            # turns the tracer's loss counters into LOST rows (not counted here).
+            rec = Recorder(tracer)
 
-            # Drain raw batches (the stream layer): DataFrame conversion in this
-            # process would compete with the stat loop for the same CPUs.
-            take = getattr(tracer, "poll_records", None)
-
-            def count(x):
-                return sum(len(b) for b in x) if isinstance(x, list) else len(x)
-
-            def drain():
+            def drain(stop, rec):
                 while not stop.is_set():
-                    counted[0] += count(take(50) if take else tracer.poll(50))
-                counted[0] += count(take(0) if take else tracer.poll(0))
+                    rec.poll(50)
+                rec.drain()
 
-            th = threading.Thread(target=drain)
+            th = threading.Thread(target=drain, args=(stop, rec))
             th.start()
             for p, path in (("enoent", miss), ("hit", hit)):
                 res[(p, "traced")].append(gen.run(path, a.calls)["ns_per_call"])
             stop.set()
             th.join()
-            got += counted[0]
-            lost = sum(tracer.lost().values())
+            got += rec.events - rec.kind_counts.get("lost", 0)
+            lost += rec.lost_total
             mode = getattr(tracer, "mode", None)
             tracer.close()
     finally:

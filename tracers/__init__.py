@@ -38,6 +38,13 @@ class Tracer(abc.ABC):
     def lost(self) -> dict[int, int]:
         """Events dropped by the kernel so far, per CPU."""
 
+    def now_ns(self) -> int:
+        """The events' clock now: CLOCK_MONOTONIC, what bpf_ktime_get_ns() reads
+        (vfstrace.recorder stamps LOST rows with it)."""
+        import time
+
+        return time.monotonic_ns()
+
     def counters(self) -> dict[str, int]:
         """In-kernel counters of what was seen but filtered out."""
         return {}

@@ -26,15 +26,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
-
-import numpy as np
 
 from bpf import SOURCE_DIR
 from tracers import Tracer, import_bcc
 from tracers.btf import Btf
 from vfstrace.errors import TierUnavailable, VfstraceError
-from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Kind, Op, c_defines
+from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Op, c_defines
 
 SOURCE = "kprobe.c"
 
@@ -144,7 +141,6 @@ class KprobeTracer(Tracer):
         self.notes: list[str] = []
         self.bpf = None
         self._stream = None
-        self._lost_seen: dict[int, int] = {}
         self._btf = None
         self._defines: list[str] | None = None
         self.probes = self._plan()
@@ -399,36 +395,11 @@ class KprobeTracer(Tracer):
     # -- events --------------------------------------------------------------
 
     def poll(self, timeout_ms: int = 100):
+        """Records only; losses are counters (lost()), turned into LOST rows
+        once by vfstrace.recorder.Recorder."""
         if self._stream is None:
             raise VfstraceError("poll() before load()")
-        df = self._stream.poll(timeout_ms)
-        lost_rows = self._lost_rows()
-        if lost_rows is not None:
-            import pandas as pd
-
-            df = pd.concat([df, lost_rows], ignore_index=True) if len(df) else lost_rows
-        return df
-
-    def _lost_rows(self):
-        now = self.lost()
-        rows = []
-        for cpu, n in now.items():
-            delta = n - self._lost_seen.get(cpu, 0)
-            if delta > 0:
-                rows.append((cpu, delta))
-        self._lost_seen = dict(now)
-        if not rows:
-            return None
-        from tracers.stream import records_to_frame
-
-        rec = np.zeros(len(rows), dtype=BPF_EVENT_DTYPE)
-        ts = time.monotonic_ns()  # CLOCK_MONOTONIC, like bpf_ktime_get_ns()
-        for i, (cpu, delta) in enumerate(rows):
-            rec[i]["ts_ns"] = ts
-            rec[i]["cpu"] = max(cpu, 0) if cpu >= 0 else 0xFFFFFFFF
-            rec[i]["kind"] = int(Kind.LOST)
-            rec[i]["ret"] = delta
-        return records_to_frame(rec)
+        return self._stream.poll(timeout_ms)
 
     def lost(self) -> dict[int, int]:
         return self._stream.lost() if self._stream is not None else {}

@@ -2,10 +2,14 @@
 
 Lifecycle (every tier, through the Tracer interface of tracers/__init__.py):
 choose the tier (vfstrace.doctor.choose_tier) -> build the tracer -> load it
-(compile + attach; ``--dry-run`` stops here and says what attached) -> poll
-in batches: each batch gets event ids, goes to the trace writer (``-o``) and
-to the streaming correlator, and every suspect verdict (race, uncertain,
-transient) is printed as it happens, with a status line on stderr every few
+(compile + attach; ``--dry-run`` stops here and says what attached; an
+unusable ``-o`` is refused before this, and the workload starts after it,
+tied to our life by vfstrace.workload.child) -> poll
+in batches through vfstrace.recorder.Recorder, the stream's one owner: it
+numbers events, turns loss counters into LOST rows once, and hands each
+batch to the trace writer (``-o``) and to the streaming correlator; every
+suspect verdict (race, uncertain, transient,
+retried) is printed as it happens, with a status line on stderr every few
 seconds -> at the end (duration, Ctrl-C, SIGTERM, or the workload exiting)
 the last events are drained, every probe is detached, the trace is closed
 with its metadata (tier, probes, kernel, lost per CPU, workload) and a
@@ -24,27 +28,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import click
 import numpy as np
 
+from vfstrace.correlate import SUSPECT_VERDICTS, StreamingCorrelator
 from vfstrace.errors import PrivilegeError, VfstraceError
-from vfstrace.events import Kind, kind_name
+from vfstrace.report.answer import answer, first_paths
+from vfstrace.report.terminal import term
 
-SUSPECT_VERDICTS = ("race", "uncertain", "transient")
 STATUS_EVERY = 5.0
 POLL_MS = 200
 
 
 def _correlator():
-    """The streaming correlator, when vfstrace.correlate is present."""
-    try:
-        from vfstrace.correlate import StreamingCorrelator
-    except ImportError:
-        return None
     return StreamingCorrelator()
 
 
@@ -68,44 +67,63 @@ class _Stop:
             signal.signal(sig, h)
 
 
-def _start_workload(workload: str | None, cmd: tuple[str, ...], duration: float | None):
+def _workload_argv(workload: str | None, cmd: tuple[str, ...], duration: float | None):
     if workload and cmd:
         raise VfstraceError("give either --workload or -- CMD, not both")
     if workload == "stress":
         argv = [sys.executable, "-m", "vfstrace.cli", "stress"]
-        if duration:
-            argv += ["-d", str(duration)]
-    elif cmd:
-        argv = list(cmd)
-    else:
-        return None, None
-    try:
-        # A session of its own: the terminal's Ctrl-C reaches vfstrace, which
-        # then stops the workload with SIGTERM so it can clean up.
-        return subprocess.Popen(argv, start_new_session=True), argv
-    except OSError as e:
-        raise VfstraceError(f"cannot start workload {argv[0]}: {e.strerror}") from None
+        return argv + (["-d", str(duration)] if duration else [])
+    return list(cmd) or None
+
+
+def _start_workload(argv):
+    """The workload in a session of its own (Ctrl-C reaches vfstrace, which
+    stops it with SIGTERM), tied to our life: `vfstrace stress` gets SIGTERM
+    if we die (it cleans up), any other command SIGKILL."""
+    if not argv:
+        return None
+    from vfstrace.workload import child
+
+    stress = argv[:4] == [sys.executable, "-m", "vfstrace.cli", "stress"]
+    return child.start(argv, signal.SIGTERM if stress else signal.SIGKILL)
 
 
 def _stop_workload(proc, grace: float = 20.0) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
+    from vfstrace.workload import child
+
+    return child.stop(proc, grace)
+
+
+def check_output(path) -> None:
+    """Refuse an unusable ``-o`` before anything is compiled, attached or started."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise VfstraceError(f"{p}: exists and is not a trace directory (choose another name)")
+        if any(p.iterdir()):
+            raise VfstraceError(f"{p}: already exists and is not empty (choose another name)")
+        parent = p
+    else:
+        parent = p.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise VfstraceError(f"{p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VfstraceError(f"{p}: cannot write in {parent}")
+    try:
+        st = os.statvfs(parent)
+    except OSError as e:
+        raise VfstraceError(f"{p}: {e.strerror}") from None
+    if st.f_flag & os.ST_RDONLY:
+        raise VfstraceError(f"{p}: {parent} is on a read-only file system")
 
 
 def _fmt_verdict(v) -> str:
     dentry = int(v.get("dentry", 0) or 0)
-    return (
+    return term(  # comm, path and reason carry traced names: escaped for the terminal
         f"{str(v.get('verdict', '')).upper():<10} pid={v.get('pid')} tid={v.get('tid')} comm={v.get('comm')} "
         f"path={v.get('path') or v.get('name') or '?'}" + (f" dentry=0x{dentry:x}" if dentry else "") + f"  {v.get('reason', '')}"
     )
@@ -121,7 +139,11 @@ def _jsonable(v: dict) -> dict:
 
 
 class Session:
-    """One watch/record run; kept as an object so tests can drive it directly."""
+    """One watch/record run; kept as an object so tests can drive it directly.
+
+    The event stream itself belongs to a vfstrace.recorder.Recorder; the
+    session sets it up, prints verdicts and status, and owns the workload.
+    """
 
     def __init__(self, tier="auto", pid=None, comm=None, path_prefix=None, duration=None, output=None,
                  as_json=False, quiet_verdicts=False, extra=None):
@@ -133,23 +155,23 @@ class Session:
         self.output = output
         self.as_json = as_json
         self.quiet_verdicts = quiet_verdicts
-        self.kind_counts: dict[str, int] = {}
         self.verdict_counts: dict[str, int] = {}
         self.suspects: list[dict] = []
-        self.events = 0
-        self.next_id = 1
-        self.lost_seen: dict[int, int] = {}
         self.tracer = None
         self.writer = None
-        self.corr = None
+        self.recorder = None
         self.choice = None
         self.stop_reason = None
         self.workload_rc = None
+        self.counters: dict = {}
 
     # -- setup -------------------------------------------------------------
     def prepare(self):
+        """Check privilege and ``-o``, choose the tier, build (not load) the tracer."""
         if os.geteuid() != 0:
             raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
+        if self.output:
+            check_output(self.output)
         from tracers import make_tracer
         from vfstrace.kernel.doctor import choose_tier
 
@@ -157,8 +179,10 @@ class Session:
         self.tracer = make_tracer(self.choice, self.options)
         return self.tracer
 
-    def open_outputs(self, workload_argv):
-        if self.output:
+    def open_outputs(self, workload_argv=None):
+        """Create the trace (``-o``) and the recorder; before load(), so a trace
+        that cannot be written stops the run before anything is attached."""
+        if self.output and self.writer is None:
             from vfstrace.store import TraceWriter
 
             self.writer = TraceWriter(
@@ -166,35 +190,17 @@ class Session:
                 meta={
                     "tier": self.choice.tier,
                     "tier_reason": self.choice.reason,
-                    "probes": self.tracer.attached(),
                     "workload": " ".join(workload_argv) if workload_argv else None,
                     "filters": {"pid": self.options.pid, "comm": self.options.comm, "path_prefix": self.options.path_prefix},
                     "headers": getattr(self.choice, "headers", None),
                     "headers_match": getattr(self.choice, "headers_match", None),
                 },
             )
-        self.corr = _correlator()
+        from vfstrace.recorder import Recorder
 
-    # -- per batch ---------------------------------------------------------
-    def handle(self, df) -> None:
-        n = len(df)
-        if n == 0:
-            return
-        df["event_id"] = np.arange(self.next_id, self.next_id + n, dtype=np.uint64)
-        self.next_id += n
-        self.events += n
-        kinds, cnts = np.unique(df["kind"].values, return_counts=True)
-        for k, c in zip(kinds, cnts):
-            name = kind_name(k)
-            self.kind_counts[name] = self.kind_counts.get(name, 0) + int(c)
-        if self.writer is not None:
-            self.writer.write(df)
-        if self.corr is not None:
-            self._verdicts(self.corr.feed(df))
+        self.recorder = Recorder(self.tracer, writer=self.writer, correlator=_correlator(), on_verdicts=self._verdicts)
 
     def _verdicts(self, vdf) -> None:
-        if vdf is None or len(vdf) == 0:
-            return
         for v in vdf.to_dict("records"):
             name = str(v.get("verdict"))
             self.verdict_counts[name] = self.verdict_counts.get(name, 0) + 1
@@ -203,32 +209,29 @@ class Session:
                 if not self.quiet_verdicts:
                     click.echo(json.dumps({"type": "verdict", **_jsonable(v)}) if self.as_json else _fmt_verdict(v))
 
-    def sync_lost(self) -> None:
-        cur = self.tracer.lost()
-        for cpu, n in cur.items():
-            d = n - self.lost_seen.get(cpu, 0)
-            if d > 0 and self.writer is not None:
-                self.writer.add_lost(cpu, d)
-        self.lost_seen = dict(cur)
-        if self.lost_seen:
-            self.kind_counts["lost"] = sum(self.lost_seen.values())
-
     # -- main loop ---------------------------------------------------------
     def run(self, workload=None, cmd=(), status_every=STATUS_EVERY, hard_stop=None):
-        tracer = self.tracer
-        tracer.load()
-        proc, argv = _start_workload(workload, cmd, self.duration)
+        argv = _workload_argv(workload, cmd, self.duration)
         self.open_outputs(argv)
-        start = time.monotonic()
-        last_status, last_events = start, 0
-        limit = self.duration
-        if proc is not None and limit:
-            limit = limit + (hard_stop if hard_stop is not None else 60.0)  # the workload's own -d ends it first
+        tracer, rec = self.tracer, self.recorder
+        proc = None
         try:
+            try:
+                tracer.load()
+            except BaseException:
+                self._discard_empty_trace()
+                raise
+            if self.writer is not None:
+                self.writer.update_meta(probes=tracer.attached())
+            proc = _start_workload(argv)
+            start = time.monotonic()
+            last_status, last_events = start, 0
+            limit = self.duration
+            if proc is not None and limit:
+                limit = limit + (hard_stop if hard_stop is not None else 60.0)  # the workload's own -d ends it first
             with _Stop() as stop:
                 while True:
-                    self.handle(tracer.poll(POLL_MS))
-                    self.sync_lost()
+                    rec.poll(POLL_MS)
                     now = time.monotonic()
                     if stop.reason:
                         self.stop_reason = stop.reason
@@ -240,44 +243,45 @@ class Session:
                         self.stop_reason = "workload exited"
                         break
                     if now - last_status >= status_every:
-                        rate = (self.events - last_events) / (now - last_status)
+                        rate = (rec.events - last_events) / (now - last_status)
                         click.echo(
-                            f"[{now - start:6.1f}s] {self.events} events ({rate:,.0f}/s), "
-                            f"lost {sum(self.lost_seen.values())}, suspects {len(self.suspects)}, tier {tracer.tier}",
+                            f"[{now - start:6.1f}s] {rec.events} events ({rate:,.0f}/s), "
+                            f"lost {rec.lost_total}, suspects {len(self.suspects)}, tier {tracer.tier}",
                             err=True,
                         )
-                        last_status, last_events = now, self.events
+                        last_status, last_events = now, rec.events
                 self.workload_rc = _stop_workload(proc)
+                proc = None
                 # What the kernel produced up to now, including the workload's last moments.
-                for _ in range(50):
-                    df = tracer.poll(0)
-                    if not len(df):
-                        break
-                    self.handle(df)
-                self.sync_lost()
+                rec.drain()
         finally:
+            if proc is not None:  # an error mid-run: the workload must not outlive us
+                self.workload_rc = _stop_workload(proc, grace=5.0)
             self.finish(argv)
         return self.summary()
 
+    def _discard_empty_trace(self) -> None:
+        """Nothing was recorded (load failed): remove the trace directory we created."""
+        if self.writer is None:
+            return
+        import shutil
+
+        path, self.writer = self.writer.path, None
+        shutil.rmtree(path, ignore_errors=True)
+
     def finish(self, argv=None) -> None:
         tracer = self.tracer
-        counters = {}
         if tracer is not None:
             try:
-                counters = tracer.counters()
+                self.counters = tracer.counters()
             except Exception:  # noqa: BLE001 - counters are best effort at teardown
-                counters = {}
-            self.counters = counters
+                self.counters = {}
             tracer.close()
-        if self.corr is not None:
-            try:
-                self._verdicts(self.corr.finish())
-            finally:
-                self.corr = None
+        if self.recorder is not None:
+            self.recorder.finish()
         if self.writer is not None:
             self.writer.update_meta(
-                lost_per_cpu=self.lost_seen,
-                kernel_counters=counters,
+                kernel_counters=self.counters,
                 stop_reason=self.stop_reason,
                 workload_exit=self.workload_rc,
                 verdict_counts=self.verdict_counts,
@@ -285,33 +289,39 @@ class Session:
             self.writer.close()
             self.writer = None
 
+    def answer(self) -> str:
+        """The summary's first line (vfstrace/report/answer.py): what the verdicts so far mean."""
+        s = self.summary()
+        return answer(s["verdicts"], s["tier"], lost=s["lost_total"], first=first_paths(self.suspects))
+
     def summary(self) -> dict:
+        rec = self.recorder
+        lost = dict(rec.lost_seen) if rec else {}
         return {
             "tier": self.choice.tier if self.choice else None,
-            "events": self.events,
-            "events_by_kind": dict(sorted(self.kind_counts.items())),
+            "events": rec.events if rec else 0,
+            "events_by_kind": dict(sorted(rec.kind_counts.items())) if rec else {},
             "verdicts": dict(sorted(self.verdict_counts.items())),
             "suspects": len(self.suspects),
-            "lost_per_cpu": {int(k): int(v) for k, v in self.lost_seen.items()},
-            "lost_total": int(sum(self.lost_seen.values())),
-            "kernel_counters": getattr(self, "counters", {}),
+            "lost_per_cpu": {int(k): int(v) for k, v in lost.items()},
+            "lost_total": int(sum(lost.values())),
+            "kernel_counters": self.counters,
             "stop_reason": self.stop_reason,
             "workload_exit": self.workload_rc,
             "trace": str(self.output) if self.output else None,
-            "correlator": self.corr is not None or bool(self.verdict_counts),
         }
 
 
 def render_summary(s: dict) -> str:
     from tabulate import tabulate
 
-    out = [f"tier: {s['tier']}   stopped: {s['stop_reason']}   events: {s['events']}"
+    out = [s["answer"], f"tier: {s['tier']}   stopped: {s['stop_reason']}   events: {s['events']}"
            + (f"   trace: {s['trace']}" if s["trace"] else "")]
     out.append(tabulate(sorted(s["events_by_kind"].items()), headers=["event kind", "count"]))
     if s["verdicts"]:
         out.append(tabulate(sorted(s["verdicts"].items()), headers=["verdict", "count"]))
     else:
-        out.append("verdicts: none" + ("" if s["correlator"] else " (no correlator available)"))
+        out.append("verdicts: none (no failed lookup to judge)")
     lost = s["lost_per_cpu"]
     out.append(
         tabulate(sorted(lost.items()), headers=["cpu", "lost events"]) if lost else "lost events: 0"
@@ -349,6 +359,7 @@ def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf,
     if not as_json:
         click.echo(f"vfstrace: tier {sess.choice.tier} ({sess.choice.reason.split(' — ')[0]}); Ctrl-C to stop", err=True)
     s = sess.run(workload=workload, cmd=cmd)
+    s["answer"] = sess.answer()
     click.echo(json.dumps({"type": "summary", **s}) if as_json else render_summary(s))
     return 0
 

@@ -33,10 +33,10 @@ from vfstrace.workload.selftest_workers import (
 POLL_MS = 100
 
 
-def _drain(tracer, frames, until_ns=None, budget_s: float = 5.0):
+def _drain(rec, frames, budget_s: float = 5.0):
     t_end = time.monotonic() + budget_s
     while time.monotonic() < t_end:
-        df = tracer.poll(0)
+        df = rec.poll(0)
         if not len(df):
             break
         frames.append(df)
@@ -63,6 +63,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
     from tracers.widen import DEFAULT_DELAY_NS, Widener, WorkloadCgroup
     from vfstrace.kernel.doctor import choose_tier
     from vfstrace.options import TraceOptions
+    from vfstrace.recorder import Recorder
     from vfstrace.workload import statloop
 
     say = say or (lambda msg: click.echo(f"selftest: {msg}", err=True))
@@ -102,6 +103,8 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             say("fentry refused; compiling and attaching the kprobe tracer instead")
             tracer = make_tracer(choice, TraceOptions(ring_pages=1024))
             tracer.load()
+        # The stream's one owner: numbers events and turns losses into LOST rows once.
+        rec = Recorder(tracer)
         if "widened" in phases:
             say(f"compiling the widening program ({widener.how}, {delay / 1000:g} us)")
             if widener.mode_note:
@@ -131,7 +134,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             t0 = time.monotonic_ns()
             say(f"phase {name}: {seconds:g} s")
             while time.monotonic_ns() - t0 < seconds * 1e9:
-                df = tracer.poll(POLL_MS)
+                df = rec.poll(POLL_MS)
                 if len(df):
                     frames.append(df)
             t1 = time.monotonic_ns()
@@ -147,10 +150,10 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             work = None
             if name == "widened":
                 widener.arm(False)
-            _drain(tracer, frames)
+            _drain(rec, frames)
             marks.append({"name": name, "start_ns": t0, "end_ns": t1, "counters": _counter_delta(c0, c1),
                           "widen": wst, "workload": workload[name]})
-        _drain(tracer, frames)
+        _drain(rec, frames)
         probes = tracer.attached()
     finally:
         if work is not None:
@@ -164,13 +167,13 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
 
     from vfstrace.events import empty_frame
 
-    df = pd.concat(frames, ignore_index=True) if frames else empty_frame()
-    df["event_id"] = np.arange(1, len(df) + 1, dtype=np.uint64)
+    df = pd.concat(frames, ignore_index=True) if frames else empty_frame()  # numbered by the recorder
     if output:  # written before judging: the events are kept whatever the judge says
         from vfstrace.store import save
 
         meta = {"kernel_release": choice.kernel_release, "tier": choice.tier, "probes": probes,
                 "workload": "vfstrace selftest " + json.dumps(workload, default=str),
+                "lost_per_cpu": dict(rec.lost_seen),
                 "selftest": {"phases": marks}}
         save(df, output, meta)
     ts = df["ts_ns"].to_numpy(dtype=np.uint64)

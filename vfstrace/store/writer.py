@@ -146,6 +146,7 @@ class TraceWriter:
         self._check_open()
         if "lost_per_cpu" in kw:
             kw["lost_per_cpu"] = {int(k): int(v) for k, v in dict(kw["lost_per_cpu"]).items()}
+            kw.setdefault("lost_total", int(sum(kw["lost_per_cpu"].values())))
         self.meta.update(kw)
 
     def flush(self) -> None:
@@ -183,6 +184,12 @@ class TraceWriter:
         ids = t.column("event_id").to_numpy()
         zero = ids == 0
         nz = int(zero.sum())
+        # One owner of the numbering: ids a caller brings (vfstrace.recorder
+        # numbers live runs) must lie above every id already written or
+        # assigned here, or the trace would hold the same id twice.
+        if nz < len(ids) and int(ids[~zero].min()) < self._next_id:
+            raise ValueError(f"event ids from {int(ids[~zero].min())} would repeat ids below {self._next_id} "
+                             "already in this trace: one owner must number the stream")
         if nz == 0:
             top = int(ids.max())
         else:
