@@ -26,7 +26,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfstrace.report.analyze import run_correlator, summarize  # noqa: E402
+from vfstrace.correlate import correlate  # noqa: E402
+from vfstrace.report.analyze import summarize  # noqa: E402
 from vfstrace.events import ENOENT, ECHILD, Flag, Kind, Op  # noqa: E402
 from vfstrace.store import TraceWriter, load  # noqa: E402
 
@@ -132,8 +133,8 @@ def main(argv=None):
     print(f"analyze           {pa_.fmt(n)}  ({s['lookups']['enoent']:,} ENOENT lookups, {s['lost']['total']:,} lost)")
     if a.verdicts:
         with Phase() as pc:
-            v, note = run_correlator(df)
-        print(f"correlate         {pc.fmt(n)}" + (f"  ({len(v):,} verdicts)" if v is not None else f"  ({note})"))
+            v = correlate(df)
+        print(f"correlate         {pc.fmt(n)}  ({len(v):,} verdicts)")
     print(f"peak RSS          {peak_rss_mib():,.0f} MiB")
     if a.dir is None:
         shutil.rmtree(base, ignore_errors=True)

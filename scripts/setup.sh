@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything vfstrace needs on a fresh Debian 12 machine, idempotently:
 # system packages (BCC, bpftrace, bpftool, qemu for the VM tests, kernel
-# headers BCC can fall back on) and a venv that sees Debian's python3-bpfcc.
+# headers BCC can fall back on, chromium for the test that renders the HTML
+# report headless) and a venv that sees Debian's python3-bpfcc.
 # Run as root. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ APT_PACKAGES=(
   python3-bpfcc python3-venv python3-dev bpftrace bpftool
   linux-headers-amd64 kmod
   qemu-system-x86 busybox-static cpio xz-utils zstd
+  chromium
   # vfstrace vm build: the 6.1-prepatch and 6.1-control kernels from source
   build-essential bc bison flex libelf-dev libssl-dev dwarves patch
 )

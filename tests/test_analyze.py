@@ -1,10 +1,7 @@
-"""`vfstrace analyze`: summaries of hand-written traces, with and without the correlator."""
+"""`vfstrace analyze`: summaries of hand-written traces, with and without verdicts."""
 
 import json
 import subprocess
-import sys
-import types
-
 import numpy as np
 import pandas as pd
 
@@ -15,14 +12,6 @@ from vfstrace.events import ENOENT, Kind
 
 RACE = FIXTURES / "traces" / "race.jsonl"
 VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
-
-
-def has_correlator():
-    try:
-        import vfstrace.correlate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_counts_lost_and_enoent_of_the_race_fixture():
@@ -39,9 +28,27 @@ def test_counts_lost_and_enoent_of_the_race_fixture():
     assert s["enoent"]["top_comms"] == [{"comm": "statter", "count": 2}, {"comm": "ls", "count": 2}]
     assert [b["events"] for b in s["rate"]["buckets"]] == [16, 1]
     assert s["rate"]["buckets"][1]["lost"] == 3
-    assert s["verdicts"]["available"] is False and "correlator not available" in s["verdicts"]["note"]
+    assert s["verdicts"]["available"] is False and "verdicts not computed" in s["verdicts"]["note"]
     text = analyze.render_text(s)
-    assert "LOST EVENTS: 3" in text and "cpu1: 3" in text and "correlator not available" in text
+    assert "LOST EVENTS: 3" in text and "cpu1: 3" in text and "verdicts not computed" in text
+
+
+def test_chart_buckets_of_a_two_second_trace():
+    # 2 s of events: the chart gets 40 buckets of 50 ms (not 3 of a second), each a plain count.
+    rng = np.random.default_rng(5)
+    n = 5000
+    ts = np.sort(rng.integers(10**12, 10**12 + 2 * 10**9, n)).astype(np.uint64)
+    kind = rng.choice([int(Kind.WALK_ENTER), int(Kind.PRUNE)], n).astype(np.uint8)
+    df = store.to_table({"ts_ns": ts, "kind": kind, "event_id": np.arange(1, n + 1)}).to_pandas()
+    r = analyze.rate_chart(df)
+    assert r["bucket_seconds"] == 0.05 and len(r["buckets"]) in (40, 41)
+    off = (ts - ts.min()) // 50_000_000
+    for i, b in enumerate(r["buckets"]):
+        assert b["t_s"] == round(i * 0.05, 9)
+        assert b["events"] == (off == i).sum()
+        assert b["prunes"] == ((off == i) & (kind == int(Kind.PRUNE))).sum()
+    assert [analyze.nice_width_ns(s, 60) for s in (2e9, 60e9, 3600e9, 1e6)] == [
+        50_000_000, 1_000_000_000, 100_000_000_000, 20_000]
 
 
 def test_lost_from_metadata_alone_is_not_hidden():
@@ -70,37 +77,27 @@ def test_rate_buckets_match_a_plain_count():
     assert sum(b["events"] for b in got) == n
 
 
-def test_fake_correlator_is_imported_lazily(monkeypatch):
+def test_summary_of_given_verdicts():
     df = store.load(RACE)
-    seen = {}
-
-    def correlate(frame):
-        seen["n"] = len(frame)
-        return pd.DataFrame([dict(event_id=8, verdict="race", ts_ns=1, tid=100, pid=100, comm="statter",
+    v = pd.DataFrame([dict(event_id=8, verdict="race", ts_ns=1, tid=100, pid=100, comm="statter",
                                   dentry=0xFFFF888000002000, name="f", path="", evidence=[5, 6, 7, 8], reason="r"),
                              dict(event_id=15, verdict="absent", ts_ns=2, tid=101, pid=101, comm="ls", dentry=0,
                                   name="nosuch", path="", evidence=[], reason="r2")])
-
-    monkeypatch.setitem(sys.modules, "vfstrace.correlate", types.SimpleNamespace(correlate=correlate))
-    v, note = analyze.run_correlator(df)
-    assert seen["n"] == 17 and note is None
     s = analyze.summarize(df, verdicts=v)
     assert s["verdicts"]["counts"] == {"race": 1, "absent": 1}
     assert [x["event_id"] for x in s["verdicts"]["suspects"]] == [8]
     assert s["verdicts"]["suspects"][0]["evidence"] == [5, 6, 7, 8]
 
 
-def test_without_correlator_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vfstrace.correlate", None)  # import raises ImportError
-    v, note = analyze.run_correlator(store.load(RACE))
-    assert v is None and "correlator not available" in note
+def test_without_verdicts_the_answer_says_none_were_computed():
+    s, _, v = analyze.analyze_trace(RACE, verdicts=False)
+    assert v is None and not s["verdicts"]["available"] and "--no-verdicts" in s["verdicts"]["note"]
+    assert s["answer"].startswith("No verdicts computed: 17 events recorded")
+    assert analyze.render_text(s).splitlines()[0] == s["answer"]
 
 
 def test_real_correlator_finds_the_evident_race():
-    need(has_correlator(), "vfstrace.correlate is not in this tree")
-    df = store.load(RACE)
-    v, _ = analyze.run_correlator(df)
-    s = analyze.summarize(df, verdicts=v)
+    s, _, _ = analyze.analyze_trace(RACE)
     assert s["verdicts"]["counts"].get("race") == 1
     sus = s["verdicts"]["suspects"][0]
     assert sus["verdict"] == "race" and sus["dentry"] == "0xffff888000002000"

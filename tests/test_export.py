@@ -1,4 +1,4 @@
-"""`vfstrace export --perfetto`: Chrome trace-event JSON that Perfetto accepts."""
+"""`vfstrace export --format perfetto`: Chrome trace-event JSON that Perfetto accepts."""
 
 import json
 import subprocess
@@ -80,8 +80,16 @@ def test_verdicts_marked(tmp_path):
 
 def test_cli(tmp_path):
     need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
-    out = tmp_path / "cli.json"
-    r = subprocess.run([str(VFSTRACE), "export", "--perfetto", str(RACE), "-o", str(out)], capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr
-    check_well_formed(json.loads(out.read_text()))
+    # --format like report's; the first release's --perfetto flag still works and writes the same file.
+    bodies = []
+    for flag in (["--format", "perfetto"], ["--perfetto"]):
+        out = tmp_path / "cli.json"
+        r = subprocess.run([str(VFSTRACE), "export", *flag, str(RACE), "-o", str(out)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        check_well_formed(json.loads(out.read_text()))
+        bodies.append(out.read_text())
+    assert bodies[0] == bodies[1]
+    r = subprocess.run([str(VFSTRACE), "export", "--format", "csv", str(RACE), "-o", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--format" in r.stderr and "Traceback" not in r.stderr

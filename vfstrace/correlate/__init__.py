@@ -43,7 +43,7 @@ and LOST records stamped when the drop was noticed (``loss_horizon_ns``).
 
 from __future__ import annotations
 
-from vfstrace.correlate.batch import VERDICT_COLUMNS, VERDICTS, Windows, correlate, empty_verdicts
+from vfstrace.correlate.batch import SUSPECT_VERDICTS, VERDICT_COLUMNS, VERDICTS, Windows, correlate, empty_verdicts
 from vfstrace.correlate.streaming import StreamingCorrelator
 
-__all__ = ["VERDICT_COLUMNS", "VERDICTS", "StreamingCorrelator", "Windows", "correlate", "empty_verdicts"]
+__all__ = ["SUSPECT_VERDICTS", "VERDICT_COLUMNS", "VERDICTS", "StreamingCorrelator", "Windows", "correlate", "empty_verdicts"]

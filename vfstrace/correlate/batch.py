@@ -29,6 +29,11 @@ from vfstrace.events import Kind
 
 VERDICT_COLUMNS = ["event_id", "verdict", "ts_ns", "tid", "pid", "comm", "dentry", "name", "path", "evidence", "reason"]
 VERDICTS = ("race", "retried", "explained", "absent", "uncertain", "transient")
+# Verdicts whose events deserve a look, most alarming first: race, uncertain
+# and transient may be the bug; retried is the fixed kernel's re-check seen
+# at work (the positive control). watch prints them as they happen, analyze
+# lists them and report draws their timelines.
+SUSPECT_VERDICTS = ("race", "uncertain", "transient", "retried")
 
 _EVIDENCE_KINDS = np.concatenate([PRUNE_KINDS, BOUNDARY_KINDS, ACTIVITY_KINDS,
                                   np.array([Kind.NS_OP, Kind.LOST], dtype=np.uint8)])

@@ -2,9 +2,9 @@
 
 Everything here is computed with whole-column numpy/pandas operations (no
 Python loop over events), so a ten-million-event trace is summarised in
-seconds. The correlator (vfstrace/correlate/) is imported only when
-verdicts are wanted; where it is missing the summary says so and shows the
-rest, because a trace is worth reading even before anything is judged.
+seconds. The first line is the answer (vfstrace/report/answer.py): whether
+a lookup/prune race was seen, on how many failed lookups, at what tier's
+resolution; the tables after it are the evidence for it.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import math
 import click
 import numpy as np
 
+from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import ECHILD, ENOENT, Flag, Kind, kind_name
+from vfstrace.report.terminal import term_tree
+from vfstrace.report.answer import answer, first_paths
 
-# Verdicts in the order a reader should see them: the most alarming first.
-VERDICT_ORDER = ("race", "uncertain", "transient", "retried", "explained", "absent")
-# Verdicts whose events deserve a look (report timelines, analyze's suspect list).
-SUSPECT_VERDICTS = ("race", "uncertain", "transient", "retried")
-
-CORRELATOR_MISSING = "correlator not available (vfstrace.correlate is not installed in this build)"
+# Verdicts in the order a reader should see them: the suspects (most
+# alarming first), then the verdicts that clear a lookup.
+VERDICT_ORDER = SUSPECT_VERDICTS + ("explained", "absent")
+NOT_COMPUTED = "verdicts not computed (--no-verdicts)"
 
 _LOOKUP_RETURNS = (int(Kind.WALK_RETURN), int(Kind.LOOKUP_RETURN))
 _LOOKUP_ENTERS = (int(Kind.WALK_ENTER), int(Kind.LOOKUP_ENTER))
@@ -31,16 +32,6 @@ _PRUNE_KINDS = (int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT), int(Kind.D_FR
 # More buckets than this and the rate table widens its buckets (a bad
 # timestamp in a hand-written trace should not make a billion-row table).
 MAX_RATE_BUCKETS = 100_000
-
-
-def run_correlator(df):
-    """(verdicts DataFrame or None, note). Imports the correlator lazily."""
-    try:
-        from vfstrace.correlate import correlate
-    except ImportError:
-        return None, CORRELATOR_MISSING
-    v = correlate(df)
-    return v, None
 
 
 def verdict_rank(verdicts):
@@ -76,14 +67,30 @@ def _top(series, n: int, label: str) -> list[dict]:
     return [{label: k, "count": int(c)} for k, c in vc.head(n).items()]
 
 
-def _rate(ts: np.ndarray, kind: np.ndarray, ret: np.ndarray) -> dict:
+def nice_width_ns(span_ns: float, target: int) -> int:
+    """A bucket width of 1, 2 or 5 x 10^k ns giving about ``target`` buckets over ``span_ns``."""
+    want = max(span_ns / max(target, 1), 1.0)
+    k = 10 ** int(math.floor(math.log10(want)))
+    return int(next(m * k for m in (1, 2, 5, 10) if m * k >= want))
+
+
+def _rate(ts: np.ndarray, kind: np.ndarray, ret: np.ndarray, *, target: int | None = None) -> dict:
+    """Events, lookups, prunes, -ENOENT and lost per time bucket.
+
+    Whole-second buckets by default (the text table and --json); with
+    ``target``, about that many buckets of a round width (the HTML chart, so
+    a 2 s trace gets 40 buckets of 50 ms rather than three of a second).
+    """
     valid = ts > 0
     if not valid.any():
         return {"bucket_seconds": 1, "start_ns": 0, "buckets": []}
     t0 = int(ts[valid].min())
-    span_s = (int(ts[valid].max()) - t0) / 1e9
-    width = max(1, math.ceil((span_s + 1) / MAX_RATE_BUCKETS))
-    b = ((ts[valid] - np.uint64(t0)) // np.uint64(width * 1_000_000_000)).astype(np.int64)
+    span_ns = int(ts[valid].max()) - t0
+    if target:
+        width_ns = nice_width_ns(span_ns, target)
+    else:
+        width_ns = max(1, math.ceil((span_ns / 1e9 + 1) / MAX_RATE_BUCKETS)) * 1_000_000_000
+    b = ((ts[valid] - np.uint64(t0)) // np.uint64(width_ns)).astype(np.int64)
     k = kind[valid]
     nb = int(b.max()) + 1
     total = np.bincount(b, minlength=nb)
@@ -93,12 +100,19 @@ def _rate(ts: np.ndarray, kind: np.ndarray, ret: np.ndarray) -> dict:
         b, weights=(ret[valid] == ENOENT) & np.isin(k, _LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),)), minlength=nb
     )
     lost = np.bincount(b, weights=np.where(k == int(Kind.LOST), ret[valid], 0), minlength=nb)
+    whole = width_ns % 1_000_000_000 == 0
+    width = width_ns // 1_000_000_000 if whole else width_ns / 1e9
     buckets = [
-        {"t_s": i * width, "events": int(total[i]), "lookups": int(lookups[i]), "prunes": int(prunes[i]),
+        {"t_s": i * width if whole else round(i * width, 9), "events": int(total[i]), "lookups": int(lookups[i]), "prunes": int(prunes[i]),
          "enoent": int(enoent[i]), "lost": int(lost[i])}
         for i in range(nb)
     ]
     return {"bucket_seconds": width, "start_ns": t0, "buckets": buckets}
+
+
+def rate_chart(df, target: int = 60) -> dict:
+    """The rate table in about ``target`` round buckets, for a chart."""
+    return _rate(df["ts_ns"].to_numpy(), df["kind"].to_numpy(), df["ret"].to_numpy(), target=target)
 
 
 def _lost(df, meta: dict) -> dict:
@@ -162,13 +176,15 @@ def summarize(df, meta: dict | None = None, *, verdicts=None, verdict_note: str 
             "top_comms": _top(df["comm"][enoent_comm_mask], top, "comm"),
         },
     }
-    summary["verdicts"] = summarize_verdicts(verdicts, verdict_note, top=top)
+    summary["verdicts"] = v = summarize_verdicts(verdicts, verdict_note, top=top)
+    summary["answer"] = answer(v["counts"] if v["available"] else None, meta.get("tier"),
+                               lost=summary["lost"]["total"], first=first_paths(v["suspects"]), events=n)
     return summary
 
 
 def summarize_verdicts(verdicts, note: str | None = None, *, top: int = 10) -> dict:
     if verdicts is None:
-        return {"available": False, "note": note or CORRELATOR_MISSING, "counts": {}, "suspects": []}
+        return {"available": False, "note": note or NOT_COMPUTED, "counts": {}, "suspects": []}
     vc = verdicts["verdict"].value_counts() if len(verdicts) else {}
     counts = {k: int(vc[k]) for k in sorted(vc.keys(), key=lambda s: (VERDICT_ORDER + (s,)).index(s))} if len(vc) else {}
     sus = order_suspects(verdicts)
@@ -205,7 +221,7 @@ def _table(rows, headers) -> str:
 
 
 def render_text(s: dict) -> str:
-    out = []
+    out = [s["answer"], ""]
     t = s["trace"]
     out.append(
         f"trace: {s['events']:,} events over {s['duration_s']:.3f} s; tier {t.get('tier') or '?'}, "
@@ -223,7 +239,7 @@ def render_text(s: dict) -> str:
     if lost["total"]:
         per = ", ".join(f"cpu{c}: {n:,}" for c, n in lost["per_cpu"].items())
         out.append(f"!!! LOST EVENTS: {lost['total']:,} dropped by the kernel ({per}).")
-        out.append("!!! Verdicts near a loss may rest on missing events; enlarge --ring-pages or filter harder.")
+        out.append("!!! Verdicts near a loss may rest on missing events; trace less (-p, -c, --path-prefix) to lose fewer.")
     else:
         out.append("lost events: 0")
     out.append("")
@@ -299,8 +315,8 @@ def analyze_trace(path, *, verdicts: bool = True, top: int = 10):
     from vfstrace.store import load
 
     df = load(path)
-    v, note = run_correlator(df) if verdicts else (None, "verdicts not computed (--no-verdicts)")
-    return summarize(df, df.attrs["meta"], verdicts=v, verdict_note=note, top=top), df, v
+    v = correlate(df) if verdicts else None
+    return summarize(df, df.attrs["meta"], verdicts=v, verdict_note=None if verdicts else NOT_COMPUTED, top=top), df, v
 
 
 @click.command("analyze")
@@ -320,7 +336,7 @@ def analyze(trace, as_json, top, no_verdicts):
     if as_json:
         click.echo(json.dumps(s, indent=1, default=_json_default))
     else:
-        click.echo(render_text(s), nl=False)
+        click.echo(render_text(term_tree(s)), nl=False)  # trace text escaped for the terminal
 
 
 def _json_default(o):

@@ -21,9 +21,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from vfstrace.report.analyze import _evidence_list, run_correlator
+from vfstrace.correlate import correlate
+from vfstrace.report.analyze import _evidence_list
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind, kind_name, op_name
+from vfstrace.store.files import open_private
 
 _BEGIN = {int(Kind.WALK_ENTER): "walk", int(Kind.LOOKUP_ENTER): "lookup"}
 _END = {int(Kind.WALK_RETURN): "walk", int(Kind.LOOKUP_RETURN): "lookup"}
@@ -123,7 +125,7 @@ def write_perfetto(df, out, verdicts=None, meta: dict | None = None) -> int:
     n = 0
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open_private(tmp, text=True) as f:  # 0600: the export holds traced paths
             f.write('{"displayTimeUnit": "ns", "otherData": ')
             f.write(json.dumps(other, default=str))
             f.write(', "traceEvents": [\n')
@@ -139,21 +141,28 @@ def write_perfetto(df, out, verdicts=None, meta: dict | None = None) -> int:
     return n
 
 
+# --format name -> writer(df, out, verdicts, meta) returning the number of records written.
+WRITERS = {"perfetto": write_perfetto}
+
+
 @click.command("export")
 @click.argument("trace", type=click.Path(path_type=str))
-@click.option("--perfetto", is_flag=True, required=True, help="Chrome/Perfetto trace-event JSON (the only format).")
+@click.option("--format", "fmt", type=click.Choice(sorted(WRITERS)), default="perfetto", show_default=True,
+              help="Output format: perfetto is Chrome/Perfetto trace-event JSON.")
+# The flag the first release had; kept so scripts that use it still run.
+@click.option("--perfetto", "fmt", flag_value="perfetto", hidden=True)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .json file.")
 @click.option("--no-verdicts", is_flag=True, help="Do not run the correlator to mark verdicts.")
-def export(trace, perfetto, output, no_verdicts):
+def export(trace, fmt, output, no_verdicts):
     """Export a trace for Perfetto's UI (ui.perfetto.dev) or chrome://tracing.
 
     \b
     Example:
-      vfstrace export --perfetto run.vft -o run.json
+      vfstrace export run.vft --format perfetto -o run.json
     """
     from vfstrace.store import load
 
     df = load(trace)
-    verdicts = None if no_verdicts else run_correlator(df)[0]
-    n = write_perfetto(df, output, verdicts, df.attrs["meta"])
+    verdicts = None if no_verdicts else correlate(df)
+    n = WRITERS[fmt](df, output, verdicts, df.attrs["meta"])
     click.echo(f"wrote {output}: {n} trace events from {len(df)} vfstrace events", err=True)
