@@ -8,10 +8,48 @@ cannot be represented that way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import click
 
 from vfstrace.errors import VfstraceError
 from vfstrace.events import COMM_LEN, PATH_LEN
+
+# A month: longer is a typo, and a duration also becomes poll deadlines and
+# child timeouts, which overflow long before 1e308 seconds.
+MAX_SECONDS = 30 * 24 * 3600.0
+
+
+class Duration(click.ParamType):
+    """Seconds as a finite float in [min, max]: every option that takes a duration uses it.
+
+    ``float()`` accepts "nan", "inf" and "1e400" (= inf); a run told to last
+    nan seconds never ends (every comparison with nan is false), so they are
+    refused here, as one ``vfstrace: error:`` line with exit status 2 (a
+    usage error), like any value out of range.
+    """
+
+    name = "seconds"
+
+    def __init__(self, min: float = 0.0, max: float = MAX_SECONDS, min_open: bool = True, unit: str = "seconds"):
+        self.min, self.max, self.min_open, self.unit = float(min), float(max), min_open, unit
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            x = float(value)
+        else:
+            try:
+                x = float(str(value).strip())
+            except ValueError:
+                x = None
+        opt = "/".join(param.opts) if param is not None else "duration"
+        low = (x is not None and math.isfinite(x)) and (x > self.min if self.min_open else x >= self.min)
+        if x is None or not low or x > self.max:
+            lo = f"{'more than' if self.min_open else 'at least'} {self.min:g}"
+            raise VfstraceError(f"{opt}: {value!r} is not a duration: give {self.unit}, {lo} and at most "
+                                f"{self.max:.0f}", exit_code=2)
+        return x
 
 
 @dataclass

@@ -36,6 +36,7 @@ import numpy as np
 
 from vfstrace.correlate import SUSPECT_VERDICTS, StreamingCorrelator
 from vfstrace.errors import PrivilegeError, VfstraceError
+from vfstrace.options import Duration
 from vfstrace.report.answer import answer, first_paths
 from vfstrace.report.terminal import term
 
@@ -146,11 +147,12 @@ class Session:
     """
 
     def __init__(self, tier="auto", pid=None, comm=None, path_prefix=None, duration=None, output=None,
-                 as_json=False, quiet_verdicts=False, extra=None):
+                 as_json=False, quiet_verdicts=False, extra=None, ring_pages=256):
         from vfstrace.options import TraceOptions
 
         self.tier = tier
-        self.options = TraceOptions(pid=pid, comm=comm, path_prefix=path_prefix, extra=dict(extra or {})).validate()
+        self.options = TraceOptions(pid=pid, comm=comm, path_prefix=path_prefix, ring_pages=ring_pages,
+                                    extra=dict(extra or {})).validate()
         self.duration = duration
         self.output = output
         self.as_json = as_json
@@ -333,9 +335,10 @@ def render_summary(s: dict) -> str:
     return "\n\n".join(out)
 
 
-def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success):
+def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
+         ring_pages=256):
     extra = {"stream_success": True} if stream_success else {}
-    sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra)
+    sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra, ring_pages=ring_pages)
     if os.geteuid() != 0 and not ebpf:
         raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
     tracer = sess.prepare()
@@ -370,7 +373,9 @@ _common = [
     click.option("-p", "--pid", type=int, help="Only this process (tgid)."),
     click.option("-c", "--comm", help="Only tasks with this comm."),
     click.option("--path-prefix", help="Only path events under this prefix."),
-    click.option("-d", "--duration", type=click.FloatRange(min=0.1), help="Stop after SECONDS."),
+    click.option("-d", "--duration", type=Duration(0.1, min_open=False), help="Stop after SECONDS."),
+    click.option("--ring-pages", type=click.IntRange(1, 1 << 16), default=256, show_default=True,
+                 help="Ring buffer size, pages per CPU (a power of two); larger rings lose fewer events in bursts."),
     click.option("--json", "as_json", is_flag=True, help="JSON lines for verdicts and a JSON summary."),
     click.option("--dry-run", is_flag=True, help="Compile and attach, say what attached, then stop."),
     click.option("--ebpf", is_flag=True, hidden=True, help="Print the final kernel program and exit."),
@@ -393,7 +398,8 @@ _EXAMPLES = "\b\nExamples:" + __doc__.split("EXAMPLES", 1)[1]
 @click.option("-o", "--output", type=click.Path(), help="Also write the events to this trace directory.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload; stop when it ends.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def watch_cmd(tier, pid, comm, path_prefix, duration, as_json, dry_run, ebpf, stream_success, output, workload, cmd):
+def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, output, workload,
+              cmd):
     """Watch path lookups and dentry pruning live; print suspects as they happen.
 
     \b
@@ -401,7 +407,8 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, as_json, dry_run, ebpf, st
     stress, or -- CMD ARGS...) exits; then detaches every probe, closes the
     trace (-o) and prints a summary of events, verdicts and lost events.
     """
-    return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success)
+    return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
+                ring_pages)
 
 
 @click.command("record", epilog=_EXAMPLES)
@@ -409,11 +416,13 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, as_json, dry_run, ebpf, st
 @click.option("-o", "--output", type=click.Path(), required=True, help="Trace directory to write.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def record_cmd(tier, pid, comm, path_prefix, duration, as_json, dry_run, ebpf, stream_success, output, workload, cmd):
+def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, output, workload,
+               cmd):
     """Record a trace while a command runs (or for -d SECONDS); stop when it exits.
 
     \b
     vfstrace record -o cp.trace -- cp -a SRC DST
     vfstrace record -o idle.trace -d 10
     """
-    return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success)
+    return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
+                ring_pages)

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from vfstrace.options import Duration
 from vfstrace.selftest.judge import DEFAULT_SECONDS, MIN_OVERLAPS, from_trace
 from vfstrace.selftest.live import run_live
 from vfstrace.selftest.render import _emit
@@ -13,7 +14,7 @@ from vfstrace.selftest.render import _emit
 
 @click.command("selftest")
 @click.option("--kernel-only", is_flag=True, help="Skip the correlator's own check on simulated kernels.")
-@click.option("-d", "--duration", "seconds", type=float, default=DEFAULT_SECONDS, show_default=True,
+@click.option("-d", "--duration", "seconds", type=Duration(0), default=DEFAULT_SECONDS, show_default=True,
               help="Seconds per phase (without and with widening).")
 @click.option("--widen", "widen", default="200us", show_default=True,
               help="Hold each RCU lookup of the workload this long (1us..1ms).")
@@ -21,12 +22,14 @@ from vfstrace.selftest.render import _emit
               help="stat() calls per second of the workload's loop in both phases "
                    "(default: one per widening delay; 0: flat out).")
 @click.option("--no-baseline", is_flag=True, help="Run only the widened phase.")
+@click.option("--ring-pages", type=click.IntRange(1, 1 << 16), default=1024, show_default=True,
+              help="Ring buffer size, pages per CPU (a power of two); larger rings lose fewer events in bursts.")
 @click.option("--from-trace", "trace", type=click.Path(), help="Judge a recorded or simulated trace instead.")
 @click.option("-o", "--output", type=click.Path(), help="Keep the recorded events as a trace (.vft dir or .jsonl).")
 @click.option("--min-overlaps", type=click.IntRange(1), default=MIN_OVERLAPS, show_default=True,
               help="Overlaps needed before a clean run counts as PASS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def selftest_cmd(kernel_only, seconds, widen, stat_rate, no_baseline, trace, output, min_overlaps, as_json):
+def selftest_cmd(kernel_only, seconds, widen, stat_rate, no_baseline, ring_pages, trace, output, min_overlaps, as_json):
     """Tell whether this kernel re-checks d_seq when a prune hits an RCU lookup.
 
     \b
@@ -58,6 +61,6 @@ def selftest_cmd(kernel_only, seconds, widen, stat_rate, no_baseline, trace, out
             raise PrivilegeError("selftest on the live kernel needs root (or judge a trace with --from-trace)")
         phases = ("widened",) if no_baseline else ("baseline", "widened")
         res = run_live(seconds, parse_delay(widen), kernel_only, output, min_overlaps, phases,
-                       stat_rate=stat_rate)
+                       stat_rate=stat_rate, ring_pages=ring_pages)
     _emit(res, as_json)
     return res.exit_code

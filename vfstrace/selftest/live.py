@@ -48,7 +48,7 @@ def _counter_delta(a: dict, b: dict) -> dict:
 
 def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kernel_only: bool = False,
              output=None, min_overlaps: int = MIN_OVERLAPS, phases=("baseline", "widened"), say=None,
-             stat_rate: float | None = None) -> Result:
+             stat_rate: float | None = None, ring_pages: int = 1024) -> Result:
     """Run the workload on this kernel, without and with widening, and judge it.
 
     ``stat_rate``: stats/s of the stat loop in both phases (None: paced for
@@ -86,7 +86,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
     notes: list = []
     try:
         widener = Widener(choice, delay, cgroup_id=cg.id or 0)
-        tracer = make_tracer(choice, TraceOptions(ring_pages=1024))
+        tracer = make_tracer(choice, TraceOptions(ring_pages=ring_pages))
         say(f"compiling and attaching the {choice.tier} tracer on {choice.kernel_release}")
         try:
             tracer.load()
@@ -101,7 +101,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
             choice = choose_tier("kprobe")
             notes.append(f"fentry tier refused ({first[:160]}); traced with kprobes instead")
             say("fentry refused; compiling and attaching the kprobe tracer instead")
-            tracer = make_tracer(choice, TraceOptions(ring_pages=1024))
+            tracer = make_tracer(choice, TraceOptions(ring_pages=ring_pages))
             tracer.load()
         # The stream's one owner: numbers events and turns losses into LOST rows once.
         rec = Recorder(tracer)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from vfstrace.options import Duration
 from vfstrace.vm import build as kbuild
 from vfstrace.vm.boot import run
 from vfstrace.vm.kernels import (
@@ -107,7 +108,7 @@ def list_cmd(as_json):
 
 @vm_group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--kernel", "-k", type=click.Choice(boot_names()), required=True)
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds before qemu is killed.")
+@click.option("--timeout", type=Duration(0), default=900, show_default=True, help="Seconds before qemu is killed.")
 @click.option("--mem", default="2G", show_default=True)
 @click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Host folder shared at /vmout (default: a temp dir).")
@@ -137,7 +138,7 @@ def run_cmd(kernel, timeout, mem, cpus, out_dir, quiet, command):
 @click.option("--kernel", "-k", type=click.Choice([*SERIES, "all", "host"]), default="all", show_default=True)
 @click.option("--dest", type=click.Path(file_okay=False), required=True,
               show_default=True, help="Fixtures land in DEST/<kernel release>/.")
-@click.option("--timeout", type=float, default=900, show_default=True)
+@click.option("--timeout", type=Duration(0), default=900, show_default=True)
 def capture_symbols_cmd(kernel, dest, timeout):
     """Capture kallsyms, kprobe blacklist and ftrace entries of the race functions as test fixtures.
 

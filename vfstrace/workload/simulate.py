@@ -661,13 +661,15 @@ def _write_trace(events, output, meta):
 def _cli():
     import click
 
+    from vfstrace.options import Duration
+
     @click.command("simulate")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same trace).")
     @click.option("--semantics", type=click.Choice(SEMANTICS), default="buggy", show_default=True,
                   help="Kernel before (buggy) or after (fixed) the d_seq re-check patch.")
     @click.option("--events", "view", type=click.Choice(VIEWS), default="kprobe", show_default=True,
                   help="Which tier's view to emit: all kprobe events, or only what tracepoints see.")
-    @click.option("-d", "--duration-ms", type=click.FloatRange(min=0.01, max=10_000), default=20.0, show_default=True,
+    @click.option("-d", "--duration-ms", type=Duration(0.01, 10_000, min_open=False, unit="milliseconds"), default=20.0, show_default=True,
                   help="Simulated time.")
     @click.option("--walkers", type=click.IntRange(1, 64), default=4, show_default=True)
     @click.option("--files", type=click.IntRange(1, 100_000), default=256, show_default=True)

@@ -53,6 +53,7 @@ from pathlib import Path
 import click
 
 from vfstrace.errors import PrivilegeError, VfstraceError
+from vfstrace.options import Duration
 
 CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
 STATTER_COMM = "vfs-statter"
@@ -584,13 +585,13 @@ def render(r: dict) -> str:
 
 
 @click.command("stress")
-@click.option("-d", "--duration", type=click.FloatRange(min=0.5), default=20.0, show_default=True, help="Seconds to run.")
+@click.option("-d", "--duration", type=Duration(0.5, min_open=False), default=20.0, show_default=True, help="Seconds to run.")
 @click.option("--tree", type=click.Path(file_okay=False), help="Copy this tree (read only) instead of a generated one.")
 @click.option("--files", type=click.IntRange(min=1), default=2000, show_default=True, help="Files in the generated tree.")
 @click.option("--depth", type=click.IntRange(min=0, max=16), default=3, show_default=True, help="Directory depth of the generated tree.")
 @click.option("--size", type=click.IntRange(min=0), default=1024, show_default=True, help="Bytes per generated file.")
 @click.option("-j", "--copies", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Parallel cp -a loops.")
-@click.option("--stagger", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Seconds between starting copies.")
+@click.option("--stagger", type=Duration(0, min_open=False), default=0.05, show_default=True, help="Seconds between starting copies.")
 @click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
 @click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
