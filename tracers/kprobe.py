@@ -364,13 +364,19 @@ class KprobeTracer(Tracer):
             print(f"vfstrace: note: {n}", file=sys.stderr)
         b = self.bpf
         try:
+            self._remove_stale_kprobes()
             for p in self.probes:
                 if p.mode != "kprobe":
                     continue
                 if p.entry:
                     self._attach(b.attach_kprobe, p, p.entry)
                 if p.ret:
-                    self._attach(b.attach_kretprobe, p, p.ret, maxactive=128)
+                    # No maxactive: libbcc then attaches through the kprobe
+                    # PMU, whose probes the kernel removes with the process
+                    # (tracers/kprobe_events.py). Each kretprobe gets the
+                    # kernel's default instances, max(10, 2 * possible CPUs)
+                    # (kernel/kprobes.c register_kretprobe()).
+                    self._attach(b.attach_kretprobe, p, p.ret)
             from tracers.stream import PerfStream, RingStream
 
             if self.choice.ringbuf:
@@ -382,6 +388,28 @@ class KprobeTracer(Tracer):
         except BaseException:
             self.close()
             raise
+
+    def _remove_stale_kprobes(self) -> None:
+        """Remove kprobe events a killed recorder left on these functions; say so in one line."""
+        from tracers.kprobe_events import bcc_event_base, has_kprobe_pmu, remove_stale
+        from tracers.tracepoint import tracefs
+
+        if not has_kprobe_pmu():
+            print("vfstrace: note: this kernel has no kprobe PMU (before 4.17): kprobes go through "
+                  "kprobe_events and outlive a recorder killed with SIGKILL; the next recorder removes them",
+                  file=sys.stderr)
+        bases = {bcc_event_base(kind, p.symbol) for p in self.probes if p.mode == "kprobe"
+                 for kind, fn in (("entry", p.entry), ("ret", p.ret)) if fn}
+        try:
+            root = tracefs()
+        except VfstraceError:
+            return
+        removed, left = remove_stale(root, bases)
+        if removed:
+            print(f"vfstrace: note: removed {len(removed)} kprobe event(s) left by killed recorders: "
+                  f"{', '.join(removed)}", file=sys.stderr)
+        if left:
+            print(f"vfstrace: note: stale kprobe event(s) still in use, left: {', '.join(left)}", file=sys.stderr)
 
     def _attach(self, how, p: Probe, fn: str, **kw) -> None:
         try:
