@@ -31,6 +31,7 @@ from bpf import SOURCE_DIR
 from tracers import Tracer, import_bcc
 from tracers.btf import Btf
 from vfstrace.errors import TierUnavailable, VfstraceError
+from vfstrace.kernel.tiers import probe_tier_blockers
 from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Op, c_defines
 
 SOURCE = "kprobe.c"
@@ -72,7 +73,6 @@ OFFSETS = {
     "OFF_I_INO": ("inode", "i_ino"),
 }
 
-REQUIRED_ROLES = ("walk", "lookup", "prune", "unhash", "iput")
 _SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(constprop|isra|part|cold)\.\d+)*$")
 _MODE = {"kprobe": 1, "fentry": 2}
 
@@ -149,12 +149,10 @@ class KprobeTracer(Tracer):
 
     def _plan(self) -> list[Probe]:
         syms = self.choice.symbols or {}
-        for role in REQUIRED_ROLES:
-            if not syms.get(role):
-                raise TierUnavailable(
-                    f"the {self.tier} tier needs the {role} role, but no symbol for it was found on "
-                    f"kernel {self.release} (see `vfstrace doctor`)"
-                )
+        blockers = probe_tier_blockers(syms)
+        if blockers:
+            raise TierUnavailable(f"the {self.tier} tier cannot run on kernel {self.release}: "
+                                  f"{'; '.join(blockers)} (see `vfstrace doctor`)")
         ks = None
         probes = [
             Probe("walk", syms["walk"], "WALK", "vt_walk_enter", "vt_walk_return", True),
@@ -354,7 +352,7 @@ class KprobeTracer(Tracer):
         return names
 
     def load(self) -> None:
-        bcc = import_bcc()
+        import_bcc()  # one clear line when bcc is missing, before anything else
         if os.geteuid() != 0:
             from vfstrace.errors import PrivilegeError
 

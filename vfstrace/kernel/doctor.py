@@ -19,6 +19,7 @@ import click
 
 from vfstrace.errors import PrivilegeError, TierUnavailable
 from vfstrace.kernel import symbols
+from vfstrace.kernel.tiers import probe_tier_blockers
 from vfstrace.kernel.features import (
     _BPF_MAP_TYPE_ARRAY,
     _BPF_MAP_TYPE_RINGBUF,
@@ -145,14 +146,11 @@ def diagnose(kallsyms: symbols.KernelSymbols | None = None, *, bpftrace: bool = 
     return Report(release, c, roles, tiers, choice, notes)
 
 
-_KPROBE_ROLES = ("lookup", "prune", "iput")
-
-
 def _judge_tiers(c, roles, headers_match) -> dict[str, Check]:
     t: dict[str, Check] = {}
     base = [k for k in ("root", "bpf", "bcc") if not c[k].ok]
-    missing_roles = [r for r in _KPROBE_ROLES if not roles[r].symbol]
-    blocked = [f"{r} ({roles[r].reason})" for r in _KPROBE_ROLES if roles[r].symbol and roles[r].attachable is False]
+    role_blockers = probe_tier_blockers({r: roles[r].symbol for r in roles},
+                                        {r: roles[r].reason for r in roles if roles[r].attachable is False})
 
     def kprobe_like(name, feature):
         why = []
@@ -162,10 +160,7 @@ def _judge_tiers(c, roles, headers_match) -> dict[str, Check]:
             why.append(c[feature].detail)
         if headers_match != "exact":
             why.append("no kernel headers matching this kernel (struct dentry layout unknown)")
-        if missing_roles:
-            why.append("roles not found: " + ", ".join(missing_roles))
-        if blocked:
-            why.append("not attachable: " + "; ".join(blocked))
+        why += role_blockers
         t[name] = Check(not why, "; ".join(why) if why else f"{feature} available, roles resolved, exact headers")
 
     kprobe_like("fentry", "fentry")

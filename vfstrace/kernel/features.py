@@ -96,10 +96,7 @@ def _try_fentry_attach(func: str = "vfs_getattr") -> tuple[bool | None, str]:
     the function's BTF id and attaching it (BPF_RAW_TRACEPOINT_OPEN, which
     takes fentry programs since v5.5) is the answer the kernel itself gives.
     """
-    try:
-        from tracers.btf import FUNC, Btf, BtfError
-    except ImportError:
-        return None, "unknown (BTF reader unavailable)"
+    from tracers.btf import FUNC, Btf, BtfError  # pure Python (no bcc), imported only when asked
     try:
         btf_id = Btf.from_file()._by_name.get((FUNC, func))
     except BtfError as e:

@@ -239,7 +239,7 @@ def render_text(s: dict) -> str:
     if lost["total"]:
         per = ", ".join(f"cpu{c}: {n:,}" for c, n in lost["per_cpu"].items())
         out.append(f"!!! LOST EVENTS: {lost['total']:,} dropped by the kernel ({per}).")
-        out.append("!!! Verdicts near a loss may rest on missing events; trace less (-p, -c, --path-prefix) to lose fewer.")
+        out.append("!!! Verdicts near a loss may rest on missing events; enlarge --ring-pages or trace less (-p, -c, --path-prefix).")
     else:
         out.append("lost events: 0")
     out.append("")
