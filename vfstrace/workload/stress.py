@@ -610,6 +610,11 @@ def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, press
     With --widen (kernels with kprobes) the workload's own RCU lookups are
     held at the race window and the result says how many, for how long.
     """
+    from vfstrace.workload.child import orphan_signal
+
+    # Orphaned (the recorder or shell that started us died): SIGTERM, which
+    # ends the run and cleans up its trees and cgroups as Ctrl-C does.
+    orphan_signal(signal.SIGTERM)
     widen_ns, share = None, WIDEN_SHARE
     if widen is not None:
         from tracers.widen import parse_delay, parse_share
