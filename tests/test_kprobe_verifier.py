@@ -104,7 +104,7 @@ def test_missing_role_is_one_line_naming_role_and_kernel(btf):
     with pytest.raises(TierUnavailable) as ei:
         KprobeTracer(TraceOptions(), _choice(unhash=None))
     msg = str(ei.value)
-    assert "unhash role" in msg and os.uname().release in msg and "\n" not in msg
+    assert "roles not found: unhash" in msg and os.uname().release in msg and "\n" not in msg
 
 
 def test_isra_clone_whose_arguments_are_read_is_refused(btf):

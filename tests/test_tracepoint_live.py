@@ -229,8 +229,10 @@ def test_exit_only_argument_indexes_match_the_syscalls():
 def test_without_kernel_btf_falls_back_to_enter_map_with_a_notice(tmp_path, monkeypatch, capsys):
     need_tracing()
     import tracers.tracepoint as tp
+    from vfstrace import log
     from vfstrace.options import TraceOptions
 
+    log.setup(0)  # as the CLI does: notes reach stderr
     monkeypatch.setattr(tp, "KERNEL_BTF", tmp_path / "no-vmlinux")
     t = tp.TracepointTracer(TraceOptions(extra={"recheck": False}))
     t.load()

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import os
 import sys
 import tempfile
+
+log = logging.getLogger("vfstrace.tracers")
 
 
 class Tracer(abc.ABC):
@@ -107,6 +110,23 @@ class BuildError(Exception):
     line: BCC's own, then clang's or the verifier's reason in parentheses."""
 
 
+def failure_line(e: Exception, output: str) -> str:
+    """One line for a failed build or load: BCC's message, then the line of
+    clang's or the verifier's ``output`` that says why.
+
+    The whole output (a verifier log runs to thousands of lines) is logged
+    at DEBUG, which ``vfstrace -v`` shows; without -v the line says so.
+    """
+    from vfstrace.log import verbose
+
+    why = (str(e).splitlines() or [type(e).__name__])[0]
+    err = first_error(output)
+    if output.strip():
+        log.debug("the full compiler and verifier output:\n%s", output.rstrip())
+    hint = "; `vfstrace -v` shows the full log" if output.strip() and not verbose() else ""
+    return why + (f" ({err})" if err else "") + hint
+
+
 def build_bpf(bcc, text: str, cflags: list[str]):
     """``bcc.BPF(text, cflags)`` with clang's output kept off the terminal;
     :class:`BuildError` (one line) when it fails."""
@@ -115,9 +135,7 @@ def build_bpf(bcc, text: str, cflags: list[str]):
         with compiler_output() as cc:
             return bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # libbcc raises bare Exception on compile/load/attach failure
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        err = first_error(cc[0] if cc else "")
-        raise BuildError(why + (f" ({err})" if err else "")) from None
+        raise BuildError(failure_line(e, cc[0] if cc else "")) from None
 
 
 def first_error(text: str) -> str:

@@ -23,16 +23,18 @@ turns a :class:`vfstrace.doctor.TierChoice` into that program:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 
 from bpf import SOURCE_DIR
-from tracers import Tracer, import_bcc
+from tracers import Tracer, compiler_output, failure_line, import_bcc
 from tracers.btf import Btf
 from vfstrace.errors import TierUnavailable, VfstraceError
 from vfstrace.kernel.tiers import probe_tier_blockers
 from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Op, c_defines
+
+log = logging.getLogger("vfstrace.tracers.kprobe")
 
 SOURCE = "kprobe.c"
 
@@ -304,11 +306,10 @@ class KprobeTracer(Tracer):
         if not src:
             raise TierUnavailable(f"no kernel headers BCC can compile with for {self.release}: cannot compile BPF")
         os.environ["BCC_KERNEL_SOURCE"] = src
-        print(
-            f"vfstrace: notice: compiling the kprobe program against {src} (not {self.release}'s own "
+        log.warning(
+            f"compiling the kprobe program against {src} (not {self.release}'s own "
             "headers) for verification only; struct offsets come from BTF, but LOOKUP_RCU and BCC's "
-            "includes are those headers' and are not trusted for tracing",
-            file=sys.stderr,
+            "includes are those headers' and are not trusted for tracing"
         )
 
     def compile(self, verify_only: bool = False):
@@ -345,10 +346,12 @@ class KprobeTracer(Tracer):
         self.compile(verify_only=True)
         names = self.kprobe_functions()
         for n in names:
+            out: list[str] = []
             try:
-                self.bpf.load_func(n.encode(), bcc.BPF.KPROBE)
+                with compiler_output() as out:  # libbcc writes the verifier's log to fd 2
+                    self.bpf.load_func(n.encode(), bcc.BPF.KPROBE)
             except Exception as e:
-                raise VfstraceError(f"verifier rejected {n}: {str(e).splitlines()[0]}") from None
+                raise VfstraceError(f"verifier rejected {n}: {failure_line(e, out[0] if out else '')}") from None
         return names
 
     def load(self) -> None:
@@ -359,7 +362,7 @@ class KprobeTracer(Tracer):
             raise PrivilegeError("the kprobe tier needs root (CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)")
         self.compile()
         for n in self.notes:
-            print(f"vfstrace: note: {n}", file=sys.stderr)
+            log.info(f"note: {n}")
         b = self.bpf
         try:
             self._remove_stale_kprobes()
@@ -393,9 +396,8 @@ class KprobeTracer(Tracer):
         from tracers.tracepoint import tracefs
 
         if not has_kprobe_pmu():
-            print("vfstrace: note: this kernel has no kprobe PMU (before 4.17): kprobes go through "
-                  "kprobe_events and outlive a recorder killed with SIGKILL; the next recorder removes them",
-                  file=sys.stderr)
+            log.info("note: this kernel has no kprobe PMU (before 4.17): kprobes go through "
+                     "kprobe_events and outlive a recorder killed with SIGKILL; the next recorder removes them")
         bases = {bcc_event_base(kind, p.symbol) for p in self.probes if p.mode == "kprobe"
                  for kind, fn in (("entry", p.entry), ("ret", p.ret)) if fn}
         try:
@@ -404,10 +406,9 @@ class KprobeTracer(Tracer):
             return
         removed, left = remove_stale(root, bases)
         if removed:
-            print(f"vfstrace: note: removed {len(removed)} kprobe event(s) left by killed recorders: "
-                  f"{', '.join(removed)}", file=sys.stderr)
+            log.info(f"note: removed {len(removed)} kprobe event(s) left by killed recorders: {', '.join(removed)}")
         if left:
-            print(f"vfstrace: note: stale kprobe event(s) still in use, left: {', '.join(left)}", file=sys.stderr)
+            log.warning(f"stale kprobe event(s) still in use, left: {', '.join(left)}")
 
     def _attach(self, how, p: Probe, fn: str, **kw) -> None:
         try:

@@ -39,9 +39,9 @@ when they are not the running kernel's.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ from tracers import Tracer, import_bcc
 from tracers.stream import PAGE_SIZE, PerfStream, RingStream, merge_lost, records_to_frame
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, c_defines
+
+log = logging.getLogger("vfstrace.tracers.tracepoint")
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "tracepoint.c"
@@ -278,7 +280,7 @@ class TracepointTracer(Tracer):
             "(safe here: tracepoint records are laid out from the kernel's format files; the one struct read, "
             "x86-64 pt_regs, has the user ABI layout and the verifier checks it against the kernel's BTF)"
         )
-        print(f"vfstrace: {self.notice}", file=sys.stderr)
+        log.info(self.notice)
 
     def load(self) -> None:
         if self._bpf is not None:
@@ -300,7 +302,7 @@ class TracepointTracer(Tracer):
         if self._bpf is None:
             if self.syscall_args == "auto":
                 self.mode_note = f"notice: syscall arguments kept per task from sys_enter (slower): {why}"
-                print(f"vfstrace: {self.mode_note}", file=sys.stderr)
+                log.info(self.mode_note)
             err = self._compile(bcc, "map")
             if err:
                 raise TierUnavailable(f"tracepoint program failed to load: {err}")

@@ -12,8 +12,9 @@ import sys
 
 import click
 
-from vfstrace import __version__
+from vfstrace import __version__, log
 from vfstrace.errors import VfstraceError
+from vfstrace.report.terminal import term
 
 # (module, attribute) of every command; imported when the CLI starts.
 COMMANDS = [
@@ -34,12 +35,16 @@ COMMANDS = [
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vfstrace")
-def cli():
+@click.option("-v", "--verbose", count=True,
+              help="Say more on stderr: the full clang or verifier log when a BPF program does not build or load.")
+def cli(verbose):
     """Watch path lookups and dentry pruning; find lookup/prune races.
 
     \b
     Start with `vfstrace doctor` to see what this kernel allows.
+    `vfstrace -v COMMAND ...` shows the full logs behind an error.
     """
+    log.setup(verbose)
 
 
 for _mod, _attr in COMMANDS:
@@ -50,7 +55,8 @@ def main(argv=None):
     try:
         rv = cli.main(args=argv, prog_name="vfstrace", standalone_mode=False)
     except VfstraceError as e:
-        click.echo(f"vfstrace: error: {e}", err=True)
+        # One line, whatever the message quotes from a trace or the command line.
+        click.echo(f"vfstrace: error: {term(str(e))}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("vfstrace: aborted", err=True)

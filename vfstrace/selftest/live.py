@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
-import click
 import numpy as np
 
 from vfstrace.errors import TierUnavailable, VfstraceError
@@ -25,6 +25,8 @@ from vfstrace.workload.selftest_workers import (
     _stat_dir,
     stat_rate_for,
 )
+
+log = logging.getLogger("vfstrace.selftest")
 
 # --------------------------------------------------------------------------
 # the live run
@@ -66,7 +68,7 @@ def run_live(seconds: float = DEFAULT_SECONDS, widen_ns: int | None = None, kern
     from vfstrace.recorder import Recorder
     from vfstrace.workload import statloop
 
-    say = say or (lambda msg: click.echo(f"selftest: {msg}", err=True))
+    say = say or (lambda msg: log.info(f"selftest: {msg}"))
     if seconds <= 0:
         raise VfstraceError("-d/--duration must be positive")
     choice = choose_tier("auto")

@@ -33,19 +33,21 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import click
 
-from vfstrace.errors import MissingDependency, VfstraceError
+from vfstrace.errors import MissingDependency
 from vfstrace.vm.kernels import VmError, cache_dir
+
+log = logging.getLogger("vfstrace.vm")
 
 KBUILD = Path(__file__).resolve().parent / "kbuild"
 FRAGMENT = KBUILD / "vfstrace.config"
@@ -82,7 +84,7 @@ def _cache_dir() -> Path:
 
 
 def _say(msg: str) -> None:
-    print(f"vm build: {msg}", file=sys.stderr, flush=True)
+    log.info(f"vm build: {msg}")
 
 
 def _fmt_s(secs: float) -> str:

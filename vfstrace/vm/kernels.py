@@ -6,15 +6,17 @@ import dataclasses
 import datetime as _dt
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from vfstrace.errors import MissingDependency, VfstraceError
+
+log = logging.getLogger("vfstrace.vm")
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (the cache lives beside it)
 GUEST_DIR = Path(__file__).resolve().parent / "guest"  # init template and in-guest helpers
@@ -72,7 +74,7 @@ def cache_dir() -> Path:
 
 
 def _say(msg: str) -> None:
-    print(f"vm: {msg}", file=sys.stderr, flush=True)
+    log.info(f"vm: {msg}")
 
 
 def _series(kernel: str) -> Series:
