@@ -117,7 +117,7 @@ def test_cli_writes_a_trace_and_truth(tmp_path):
     from vfstrace.store import load
 
     out, truth = tmp_path / "t.vft", tmp_path / "truth.parquet"
-    r = CliRunner().invoke(simulate_cmd, ["--seed", "9", "-d", "2", "--loss-rate", "0.002", "-o", str(out),
+    r = CliRunner().invoke(simulate_cmd, ["--seed", "9", "-d", "0.002", "--loss-rate", "0.002", "-o", str(out),
                                           "--truth", str(truth)])
     assert r.exit_code == 0, r.output
     ev = load(out)
@@ -127,6 +127,27 @@ def test_cli_writes_a_trace_and_truth(tmp_path):
     assert ev.attrs["meta"]["lost_total"] == int(direct.loc[direct["kind"] == Kind.LOST, "ret"].sum())
     t = pd.read_parquet(truth)
     assert list(t["event_id"]) == list(dtruth["event_id"]) and list(t["truth"]) == list(dtruth["truth"])
+
+
+def test_cli_duration_is_seconds_and_tier_picks_the_view(tmp_path):
+    from vfstrace.cli import main
+    from vfstrace.store import load
+    from vfstrace.workload.simulate import TRACEPOINT_KINDS
+
+    out = tmp_path / "tp.vft"
+    r = CliRunner().invoke(simulate_cmd, ["--seed", "3", "-d", "0.005", "--tier", "tracepoint", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ev = load(out)
+    assert set(ev["kind"].unique()) <= {int(k) for k in TRACEPOINT_KINDS}
+    assert ev.attrs["meta"]["workload"]["simulate"]["duration_ns"] == 5_000_000
+    # every event falls within the 5 ms simulated, give or take the per-CPU clock jitter (2 us)
+    span = int(ev["ts_ns"].max()) - int(ev["ts_ns"].min())
+    assert span <= 5_000_000 + 2 * 2_000
+    for bad in (["--events", "kprobe"], ["-d", "20"]):  # the old flag; 20 s (it was milliseconds)
+        with pytest.raises(SystemExit) as e:
+            main(["simulate", *bad, "-o", str(tmp_path / "x.vft")])
+        assert e.value.code == 2
+    assert not (tmp_path / "x.vft").exists()
 
 
 def test_cli_rejects_bad_flags(tmp_path):

@@ -667,10 +667,11 @@ def _cli():
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same trace).")
     @click.option("--semantics", type=click.Choice(SEMANTICS), default="buggy", show_default=True,
                   help="Kernel before (buggy) or after (fixed) the d_seq re-check patch.")
-    @click.option("--events", "view", type=click.Choice(VIEWS), default="kprobe", show_default=True,
-                  help="Which tier's view to emit: all kprobe events, or only what tracepoints see.")
-    @click.option("-d", "--duration-ms", type=Duration(0.01, 10_000, min_open=False, unit="milliseconds"), default=20.0, show_default=True,
-                  help="Simulated time.")
+    @click.option("--tier", "view", type=click.Choice(VIEWS), default="kprobe", show_default=True,
+                  help="Whose view to emit: the kprobe tier's (every function event) or the tracepoint "
+                       "tier's (syscall results, dcache frees, shrinker runs).")
+    @click.option("-d", "--duration", "seconds", type=Duration(1e-5, 10.0, min_open=False), default=0.02,
+                  show_default=True, help="Simulated seconds (0.02 s of four walkers is about 80k events).")
     @click.option("--walkers", type=click.IntRange(1, 64), default=4, show_default=True)
     @click.option("--files", type=click.IntRange(1, 100_000), default=256, show_default=True)
     @click.option("--jitter-ns", type=click.IntRange(0, 10_000_000), default=2_000, show_default=True,
@@ -683,17 +684,17 @@ def _cli():
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=True), help="Trace to write (.vft).")
     @click.option("--truth", "truth_path", type=click.Path(dir_okay=False),
                   help="Also write the ground truth (event_id, level, truth) as Parquet.")
-    def simulate_cmd(seed, semantics, view, duration_ms, walkers, files, jitter_ns, loss_rate, no_churn, no_reuse,
+    def simulate_cmd(seed, semantics, view, seconds, walkers, files, jitter_ns, loss_rate, no_churn, no_reuse,
                      no_migrate, output, truth_path):
         """Simulate RCU path walk against dentry pruning, with ground truth.
 
         \b
         Examples:
           vfstrace simulate --seed 7 --semantics buggy -o buggy.vft --truth buggy-truth.parquet
-          vfstrace simulate --semantics fixed --events tracepoint -o tp.vft
+          vfstrace simulate --semantics fixed --tier tracepoint -d 0.05 -o tp.vft
           vfstrace analyze buggy.vft
         """
-        params = dict(semantics=semantics, walkers=walkers, files=files, duration_ns=int(duration_ms * 1e6),
+        params = dict(semantics=semantics, walkers=walkers, files=files, duration_ns=int(seconds * 1e9),
                       churn=not no_churn, jitter_ns=jitter_ns, migrate=not no_migrate, reuse=not no_reuse,
                       loss_rate=loss_rate, view=view)
         events, truth = simulate(seed, **params)
