@@ -20,6 +20,7 @@ import click
 from vfstrace.errors import PrivilegeError, TierUnavailable
 from vfstrace.kernel import symbols
 from vfstrace.kernel.tiers import probe_tier_blockers
+from vfstrace.report.terminal import term
 from vfstrace.kernel.features import (
     _BPF_MAP_TYPE_ARRAY,
     _BPF_MAP_TYPE_RINGBUF,
@@ -214,11 +215,12 @@ def _mark(ok) -> str:
 def render_text(rep: Report) -> str:
     from tabulate import tabulate
 
-    out = [f"kernel {rep.kernel_release}", ""]
-    out.append(tabulate([(k, _mark(v.ok), v.detail) for k, v in rep.checks.items()], headers=["check", "ok", "detail"]))
+    out = [term(f"kernel {rep.kernel_release}"), ""]
+    out.append(tabulate([(k, _mark(v.ok), term(v.detail)) for k, v in rep.checks.items()], headers=["check", "ok", "detail"]))
     out.append("")
+    # Symbol names come from /proc/kallsyms (or a captured copy): escaped like trace text.
     out.append(tabulate(
-        [(r.role, r.symbol or "-", _mark(r.attachable), r.reason) for r in rep.roles.values()],
+        [(r.role, term(r.symbol or "-"), _mark(r.attachable), term(r.reason)) for r in rep.roles.values()],
         headers=["role", "symbol", "attachable", "why"],
     ))
     out.append("")
@@ -229,7 +231,7 @@ def render_text(rep: Report) -> str:
     else:
         out.append("watch would use: none — no tier can run here")
     for n in rep.notes:
-        out.append(f"note: {n}")
+        out.append(term(f"note: {n}"))
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ import math
 import click
 import numpy as np
 
+from vfstrace.report.terminal import term
 from vfstrace.selftest.judge import MAX_RACES_SHOWN, Result
 
 # --------------------------------------------------------------------------
@@ -21,17 +22,19 @@ def _fmt_int(n) -> str:
 def render_text(res: Result) -> str:
     from tabulate import tabulate
 
-    lines = [f"vfstrace selftest: kernel {res.kernel_release}, tier {res.tier}"]
+    # Kernel, tier, probes, names, comms and notes come from the trace with
+    # --from-trace: every line that shows them goes through term().
+    lines = [term(f"vfstrace selftest: kernel {res.kernel_release}, tier {res.tier}")]
     if res.source != "live":
-        lines[0] += f", judged from trace {res.source}"
+        lines[0] += term(f", judged from trace {res.source}")
     if res.probes:
-        lines.append("probes: " + ", ".join(res.probes))
+        lines.append(term("probes: " + ", ".join(map(str, res.probes))))
     wide = next((p.widen for p in res.phases if p.widen), None)
     if wide:
-        lines.append(
+        lines.append(term(
             f"widening: kretprobe on {wide['site']} holds the workload's RCU walks {wide['delay_ns'] / 1000:g} us "
             f"({'RCU mode only' if wide.get('rcu_only') else 'every lookup of the workload'}); nothing else is delayed"
-        )
+        ))
     if res.detector:
         d = res.detector
         lines.append(
@@ -68,12 +71,12 @@ def render_text(res: Result) -> str:
         lines.append("racing lookups (trusted a dentry whose prune overlapped them):")
         for r in races[:MAX_RACES_SHOWN]:
             ev = ",".join(str(x) for x in r["evidence"][:8])
-            lines.append(f"  event {r['event_id']}: dentry 0x{r['dentry']:x} name {r['name']!r} "
-                         f"tid {r['tid']} comm {r['comm']!r}" + (f" (evidence: {ev})" if ev else ""))
+            lines.append(term(f"  event {r['event_id']}: dentry 0x{r['dentry']:x} name '{r['name']}' "
+                              f"tid {r['tid']} comm '{r['comm']}'" + (f" (evidence: {ev})" if ev else "")))
     for n in res.notes:
-        lines.append(f"note: {n}")
+        lines.append(term(f"note: {n}"))
     lines.append("")
-    lines.append(f"{res.verdict}: {res.reason}")
+    lines.append(term(f"{res.verdict}: {res.reason}"))
     return "\n".join(lines)
 
 

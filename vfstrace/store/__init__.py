@@ -31,7 +31,7 @@ the whole trace. A row that arrives with a non-zero ``event_id`` keeps it
 (the simulator and converted traces carry their own ids), and the writer's
 counter continues after the largest id it has seen, so ids it assigns never
 collide with ids written before them. A writer that mixes the two must
-keep its own ids above the ones already written (load() notes duplicates).
+keep its own ids above the ones already written (load() refuses duplicates).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vfstrace.report.terminal import term
 from vfstrace.store.read import load
 from vfstrace.store.writer import save
 
@@ -14,7 +15,9 @@ from vfstrace.store.writer import save
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-f", "--force", is_flag=True, help="Replace OUT if it exists.")
-def convert(src, dst, force):
+@click.option("--shared", is_flag=True,
+              help="Let OUT's group read it (0750/0640); by default only its owner can (0700/0600).")
+def convert(src, dst, force, shared):
     """Convert a trace between a .vft directory and JSON Lines (by OUT's suffix).
 
     \b
@@ -24,5 +27,5 @@ def convert(src, dst, force):
     """
     df = load(src)
     meta = df.attrs["meta"]
-    n = save(df, dst, meta, overwrite=force)
-    click.echo(f"{src} -> {dst}: {n} events")
+    n = save(df, dst, meta, overwrite=force, shared=shared)
+    click.echo(f"{term(src)} -> {term(dst)}: {n} events")

@@ -1,10 +1,28 @@
-"""What every trace file shares: names, metadata checks, and the atomic writes every file goes through."""
+"""What every trace file shares: names, metadata checks, and the atomic writes every file goes through.
+
+Reads and writes both go through here because both have a safety rule:
+
+* Reading: a trace is data someone else may have made. Every file of it is
+  opened with O_NONBLOCK and checked with fstat to be a regular file before
+  a byte is read, so a FIFO or device put where ``_meta.json`` or a part
+  belongs is refused at once instead of blocking every command forever.
+* Writing: a trace holds the path, name and command of every process that
+  was traced, so it is private to its owner: directories 0700, files 0600
+  (a temporary file too, from the moment it exists). ``shared=True`` widens
+  that to 0750/0640 for a group that is meant to read it; nothing is ever
+  world-readable. The mode is set with fchmod, so a umask neither widens nor
+  narrows what was asked for, and O_NOFOLLOW keeps a link planted at a
+  temporary name from redirecting the write.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
+import reprlib
+import stat as _statmod
 from pathlib import Path
 
 from vfstrace import __version__
@@ -24,6 +42,117 @@ PARQUET_COMPRESSION = "zstd"
 PARQUET_COMPRESSION_LEVEL = 1
 
 
+FILE_MODE, DIR_MODE = 0o600, 0o700
+SHARED_FILE_MODE, SHARED_DIR_MODE = 0o640, 0o750
+# _meta.json of a ten-hour recording (one part a second) is a few MB.
+MAX_META_BYTES = 64 << 20
+
+
+def file_mode(shared: bool = False) -> int:
+    return SHARED_FILE_MODE if shared else FILE_MODE
+
+
+def dir_mode(shared: bool = False) -> int:
+    return SHARED_DIR_MODE if shared else DIR_MODE
+
+
+def _what(mode: int) -> str:
+    for test, name in ((_statmod.S_ISDIR, "a directory"), (_statmod.S_ISFIFO, "a FIFO"),
+                       (_statmod.S_ISCHR, "a character device"), (_statmod.S_ISBLK, "a block device"),
+                       (_statmod.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path):
+    """A binary file object for ``path``, which must be a regular file (TraceFormatError otherwise)."""
+    try:
+        st = os.stat(path)
+        if not _statmod.S_ISREG(st.st_mode):
+            raise TraceFormatError(f"{path}: is {_what(st.st_mode)}, not a regular file (not a trace file)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TraceFormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        # Checked again on the open file: the name may have changed under us.
+        st = os.fstat(fd)
+        if not _statmod.S_ISREG(st.st_mode):
+            raise TraceFormatError(f"{path}: is {_what(st.st_mode)}, not a regular file (not a trace file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The whole of a regular file (at most ``limit`` bytes, else TraceFormatError)."""
+    with open_regular(path) as f:
+        try:
+            data = f.read() if limit is None else f.read(limit + 1)
+        except OSError as e:
+            raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
+    if limit is not None and len(data) > limit:
+        raise TraceFormatError(f"{path}: larger than {limit >> 20} MiB: not vfstrace metadata")
+    return data
+
+
+def open_private(path: Path, *, shared: bool = False, text: bool = False, follow: bool = False):
+    """Create (or truncate) ``path`` for writing with the trace file mode.
+
+    A link is followed only with ``follow`` (an output the user named, such
+    as ``-o /dev/stdout``), never at a temporary name. Only a regular file
+    gets its mode set.
+    """
+    mode = file_mode(shared)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags, mode)
+    try:
+        if _statmod.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, mode)
+        return os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def make_private_dir(path: Path, *, shared: bool = False) -> None:
+    """Create ``path`` (and missing parents, with default modes) and give it the trace directory mode."""
+    path.mkdir(parents=True, exist_ok=True, mode=dir_mode(shared))
+    os.chmod(path, dir_mode(shared))
+
+
+def parse_json(data: bytes, where, what: str):
+    """JSON from a trace file, UTF-8 only; any way the parser can fail is a TraceFormatError.
+
+    Decoded here, strictly: json.loads(bytes) would guess UTF-16/32 from NUL
+    bytes and read garbage as names.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceFormatError(f"{where}: {what}: not UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceFormatError(f"{where}: {what}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise TraceFormatError(f"{where}: {what}: nested too deep") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise TraceFormatError(f"{where}: {what}: {_one_line(e)}") from None
+
+
+def parse_json_meta(data: bytes, where) -> dict:
+    """The metadata object of a trace (``_meta.json`` or a JSON Lines trace's first line)."""
+    meta = parse_json(data, where, "corrupt metadata")
+    if not isinstance(meta, dict):
+        raise TraceFormatError(f"{where}: metadata is not a JSON object")
+    return meta
+
+
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -36,9 +165,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_private(tmp, shared=shared) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -47,13 +176,21 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _check_version(meta: dict, where) -> None:
+    """The schema version first (a trace of another version explains itself), then the whole metadata's types."""
+    from vfstrace.store.metacheck import check_meta
+
+    if not isinstance(meta, dict):
+        raise TraceFormatError(f"{where}: metadata is not a JSON object")
     v = meta.get("schema_version")
     if v is None:
         raise TraceFormatError(f"{where}: metadata has no schema_version (not a vfstrace trace?)")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TraceFormatError(f"{where}: schema_version must be an integer, got {reprlib.repr(v)}")
     if v != SCHEMA_VERSION:
         raise TraceFormatError(
-            f"{where}: schema version {v!r}, this vfstrace ({__version__}) reads version {SCHEMA_VERSION}"
+            f"{where}: schema version {reprlib.repr(v)}, this vfstrace ({__version__}) reads version {SCHEMA_VERSION}"
         )
+    check_meta(meta, where)
 
 
 def _normalize_meta(meta: dict) -> dict:

@@ -10,6 +10,7 @@ import errno as _errno
 import json
 import os
 import re
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,29 @@ from vfstrace.events import (
     Kind,
     Op,
 )
-from vfstrace.store.files import _check_version, _normalize_meta, _one_line
+from vfstrace.store.files import (
+    MAX_META_BYTES,
+    _check_version,
+    _normalize_meta,
+    open_private,
+    open_regular,
+    parse_json,
+    parse_json_meta,
+)
 from vfstrace.store.table import to_table
 
 # Hand-written JSON Lines: names for kinds/ops/flags/errnos are accepted.
 _KIND_BY_NAME = {k.name.lower(): int(k) for k in Kind}
 _OP_BY_NAME = {o.name.lower(): int(o) for o in Op}
 _FLAG_BY_NAME = {f.name.lower(): int(f) for f in Flag}
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_int(col: str, v, lineno: int, where: Path) -> int:
@@ -66,8 +83,10 @@ def _parse_int(col: str, v, lineno: int, where: Path) -> int:
         except ValueError:
             pass
     if isinstance(v, list) and col == "flags":
+        if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            raise TraceFormatError(f"{where}:{lineno}: flags must be names or numbers, got {reprlib.repr(v)}")
         return _parse_int("flags", "|".join(str(x) for x in v), lineno, where)
-    raise TraceFormatError(f"{where}:{lineno}: bad value for {col.rstrip('#')}: {v!r}")
+    raise TraceFormatError(f"{where}:{lineno}: bad value for {col.rstrip('#')}: {reprlib.repr(v)}")
 
 
 def _load_jsonl(path: Path):
@@ -76,19 +95,12 @@ def _load_jsonl(path: Path):
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     known = set(COLUMNS)
     n = 0
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
-    with f:
+    with open_regular(path) as f:
         f.readline()
         for lineno, raw in enumerate(f, start=2):
             if not raw.strip():
                 continue
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TraceFormatError(f"{path}:{lineno}: corrupt or truncated line ({_one_line(e)})") from None
+            rec = parse_json(raw, f"{path}:{lineno}", "corrupt or truncated line")
             if not isinstance(rec, dict):
                 raise TraceFormatError(f"{path}:{lineno}: an event must be a JSON object")
             extra = set(rec) - known
@@ -100,7 +112,10 @@ def _load_jsonl(path: Path):
                     if v is None:
                         v = ""
                     elif not isinstance(v, str):
-                        raise TraceFormatError(f"{path}:{lineno}: {c} must be a string, got {v!r}")
+                        raise TraceFormatError(f"{path}:{lineno}: {c} must be a string, got {type(v).__name__}")
+                    elif not _utf8(v):
+                        # A \ud800-style escape: JSON allows it, UTF-8 (and Parquet) cannot hold it.
+                        raise TraceFormatError(f"{path}:{lineno}: {c} holds a lone surrogate (not valid Unicode text)")
                 else:
                     v = 0 if v is None else _parse_int(c, v, lineno, path)
                 cols[c].append(v)
@@ -135,8 +150,9 @@ def _jsonable_meta(meta: dict) -> dict:
     return m
 
 
-def write_jsonl(df, path, meta: dict | None = None) -> int:
-    """Write events as JSON Lines (kind and op by name); returns the number of events."""
+def write_jsonl(df, path, meta: dict | None = None, *, shared: bool = False) -> int:
+    """Write events as JSON Lines (kind and op by name), private to the owner
+    unless ``shared`` (see vfstrace/store/files.py); returns the number of events."""
     path = Path(path)
     meta = _jsonable_meta(meta if meta is not None else df.attrs.get("meta", {}))
     kinds = {int(k): k.name.lower() for k in Kind}
@@ -145,7 +161,7 @@ def write_jsonl(df, path, meta: dict | None = None) -> int:
     n = len(df)
     tmp = path.with_name("." + path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open_private(tmp, shared=shared, text=True) as f:
             f.write(json.dumps({"vfstrace_meta": meta}, default=str) + "\n")
             for i in range(n):
                 rec = {c: cols[c][i] for c in COLUMNS}
@@ -161,18 +177,18 @@ def write_jsonl(df, path, meta: dict | None = None) -> int:
 
 
 def _first_line(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.readline(1 << 20)
-    except OSError as e:
-        raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
+    with open_regular(path) as f:
+        try:
+            return f.readline(MAX_META_BYTES)
+        except OSError as e:
+            raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def _read_meta_jsonl(path: Path) -> dict:
     line = _first_line(path)
     try:
-        first = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        first = parse_json_meta(line, f"{path}:1")
+    except TraceFormatError:
         first = None
     if not isinstance(first, dict) or not isinstance(first.get("vfstrace_meta"), dict):
         raise TraceFormatError(f'{path}: not a vfstrace JSON Lines trace (line 1 must be {{"vfstrace_meta": {{...}}}})')

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vfstrace.errors import TraceFormatError
@@ -16,6 +16,7 @@ from vfstrace.events import (
 )
 from vfstrace.store.files import (
     _PART_RE,
+    MAX_META_BYTES,
     META_FILE,
     SCHEMA_KEY,
     _check_version,
@@ -23,40 +24,21 @@ from vfstrace.store.files import (
     _normalize_meta,
     _one_line,
     _stat,
+    open_regular,
+    parse_json_meta,
+    read_regular,
 )
 from vfstrace.store.jsonl import _first_line, _load_jsonl, _read_meta_jsonl
 from vfstrace.store.table import _frame
-
-# --------------------------------------------------------------------------
-# Reading
-
-
-
-
 
 
 def _read_meta_dir(path: Path) -> dict:
     mp = path / META_FILE
     if not mp.exists():
         raise TraceFormatError(f"{path}: no {META_FILE}: not a vfstrace trace directory")
-    try:
-        meta = json.loads(mp.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise TraceFormatError(f"{mp}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise TraceFormatError(f"{mp}: corrupt metadata (invalid JSON at line {e.lineno})") from None
-    if not isinstance(meta, dict):
-        raise TraceFormatError(f"{mp}: metadata is not a JSON object")
+    meta = parse_json_meta(read_regular(mp, MAX_META_BYTES), mp)
     _check_version(meta, mp)
     return _normalize_meta(meta)
-
-
-
-
-
-
-
-
 
 
 def read_meta(path) -> dict:
@@ -74,8 +56,9 @@ def read_meta(path) -> dict:
 
 def _parquet_version(path: Path) -> int:
     try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as e:
+        with open_regular(path) as f:
+            schema = pq.read_schema(f)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
     raw = (schema.metadata or {}).get(SCHEMA_KEY)
     if raw is None:
@@ -83,26 +66,39 @@ def _parquet_version(path: Path) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise TraceFormatError(f"{path}: bad schema version {raw!r}") from None
+        raise TraceFormatError(f"{path}: bad schema version {raw[:20]!r}") from None
 
 
 
 
 def _read_part(path: Path) -> pa.Table:
+    # Read whole into memory from a checked regular file: pyarrow opening the
+    # name itself would block on a FIFO. Page checksums (written by
+    # TraceWriter) are verified, so a flipped byte in a page is an error, not
+    # a changed ts_ns or comm; parts written without them still load.
+    buf = pa.py_buffer(read_regular(path))
     try:
-        # Strings come back dictionary-encoded (as Parquet stores them), so
-        # turning them into Python objects costs one object per distinct
-        # value per part, not one per event: see _column_numpy().
-        pf = pq.ParquetFile(path, read_dictionary=list(STRING_COLUMNS))
+        pf = pq.ParquetFile(pa.BufferReader(buf), page_checksum_verification=True)
         raw = (pf.schema_arrow.metadata or {}).get(SCHEMA_KEY)
         if raw is None:
             raise TraceFormatError(f"{path}: Parquet file without vfstrace schema version (not a vfstrace trace part)")
         if raw != str(SCHEMA_VERSION).encode():
             raise TraceFormatError(
-                f"{path}: schema version {raw.decode(errors='replace')}, this vfstrace reads version {SCHEMA_VERSION}"
+                f"{path}: schema version {raw[:20].decode(errors='replace')!r}, this vfstrace reads version {SCHEMA_VERSION}"
             )
+        if not _plain_schema(pf.schema_arrow).equals(ARROW_SCHEMA):
+            raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
+        # Strings come back dictionary-encoded (as Parquet stores them), so
+        # turning them into Python objects costs one object per distinct
+        # value per part, not one per event: see _column_numpy().
+        pf = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=list(STRING_COLUMNS),
+                            page_checksum_verification=True)
         t = pf.read(use_threads=False)
-    except (pa.ArrowException, OSError) as e:
+        # Full validation: dictionary indices in range and strings valid
+        # UTF-8, which a flipped byte in an (unchecksummed) page header or an
+        # old part without checksums can still break.
+        t.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
     if not _plain_schema(t.schema).equals(ARROW_SCHEMA):
         raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
@@ -120,7 +116,11 @@ def _load_dir(path: Path):
     notes = meta["notes"] = list(meta.get("notes") or [])
     listed = {p["file"]: p for p in meta.get("parts") or [] if isinstance(p, dict) and "file" in p}
     files = []
-    for p in sorted(path.iterdir()):
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as e:
+        raise TraceFormatError(f"{path}: cannot list: {e.strerror}") from None
+    for p in entries:
         if _PART_RE.match(p.name):
             files.append(p)
         elif p.name.endswith(".tmp"):
@@ -133,10 +133,8 @@ def _load_dir(path: Path):
         t = _read_part(p)
         if p.name not in listed:
             notes.append(f"{p.name} ({t.num_rows} events) is not in {META_FILE}: written just before the recording stopped")
-        elif listed[p.name].get("rows") not in (None, t.num_rows):
-            raise TraceFormatError(
-                f"{p}: holds {t.num_rows} events, {META_FILE} says {listed[p.name]['rows']} (trace damaged)"
-            )
+        else:
+            _check_listing(p, t, listed[p.name])
         tables.append(t)
     table = pa.concat_tables(tables, promote_options="permissive") if tables else ARROW_SCHEMA.empty_table()
     if not meta.get("closed"):
@@ -146,6 +144,23 @@ def _load_dir(path: Path):
 
 
 
+
+
+def _check_listing(p: Path, t: pa.Table, entry: dict) -> None:
+    """A part must hold what the metadata listed for it: a part of another trace
+    (or an older part) copied under a listed name differs in its rows or ids."""
+    rows = entry.get("rows")
+    if rows is not None and rows != t.num_rows:
+        raise TraceFormatError(f"{p}: holds {t.num_rows} events, {META_FILE} says {rows} (trace damaged)")
+    if not t.num_rows:
+        return
+    ids = t.column("event_id")
+    got = {"first_event_id": int(pc.min(ids).as_py()), "last_event_id": int(pc.max(ids).as_py())}
+    for k, v in got.items():
+        if entry.get(k) is not None and entry[k] != v:
+            raise TraceFormatError(
+                f"{p}: {k.replace('_', ' ')} is {v}, {META_FILE} says {entry[k]} (a part of another trace, or damaged)"
+            )
 
 
 def load_table(path) -> tuple[pa.Table, dict]:
@@ -175,6 +190,10 @@ def load(path):
     Columns and dtypes are those of vfstrace.events (NUMPY_DTYPES);
     ``df.attrs["meta"]`` is the metadata, with ``notes`` listing anything the
     loader had to work around (half-written files, an unclean stop).
+
+    A trace whose event ids repeat is refused (TraceFormatError): verdicts
+    cite events by id, so such a trace cannot be judged, and every command
+    would otherwise fail on it later with a less useful message.
     """
     path = Path(path)
     _stat(path)
@@ -182,6 +201,9 @@ def load(path):
     df = _frame(table)
     del table
     if df.attrs.pop("_dup_ids", False):
-        meta["notes"].append("event ids are not unique")
+        ids = df["event_id"].to_numpy()
+        dup = int(ids[1:][ids[1:] == ids[:-1]][0])
+        raise TraceFormatError(f"{path}: event ids are not unique (id {dup} is on more than one event): "
+                               "not a valid trace")
     df.attrs["meta"] = meta
     return df

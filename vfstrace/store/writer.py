@@ -27,6 +27,8 @@ from vfstrace.store.files import (
     _atomic_write_bytes,
     _is_jsonl,
     _now_iso,
+    make_private_dir,
+    open_private,
 )
 from vfstrace.store.jsonl import write_jsonl
 from vfstrace.store.table import to_table
@@ -61,8 +63,10 @@ class TraceWriter:
         chunk_events: int = 65536,
         flush_seconds: float = 1.0,
         overwrite: bool = False,
+        shared: bool = False,
     ):
         self.path = Path(path)
+        self.shared = bool(shared)  # 0750/0640 instead of 0700/0600 (vfstrace/store/files.py says why)
         if chunk_events <= 0:
             raise VfstraceError("chunk_events must be positive")
         self.chunk_events = int(chunk_events)
@@ -79,7 +83,7 @@ class TraceWriter:
                 else:
                     raise VfstraceError(f"{self.path}: holds {p.name}, not a trace; refusing to overwrite")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path, shared=self.shared)
         except OSError as e:
             raise VfstraceError(f"{self.path}: cannot create trace directory: {e.strerror}") from None
         self.meta = {
@@ -214,13 +218,14 @@ class TraceWriter:
             final = self.path / name
             tmp = self.path / ("." + name + ".tmp")
             try:
-                with open(tmp, "wb") as f:
+                with open_private(tmp, shared=self.shared) as f:
                     pq.write_table(
                         t,
                         f,
                         row_group_size=max(self.chunk_events, 1),
                         compression=PARQUET_COMPRESSION,
                         compression_level=PARQUET_COMPRESSION_LEVEL,
+                        write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
                     )
                     f.flush()
                     os.fsync(f.fileno())
@@ -247,12 +252,13 @@ class TraceWriter:
         m = dict(self.meta)
         m["lost_per_cpu"] = {str(k): v for k, v in sorted(m["lost_per_cpu"].items())}
         try:
-            _atomic_write_bytes(self.path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode())
+            _atomic_write_bytes(self.path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode(),
+                                shared=self.shared)
         except OSError as e:
             raise VfstraceError(f"{self.path / META_FILE}: cannot write: {e.strerror}") from None
 
 
-def save(df, path, meta: dict | None = None, *, overwrite: bool = False) -> int:
+def save(df, path, meta: dict | None = None, *, overwrite: bool = False, shared: bool = False) -> int:
     """Write a whole DataFrame as a trace: a ``.jsonl`` file or a trace directory."""
     path = Path(path)
     if meta is None:
@@ -260,9 +266,10 @@ def save(df, path, meta: dict | None = None, *, overwrite: bool = False) -> int:
     if _is_jsonl(path):
         if path.exists() and not overwrite:
             raise VfstraceError(f"{path}: already exists (choose another name)")
-        return write_jsonl(df, path, meta)
+        return write_jsonl(df, path, meta, shared=shared)
     keep = {k: v for k, v in meta.items() if k not in ("notes", "parts", "events", "closed", "schema_version")}
-    with TraceWriter(path, meta=keep, chunk_events=max(len(df), 1), flush_seconds=1e9, overwrite=overwrite) as w:
+    with TraceWriter(path, meta=keep, chunk_events=max(len(df), 1), flush_seconds=1e9, overwrite=overwrite,
+                     shared=shared) as w:
         w.write(df)
         # The source's end time and closed state describe the recording, not this copy.
         end = {k: meta[k] for k in ("end_time", "end_monotonic_ns") if meta.get(k) is not None}
@@ -271,5 +278,5 @@ def save(df, path, meta: dict | None = None, *, overwrite: bool = False) -> int:
         m.update(end)
         if "closed" in meta:
             m["closed"] = bool(meta["closed"])
-        _atomic_write_bytes(path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode())
+        _atomic_write_bytes(path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode(), shared=shared)
     return len(df)
