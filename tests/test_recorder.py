@@ -167,3 +167,23 @@ def test_writer_refuses_ids_that_would_repeat(tmp_path):
         w.write(df.assign(event_id=np.arange(1, 11, dtype=np.uint64)))
         with pytest.raises(ValueError, match="one owner"):
             w.write(df.assign(event_id=np.arange(5, 15, dtype=np.uint64)))
+
+
+@pytest.mark.live
+def test_live_verdicts_equal_analyze_on_this_kernel(tmp_path):
+    """`record` on the running kernel: the verdicts it counted live are the verdicts of the trace it wrote."""
+    from conftest import need_tracing
+
+    need_tracing()
+    trace = tmp_path / "live.vft"
+    r = _cli("record", "--json", "-o", str(trace), "--", sys.executable, "-m", "vfstrace.cli", "stress", "-d", "6",
+             "--churn", "--files", "200", "-j", "1", "--pressure", "none", "--workdir", "/var/tmp")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    df = load(trace)
+    assert df["event_id"].is_unique
+    offline = correlate(df)["verdict"].value_counts().to_dict()
+    assert sum(offline.values()) > 0  # the churn's unlinks give failed lookups to judge
+    assert summary["verdicts"] == offline
+    lost = df[df["kind"] == int(Kind.LOST)]
+    assert summary["lost_total"] == int(lost["ret"].sum()) == read_meta(trace)["lost_total"]
