@@ -289,12 +289,9 @@ class KprobeTracer(Tracer):
     # -- compile / load / attach ------------------------------------------
 
     def _headers_env(self, verify_only: bool) -> None:
-        match = getattr(self.choice, "headers_match", "none")
-        hdr = getattr(self.choice, "headers", None)
-        if match == "exact" and hdr and hdr.endswith("kheaders.tar.xz"):
-            return  # libbcc unpacks /sys/kernel/kheaders.tar.xz itself
-        if match == "exact":
-            return
+        hdr = self.choice.headers
+        if self.choice.headers_match == "exact":
+            return  # libbcc finds them itself (and unpacks /sys/kernel/kheaders.tar.xz when that is what they are)
         if not verify_only:
             raise TierUnavailable(
                 f"the {self.tier} tier needs kernel headers matching {self.release} to compile its "

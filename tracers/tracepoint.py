@@ -265,9 +265,10 @@ class TracepointTracer(Tracer):
         release = os.uname().release
         if os.environ.get("BCC_KERNEL_SOURCE"):
             return
-        if getattr(self.choice, "headers_match", None) == "exact" or Path(f"/lib/modules/{release}/build").is_dir():
+        choice = self.choice  # None when built without doctor (tests, the bench): look for headers here
+        if (choice is not None and choice.headers_match == "exact") or Path(f"/lib/modules/{release}/build").is_dir():
             return  # libbcc finds the running kernel's own headers itself
-        headers = getattr(self.choice, "headers", None) or find_fallback_headers()
+        headers = (choice.headers if choice is not None else None) or find_fallback_headers()
         src = bcc_kernel_source(headers)
         if src is None:
             raise MissingDependency(

@@ -194,8 +194,8 @@ class Session:
                     "tier_reason": self.choice.reason,
                     "workload": " ".join(workload_argv) if workload_argv else None,
                     "filters": {"pid": self.options.pid, "comm": self.options.comm, "path_prefix": self.options.path_prefix},
-                    "headers": getattr(self.choice, "headers", None),
-                    "headers_match": getattr(self.choice, "headers_match", None),
+                    "headers": self.choice.headers,
+                    "headers_match": self.choice.headers_match,
                 },
             )
         from vfstrace.recorder import Recorder
@@ -259,7 +259,7 @@ class Session:
         finally:
             if proc is not None:  # an error mid-run: the workload must not outlive us
                 self.workload_rc = _stop_workload(proc, grace=5.0)
-            self.finish(argv)
+            self.finish()
         return self.summary()
 
     def _discard_empty_trace(self) -> None:
@@ -271,7 +271,7 @@ class Session:
         path, self.writer = self.writer.path, None
         shutil.rmtree(path, ignore_errors=True)
 
-    def finish(self, argv=None) -> None:
+    def finish(self) -> None:
         tracer = self.tracer
         if tracer is not None:
             try:

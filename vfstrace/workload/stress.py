@@ -277,6 +277,7 @@ class Stress:
         self.stat_errors = 0
         self.fast_stats = 0
         self.notices: list[str] = []
+        self.stop_reason: str | None = None
         self.session: Path | None = None
         self._procs: set[subprocess.Popen] = set()
         self.widen_ns = widen_ns
@@ -525,7 +526,7 @@ class Stress:
             "stat_errors": self.stat_errors,
             "fast_stat_calls": self.fast_stats,
             "notices": self.notices + ([self.pressure.notice] if self.pressure.notice else []),
-            "stop_reason": getattr(self, "stop_reason", None),
+            "stop_reason": self.stop_reason,
             "widen": self.widen_stats,
         }
 
