@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Soak: `vfstrace record --tier kprobe` for N minutes under a pruning storm, per kernel.
+
+Issue 16 item 2: the kprobe-tier recorder died with SIGSEGV 64 s into a
+stress run in a 5.10 guest. This boots each guest kernel under qemu and
+runs, inside, `vfstrace record --tier kprobe -- vfstrace stress --churn
+--pressure drop_caches` (parallel cp -a, a stat loop, unlink/rename churn
+and drop_caches in a loop, on the overlay root whose dentries prune) for
+--minutes, with Python's fault handler on (a native crash prints every
+thread's Python stack to the recorder's stderr, kept in the result).
+Sampled every --every seconds: the recorder's resident memory (VmRSS);
+at the end: its exit status (a signal is named), events and losses from
+its JSON summary, the stop reason, and the workload's exit.
+
+Printed side by side, one row per kernel, then each kernel's RSS series.
+Numbers only: nothing is asserted (a crash shows as the exit column).
+
+    .venv/bin/python bench/soak.py --minutes 10 --kernel all
+    .venv/bin/python bench/soak.py --minutes 1 --kernel all     # CI size
+    .venv/bin/python bench/soak.py --inside OUT --minutes 1     # on this kernel (needs kprobes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PY = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
+VFSTRACE = [PY, "-m", "vfstrace.cli"]
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "running"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit {rc}"
+
+
+def inside(out: Path, minutes: float, every: float) -> dict:
+    """Run the soak on the current kernel; the result also goes to OUT/soak.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path("/var/tmp/vt-soak")
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = minutes * 60
+    trace = out / "soak.trace"
+    argv = VFSTRACE + ["record", "--tier", "kprobe", "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
+        "stress", "-d", str(seconds), "--churn", "--pressure", "drop_caches", "--files", "1500", "-j", "3",
+        "--workdir", str(work), "--json"]
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    err_path = out / "record.stderr"
+    t0 = time.monotonic()
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=str(ROOT))
+        samples = []
+        # stdout is read at the end; the summary is one JSON document, small
+        while proc.poll() is None:
+            r = rss_kib(proc.pid)
+            if r is not None:
+                samples.append([round(time.monotonic() - t0, 1), round(r / 1024, 1)])
+            try:
+                proc.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                pass
+        stdout = proc.stdout.read()
+    wall = time.monotonic() - t0
+    res = {"kernel_release": os.uname().release, "minutes": minutes, "wall_s": round(wall, 1),
+           "returncode": proc.returncode, "exit": exit_text(proc.returncode), "rss_mib": samples,
+           "stderr_tail": err_path.read_text(errors="replace")[-4000:]}
+    try:
+        summ = json.loads(stdout[stdout.index("{"):]) if "{" in stdout else {}
+    except ValueError:
+        summ = {}
+    for k in ("events", "lost_total", "stop_reason", "workload_exit"):
+        res[k] = summ.get(k)
+    res["events_per_s"] = round(res["events"] / wall) if res.get("events") else None
+    res["kernel_counters"] = {k: v for k, v in (summ.get("kernel_counters") or {}).items()
+                              if k in ("walk", "prune", "emitted", "lost", "inflight_stale")}
+    (out / "soak.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def table(results: dict[str, dict]) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for kernel, r in results.items():
+        rss = [m for _, m in r.get("rss_mib") or []]
+        rows.append([kernel, r.get("kernel_release"), r.get("minutes"), r.get("exit"), r.get("events"),
+                     r.get("events_per_s"), r.get("lost_total"),
+                     f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f}" if rss else "-",
+                     r.get("stop_reason"), r.get("workload_exit")])
+    head = ["kernel", "release", "min", "recorder", "events", "events/s", "lost", "RSS MiB first/max/last",
+            "stop", "workload exit"]
+    out = [tabulate(rows, headers=head, disable_numparse=True)]
+    for kernel, r in results.items():
+        series = " ".join(f"{t:.0f}s:{m:.0f}" for t, m in (r.get("rss_mib") or []))
+        out.append(f"{kernel} RSS MiB over time: {series or '-'}")
+        if r.get("returncode") not in (0, None):
+            out.append(f"{kernel} recorder stderr (tail):\n{r.get('stderr_tail', '')[-1500:]}")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--kernel", default="all", help="VM kernel (5.10, 6.1, 6.12, or all)")
+    ap.add_argument("--every", type=float, default=None, help="seconds between RSS samples (default: minutes*3)")
+    ap.add_argument("--inside", metavar="OUT", help="run on this kernel, results in OUT")
+    a = ap.parse_args()
+    if not (0 < a.minutes <= 24 * 60):
+        ap.error("--minutes must be in (0, 1440]")
+    every = a.every or max(5.0, a.minutes * 3)
+    if a.inside:
+        print(json.dumps(inside(Path(a.inside), a.minutes, every)), flush=True)
+        return
+    from vfstrace import vm
+
+    results = {}
+    for kernel in (vm.SERIES if a.kernel == "all" else [a.kernel]):
+        out = ROOT / ".cache" / "soak" / kernel
+        argv = [PY, str(ROOT / "bench/soak.py"), "--inside", vm.GUEST_OUT, "--minutes", str(a.minutes),
+                "--every", str(every)]
+        t0 = time.monotonic()
+        try:
+            res = vm.run(kernel, argv, timeout=a.minutes * 60 + 1200, out_dir=out, cwd=str(ROOT))
+        except vm.VmError as e:
+            results[kernel] = {"exit": f"no result: {e}"}
+            continue
+        try:
+            results[kernel] = json.loads((out / "soak.json").read_text())
+        except (OSError, ValueError):
+            results[kernel] = {"exit": f"no soak.json (guest exit {res.returncode})",
+                               "stderr_tail": res.stderr[-2000:] + res.console[-2000:]}
+        results[kernel]["boot_wall_s"] = round(time.monotonic() - t0)
+        print(f"{kernel}: done in {results[kernel]['boot_wall_s']} s: {results[kernel].get('exit')}", flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
