@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from vfstrace import store
 from vfstrace.cli import main
 from vfstrace.errors import TraceFormatError
+from vfstrace.events import COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
 
 RACE = FIXTURES / "traces" / "race.jsonl"
 TIMEOUT_S = 20
@@ -482,9 +483,23 @@ json_values = st.recursive(
     max_leaves=8,
 )
 hostile_ints = st.sampled_from([-1, 2**63, 2**64 - 1, 2**64, 2**70, -(2**63) - 1, 10**30])
-hostile_text = st.sampled_from(["\x1b]0;owned\x07", "a\nb", "\u202eexe.txt", "\x00", "\x7f\x9b", "\udc80",
+hostile_text = st.sampled_from(["\x1b]0;owned\x07", "a\nb", "\u202eexe.txt", "\x00", "\x7f\x9b",
                                 "E" * 300, "-ENOENT", "0xffff", "rcu|negative", ""])
 COLUMN_NAMES = sorted({k for e in GOOD_EVENTS for k in e} | {"ino", "seq", "seq2", "op", "path", "dentry"})
+
+
+def _bounds(col: str) -> tuple[int, int]:
+    info = np.iinfo(NUMPY_DTYPES[col])
+    return int(info.min), int(info.max)
+
+
+@st.composite
+def typed_value(draw, col: str):
+    """A value of the right JSON type for ``col`` that is still hostile: edge integers, names a terminal acts on."""
+    if col in STRING_COLUMNS:
+        return draw(st.one_of(hostile_text, st.text(max_size=20)))
+    lo, hi = _bounds(col)
+    return draw(st.one_of(st.sampled_from([lo, hi, 0, 1, hi // 2]), st.integers(lo, hi)))
 
 
 @st.composite
@@ -500,20 +515,35 @@ def event_line(draw) -> bytes:
     if how == 3:
         return ('{"ts_ns": ' + "7" * draw(st.integers(1, 6000)) + "}").encode()
     ev = dict(draw(st.sampled_from(GOOD_EVENTS)))
+    if how <= 6:
+        del ev["event_id"]  # numbered by the loader, after the ids given: no duplicate to refuse
     for _ in range(draw(st.integers(0, 3))):
+        if how <= 6:  # well-typed but extreme: these must load and go through every command
+            col = draw(st.sampled_from([c for c in COLUMNS if c != "event_id"]))
+            ev[col] = draw(typed_value(col))
+            continue
         col = draw(st.sampled_from(COLUMN_NAMES + ["bogus"]))
-        ev[col] = draw(st.one_of(json_values, hostile_ints, hostile_text))
+        ev[col] = draw(st.one_of(json_values, hostile_ints, hostile_text, st.just("\udc80")))
     return json.dumps(ev, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
 
 
 @st.composite
 def jsonl_input(draw) -> bytes:
-    first = draw(st.one_of(st.just(META_LINE.encode()), event_line()))
-    lines = [first] + draw(st.lists(event_line(), max_size=6))
+    first = draw(st.integers(0, 9))
+    if first == 0:
+        head = draw(event_line())
+    elif first == 1:  # well-formed metadata whose text a terminal would act on
+        meta = {"schema_version": 1, "tier": draw(hostile_text), "host": draw(hostile_text),
+                "kernel_release": draw(st.text(max_size=10)), "notes": [draw(hostile_text)]}
+        head = json.dumps({"vfstrace_meta": meta}).encode()
+    else:
+        head = META_LINE.encode()
+    rest = draw(st.lists(event_line(), max_size=6))
     if draw(st.booleans()):
-        lines += [json.dumps(e).encode() for e in GOOD_EVENTS[: draw(st.integers(0, len(GOOD_EVENTS)))]]
-    draw(st.randoms()).shuffle(lines[1:]) if draw(st.booleans()) else None
-    return b"\n".join(lines) + b"\n"
+        rest += [json.dumps(e).encode() for e in GOOD_EVENTS[: draw(st.integers(0, len(GOOD_EVENTS)))]]
+    if draw(st.booleans()):
+        draw(st.randoms()).shuffle(rest)
+    return b"\n".join([head] + rest) + b"\n"
 
 
 def check_jsonl(data: bytes, work: Path, commands=COMMANDS) -> list[str]:

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""The hostile-trace suite at full size, and what its defences cost.
+
+Runs every directory corruption of tests/test_hostile_traces.py (80 named
+corruptions plus seeded byte flips: 86 by default), a bit flip at every
+byte of one part, and N fuzzed JSON Lines inputs (2,200 by default)
+through every reading command (analyze, report, export, convert,
+selftest --from-trace) in-process, and prints how many ran, how many were
+refused with exit 3, and the counts that must be zero: tracebacks, hangs,
+bad exits, silent changes. Then it times writing and reading parts with and
+without page checksums and full validation, side by side. Prints numbers;
+asserts nothing.
+
+    .venv/bin/python bench/hostile.py                       # 86 corruptions, 2,200 JSON Lines inputs
+    .venv/bin/python bench/hostile.py --jsonl 200 --quick   # a few minutes less
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import test_hostile_traces as h
+from hypothesis import HealthCheck, Phase, given, settings
+
+from vfstrace import store
+from vfstrace.errors import TraceFormatError
+
+
+class Tally:
+    def __init__(self):
+        self.inputs = self.runs = self.refused = self.accepted = 0
+        self.problems: collections.Counter = collections.Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, label: str, outcomes: list[h.Outcome], silent: bool = False):
+        self.inputs += 1
+        for o in outcomes:
+            self.runs += 1
+            p = o.problem()
+            if p:
+                kind = "hang" if o.hang else ("traceback" if "traceback" in p else "bad exit")
+                self.problems[kind] += 1
+                self.examples.setdefault(p, label)
+            elif o.exit_code == 3:
+                self.refused += 1
+            else:
+                self.accepted += 1
+        if silent:
+            self.problems["silent change"] += 1
+            self.examples.setdefault("silent change", label)
+
+    def line(self, name: str) -> str:
+        z = {k: self.problems.get(k, 0) for k in ("traceback", "hang", "bad exit", "silent change")}
+        return (f"{name:<22} {self.inputs:>7,} {self.runs:>8,} {self.refused:>8,} {self.accepted:>8,} "
+                + " ".join(f"{v:>10,}" for v in z.values()))
+
+
+def run_dirs(work: Path, flips: int) -> Tally:
+    base = h.write_base(work / "base.vft")
+    t = Tally()
+    for name, mutate in h.corruptions(flips=flips):
+        cw = Path(tempfile.mkdtemp(dir=work))
+        d = h.make_case(base, cw, mutate)
+        outs = [h.run_command(cmd, d, cw / "out") for cmd in h.COMMANDS]
+        silent = False
+        if getattr(mutate, "flip", False):
+            silent = _changed(d)
+        t.add(name, outs, silent)
+        shutil.rmtree(cw, ignore_errors=True)
+    return t
+
+
+def _changed(d: Path) -> bool:
+    try:
+        got = store.load(d)
+    except TraceFormatError:
+        return False
+    got.attrs = {}
+    return not got.equals(h.base_frame())
+
+
+def run_sweep(work: Path) -> tuple[int, int, int]:
+    """A bit flip at every byte of the middle part, loaded directly: (flips, refused, silent changes)."""
+    d = h.make_case(h.write_base(work / "sweep-base.vft"), work / "sweep", lambda d, w: None)
+    p = d / h.P1
+    good = p.read_bytes()
+    refused = silent = 0
+    for i in range(len(good)):
+        b = bytearray(good)
+        b[i] ^= 1 << (i % 8)
+        p.write_bytes(bytes(b))
+        try:
+            got = store.load(d)
+        except TraceFormatError:
+            refused += 1
+            continue
+        got.attrs = {}
+        silent += not got.equals(h.base_frame())
+    return len(good), refused, silent
+
+
+def run_jsonl(work: Path, n: int) -> Tally:
+    t = Tally()
+
+    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(data=h.jsonl_input())
+    def one(data):
+        cw = work / "jsonl"
+        shutil.rmtree(cw, ignore_errors=True)
+        cw.mkdir(parents=True)
+        p = cw / "fuzz.jsonl"
+        p.write_bytes(data)
+        t.add(repr(data[:120]), [h.run_command(cmd, p, cw / "out") for cmd in h.COMMANDS])
+
+    one()
+    return t
+
+
+def cost(work: Path, events: int, reps: int) -> None:
+    """Write and read one part of ``events`` rows with and without the defences, side by side."""
+    rng = np.random.default_rng(1)
+    df = h.base_frame().sample(events, replace=True, random_state=1).reset_index(drop=True)
+    df["event_id"] = np.arange(1, events + 1, dtype=np.uint64)
+    df["ts_ns"] = np.sort(rng.integers(1, 10**12, events)).astype(np.uint64)
+    t = store.to_table(df).replace_schema_metadata({b"vfstrace.schema_version": b"1"})
+    kw = {"compression": "zstd", "compression_level": 1, "row_group_size": events}
+    plain, crc = work / "plain.parquet", work / "crc.parquet"
+
+    def read_plain():
+        pq.ParquetFile(plain).read(use_threads=False)
+
+    def read_defended():
+        buf = pa.py_buffer(store.files.read_regular(crc))
+        tab = pq.ParquetFile(pa.BufferReader(buf), page_checksum_verification=True).read(use_threads=False)
+        tab.validate(full=True)
+
+    pq.write_table(t, plain, **kw)
+    pq.write_table(t, crc, write_page_checksum=True, **kw)
+    # Writes go to memory: the CPU cost of the checksums, not the disk's mood.
+    fns = {"w_plain": lambda: pq.write_table(t, pa.BufferOutputStream(), **kw),
+           "w_crc": lambda: pq.write_table(t, pa.BufferOutputStream(), write_page_checksum=True, **kw),
+           "r_plain": read_plain, "r_crc": read_defended}
+    best = {k: float("inf") for k in fns}
+    for _ in range(reps):  # interleaved, so a busy moment on a shared CPU hits both sides alike
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
+    w_plain, w_crc, r_plain, r_crc = best["w_plain"], best["w_crc"], best["r_plain"], best["r_crc"]
+    print(f"\ncost of the defences, one part of {events:,} events (best of {reps}, ms)")
+    print(f"{'':34} {'plain':>10} {'defended':>10} {'ratio':>7}")
+    print(f"{'write (zstd 1)':34} {w_plain:>10.2f} {w_crc:>10.2f} {w_crc / w_plain:>7.2f}  + page CRCs")
+    print(f"{'read':34} {r_plain:>10.2f} {r_crc:>10.2f} {r_crc / r_plain:>7.2f}  + regular-file check, CRCs, full validation")
+    print(f"{'file size (bytes)':34} {plain.stat().st_size:>10,} {crc.stat().st_size:>10,}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flips", type=int, default=6, help="seeded byte flips added to the 80 named corruptions")
+    ap.add_argument("--jsonl", type=int, default=2200, help="fuzzed JSON Lines inputs")
+    ap.add_argument("--cost-events", type=int, default=200_000)
+    ap.add_argument("--quick", action="store_true", help="skip the every-byte sweep; a smaller cost run")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vfstrace-hostile-") as tmp:
+        work = Path(tmp)
+        t0 = time.monotonic()
+        dirs = run_dirs(work, a.flips)
+        t1 = time.monotonic()
+        js = run_jsonl(work, a.jsonl)
+        t2 = time.monotonic()
+        hdr = (f"{'suite':<22} {'inputs':>7} {'runs':>8} {'exit 3':>8} {'ok':>8} "
+               f"{'tracebacks':>10} {'hangs':>10} {'bad exits':>10} {'silent':>10}")
+        print(hdr)
+        print(dirs.line("trace directories"))
+        print(js.line("fuzzed JSON Lines"))
+        print(f"(commands per input: {', '.join(h.COMMANDS)}; {t1 - t0:.0f} s and {t2 - t1:.0f} s)")
+        for p, label in list(dirs.examples.items()) + list(js.examples.items()):
+            print(f"  PROBLEM {p}  <- {label}")
+        if not a.quick:
+            n, refused, silent = run_sweep(work)
+            print(f"\nbit flip at every byte of {h.P1}: {n:,} flips, {refused:,} refused, "
+                  f"{n - refused - silent:,} loaded the original events, {silent:,} silent changes")
+        cost(work, a.cost_events if not a.quick else 20_000, 5 if a.quick else 15)
+
+
+if __name__ == "__main__":
+    main()
