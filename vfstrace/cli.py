@@ -7,6 +7,7 @@ exit code.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import sys
 
@@ -52,6 +53,12 @@ for _mod, _attr in COMMANDS:
 
 
 def main(argv=None):
+    # A crash in native code (libbcc, numpy, pyarrow) then prints every
+    # thread's Python stack on stderr, not only an exit status of 139.
+    try:
+        faulthandler.enable()
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr without a file descriptor (embedded, tests)
     try:
         rv = cli.main(args=argv, prog_name="vfstrace", standalone_mode=False)
     except VfstraceError as e:
