@@ -95,21 +95,8 @@ def _changed(d: Path) -> bool:
 def run_sweep(work: Path) -> tuple[int, int, int]:
     """A bit flip at every byte of the middle part, loaded directly: (flips, refused, silent changes)."""
     d = h.make_case(h.write_base(work / "sweep-base.vft"), work / "sweep", lambda d, w: None)
-    p = d / h.P1
-    good = p.read_bytes()
-    refused = silent = 0
-    for i in range(len(good)):
-        b = bytearray(good)
-        b[i] ^= 1 << (i % 8)
-        p.write_bytes(bytes(b))
-        try:
-            got = store.load(d)
-        except TraceFormatError:
-            refused += 1
-            continue
-        got.attrs = {}
-        silent += not got.equals(h.base_frame())
-    return len(good), refused, silent
+    n, refused, silent = h.flip_sweep(d, h.P1)
+    return n, refused, len(silent)
 
 
 def run_jsonl(work: Path, n: int) -> Tally:
