@@ -1,8 +1,15 @@
 """The one-sentence answer that watch, analyze and report begin with."""
 
+import json
+import os
+import re
+import shutil
 import subprocess
+import sys
 
-from conftest import FIXTURES, ROOT, need
+import pytest
+
+from conftest import FIXTURES, ROOT, need, need_tracing
 from vfstrace.report.answer import answer, first_paths
 from vfstrace.watch import render_summary
 
@@ -77,3 +84,28 @@ def test_analyze_and_report_begin_with_the_same_sentence():
     assert first[0] == first[1]
     # race.jsonl: one walk returned -ENOENT on a dentry its prune was tearing down; 3 events lost on cpu1.
     assert first[0].startswith("1 lookup/prune race seen:") and "3 kernel events lost" in first[0]
+
+
+@pytest.mark.live
+def test_watch_summary_begins_with_the_answer_live(tmp_path):
+    # A program of our own (a comm nothing else has) stats a name that does
+    # not exist five times; nothing removes or prunes it, so every failure
+    # is a plain miss and the answer is that no race was seen.
+    need_tracing()
+    exe = tmp_path / "vfsq-stat"
+    shutil.copy("/usr/bin/stat", exe)
+    missing = tmp_path / "no-such-file"
+    loop = f"for i in 1 2 3 4 5; do {exe} {missing} 2>/dev/null; done"
+    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "watch", "--json", "-c", exe.name, "-d", "60",
+                        "--", "sh", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "LC_ALL": "C"})
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["type"] == "summary" and summary["answer"].startswith("No lookup/prune race seen: ")
+    judged = int(re.search(r"seen: ([\d,]+) failed lookups?", summary["answer"]).group(1).replace(",", ""))
+    assert judged == sum(summary["verdicts"].values()) >= 5
+    assert f"({summary['tier']} tier" in summary["answer"]
+    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "watch", "-c", exe.name, "-d", "60",
+                        "--", "sh", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("No lookup/prune race seen: ")
