@@ -121,3 +121,23 @@ def test_perfetto_export_is_private(tmp_path):
     out = tmp_path / "p.json"
     run("export", "--perfetto", str(RACE), "-o", str(out))
     assert out.stat().st_size > 0 and mode(out) == 0o600
+
+
+@pytest.mark.parametrize("shared,dmode,fmode", [(False, 0o700, 0o600), (True, 0o750, 0o640)])
+def test_watch_and_record_sessions_write_private_traces(tmp_path, shared, dmode, fmode):
+    # watch/record's Session with a fake tracer (tests/test_recorder.py): the modes of a live recording.
+    import types
+
+    from test_recorder import LossyTracer, _events
+
+    from vfstrace.watch import Session
+
+    out = tmp_path / "s.vft"
+    sess = Session(output=str(out), duration=0.5, quiet_verdicts=True, shared=shared)
+    sess.choice = types.SimpleNamespace(tier="fake", reason="test", headers=None, headers_match=None)
+    sess.tracer = LossyTracer(_events())
+    sess.run()
+    assert mode(out) == dmode
+    files = list(out.iterdir())
+    assert any(f.name.startswith("part-") for f in files)
+    assert {mode(f) for f in files} == {fmode}

@@ -147,7 +147,7 @@ class Session:
     """
 
     def __init__(self, tier="auto", pid=None, comm=None, path_prefix=None, duration=None, output=None,
-                 as_json=False, quiet_verdicts=False, extra=None, ring_pages=256):
+                 as_json=False, quiet_verdicts=False, extra=None, ring_pages=256, shared=False):
         from vfstrace.options import TraceOptions
 
         self.tier = tier
@@ -155,6 +155,7 @@ class Session:
                                     extra=dict(extra or {})).validate()
         self.duration = duration
         self.output = output
+        self.shared = bool(shared)  # --shared: the trace 0750/0640 instead of 0700/0600
         self.as_json = as_json
         self.quiet_verdicts = quiet_verdicts
         self.verdict_counts: dict[str, int] = {}
@@ -197,6 +198,7 @@ class Session:
                     "headers": self.choice.headers,
                     "headers_match": self.choice.headers_match,
                 },
+                shared=self.shared,
             )
         from vfstrace.recorder import Recorder
 
@@ -336,9 +338,10 @@ def render_summary(s: dict) -> str:
 
 
 def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-         ring_pages=256):
+         ring_pages=256, shared=False):
     extra = {"stream_success": True} if stream_success else {}
-    sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra, ring_pages=ring_pages)
+    sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra, ring_pages=ring_pages,
+                   shared=shared)
     if os.geteuid() != 0 and not ebpf:
         raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
     tracer = sess.prepare()
@@ -381,6 +384,8 @@ _common = [
     click.option("--ebpf", is_flag=True, hidden=True, help="Print the final kernel program and exit."),
     click.option("--all-paths", "stream_success", is_flag=True,
                  help="Also stream successful path syscalls (tracepoint tier; a firehose)."),
+    click.option("--shared", is_flag=True,
+                 help="Let the trace's group read it (0750/0640); by default only its owner can (0700/0600)."),
 ]
 
 
@@ -398,8 +403,8 @@ _EXAMPLES = "\b\nExamples:" + __doc__.split("EXAMPLES", 1)[1]
 @click.option("-o", "--output", type=click.Path(), help="Also write the events to this trace directory.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload; stop when it ends.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, output, workload,
-              cmd):
+def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, shared, output,
+              workload, cmd):
     """Watch path lookups and dentry pruning live; print suspects as they happen.
 
     \b
@@ -408,7 +413,7 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_r
     trace (-o) and prints a summary of events, verdicts and lost events.
     """
     return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-                ring_pages)
+                ring_pages, shared)
 
 
 @click.command("record", epilog=_EXAMPLES)
@@ -416,8 +421,8 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_r
 @click.option("-o", "--output", type=click.Path(), required=True, help="Trace directory to write.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, output, workload,
-               cmd):
+def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, shared, output,
+               workload, cmd):
     """Record a trace while a command runs (or for -d SECONDS); stop when it exits.
 
     \b
@@ -425,4 +430,4 @@ def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_
     vfstrace record -o idle.trace -d 10
     """
     return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-                ring_pages)
+                ring_pages, shared)
