@@ -78,8 +78,8 @@ def answer(counts: dict | None, tier: str | None, *, lost: int = 0, first: dict 
     if not judged:
         return f"No lookup/prune race seen: no failed lookups to judge{lost_note} ({res})."
     if retried:
-        how = (f"none trusted a dentry being pruned ({retried:,} met a prune and the d_seq re-check "
-               "sent them back to ref-walk: the fix at work)")
+        how = (f"none trusted a dentry being pruned, and {retried:,} that met a prune "
+               f"{'was' if retried == 1 else 'were'} sent back to ref-walk by the d_seq re-check, the fix at work")
     else:
         how = "none while their dentry was being pruned"
     return f"No lookup/prune race seen: {_n(judged, 'failed lookup')}, {how}{lost_note} ({res})."
