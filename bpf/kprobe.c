@@ -307,7 +307,7 @@ static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 	fill_dentry(&e, dentry, 1);
 	e.ret = ok ? 0 : VFS_ECHILD;
 	if (s) {
-		e.flags |= s->flags;
+		e.flags |= s->flags | VFS_F_IN_WALK; /* the walk whose WALK_RETURN follows */
 		if (dentry && dentry == s->rcu_dentry)
 			e.seq = s->seq;
 	}

@@ -25,11 +25,12 @@ def trace(*rows):
     return df.astype({c: NUMPY_DTYPES[c] for c in COLUMNS})
 
 
-def walk(t0, *middle, ret=ENOENT, dentry=D, enter=True, name="f", path="/d/f"):
+def walk(t0, *middle, ret=ENOENT, dentry=D, enter=True, name="f", path="/d/f", found_ino=7):
     rows = []
     if enter:
         rows.append((t0, Kind.WALK_ENTER, dict(parent=P, name=name, path=path, flags=RCU)))
-    rows.append((t0 + 0.1, Kind.LOOKUP_RETURN, dict(dentry=dentry, parent=P, ino=7, flags=RCU)))
+    rows.append((t0 + 0.1, Kind.LOOKUP_RETURN, dict(dentry=dentry, parent=P, ino=found_ino,
+                                                    flags=RCU | (0 if found_ino else int(Flag.NEGATIVE)))))
     rows += list(middle)
     rows.append((t0 + 10, Kind.WALK_RETURN, dict(dentry=dentry, parent=P, ret=ret, flags=RCU | int(Flag.NEGATIVE))))
     return rows
@@ -65,7 +66,9 @@ def test_prune_inside_walk_without_recheck_is_a_race_citing_its_evidence():
 
 
 def test_seq_check_failure_makes_it_retried_and_echild_return_is_retried():
-    rows = by_time(walk(100, (106, Kind.SEQ_CHECK, dict(op=Op.STEP_INTO, dentry=D, ret=ECHILD))) + prune(103))
+    # The tracer copies the walk state's flags into a re-check inside a walk (IN_WALK).
+    rows = by_time(walk(100, (106, Kind.SEQ_CHECK, dict(op=Op.STEP_INTO, dentry=D, ret=ECHILD,
+                                                        flags=RCU | int(Flag.IN_WALK)))) + prune(103))
     df = trace(*rows)
     v = verdict_of(df)
     assert v.verdict == "retried"
@@ -80,9 +83,13 @@ def test_namespace_operation_explains_the_enoent():
     v = verdict_of(df)
     assert v.verdict == "explained"
     assert int(df[df["kind"] == Kind.NS_OP]["event_id"].iloc[0]) in v.evidence
-    # rename over the name: matched through path2's last component
+    # rename g onto f: d_move() replaces f's dentry atomically, f exists throughout, so the
+    # prune of the old f (the replaced target) under a walk that answers -ENOENT is the race.
     ren = (104, Kind.NS_OP, dict(op=Op.RENAME, path="/d/g", path2="/d/f", parent=P, name="g", dentry=D2, tid=80))
-    assert verdict_of(trace(*by_time(walk(100) + prune(103) + [ren]))).verdict == "explained"
+    assert verdict_of(trace(*by_time(walk(100) + prune(103) + [ren]))).verdict == "race"
+    # rename f away (to g): the name f is gone, that explains it.
+    away = (104, Kind.NS_OP, dict(op=Op.RENAME, path="/d/f", path2="/d/g", parent=P, name="f", dentry=D, tid=80))
+    assert verdict_of(trace(*by_time(walk(100) + prune(103) + [away]))).verdict == "explained"
     # mkdir does not remove a name: not an explanation
     mk = (104, Kind.NS_OP, dict(op=Op.MKDIR, path="/d/f", parent=P, name="f", tid=80))
     assert verdict_of(trace(*by_time(walk(100) + [mk]))).verdict == "absent"

@@ -14,7 +14,7 @@ SMALL = dict(duration_ns=3_000_000)
 
 @pytest.fixture(scope="module")
 def buggy():
-    return simulate(11, semantics="buggy", loss_rate=0.005, **SMALL)
+    return simulate(11, semantics="buggy", loss_rate=0.01, **SMALL)
 
 
 @pytest.fixture(scope="module")

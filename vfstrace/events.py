@@ -26,6 +26,9 @@ SEQ_CHECK
     A d_seq re-check site ran on ``tid`` (``op`` names the site, e.g.
     try_to_unlazy). ``ret`` 0: the sampled sequence still held; -ECHILD: it
     changed and the walk dropped out of RCU mode to retry.
+    ``flags & IN_WALK``: it ran inside a walk_component() call (the walk
+    whose WALK_RETURN follows on ``tid``); without it, it belongs to a
+    lookup whose last walk succeeded (complete_walk and the like).
 PRUNE
     Dentry teardown began (dentry_kill / __dentry_kill entry): ``dentry``,
     ``parent``, ``ino``, ``name``, ``seq``.
@@ -139,6 +142,7 @@ class Flag(enum.IntFlag):
 
 
 # Column order is part of the format; see docs/trace-format.md.
+    IN_WALK = 128  # SEQ_CHECK: ran inside a walk_component() call (the tracer held that walk's state)
 ARROW_SCHEMA = pa.schema(
     [
         ("event_id", pa.uint64()),

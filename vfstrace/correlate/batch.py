@@ -15,7 +15,7 @@ from vfstrace.correlate.syscall import (
     judge_syscalls,
     judged_syscalls,
     neighbours,
-    successes,
+    presences,
 )
 from vfstrace.correlate.walk import (
     BOUNDARY_KINDS,
@@ -27,7 +27,10 @@ from vfstrace.correlate.walk import (
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
 
-VERDICT_COLUMNS = ["event_id", "verdict", "ts_ns", "tid", "pid", "comm", "dentry", "name", "path", "evidence", "reason"]
+# ``overlap``: a prune of the walk's own dentry (same incarnation) overlapped
+# it -- what a selftest counts; docs/verdicts.md has the table of verdicts.
+VERDICT_COLUMNS = ["event_id", "verdict", "ts_ns", "tid", "pid", "comm", "dentry", "name", "path", "evidence", "reason",
+                   "overlap"]
 VERDICTS = ("race", "retried", "explained", "absent", "uncertain", "transient")
 # Verdicts whose events deserve a look, most alarming first: race, uncertain
 # and transient may be the bug; retried is the fixed kernel's re-check seen
@@ -72,7 +75,7 @@ def empty_verdicts() -> pd.DataFrame:
         "event_id": np.zeros(0, np.uint64), "verdict": np.zeros(0, object), "ts_ns": np.zeros(0, np.uint64),
         "tid": np.zeros(0, np.uint32), "pid": np.zeros(0, np.uint32), "comm": np.zeros(0, object),
         "dentry": np.zeros(0, np.uint64), "name": np.zeros(0, object), "path": np.zeros(0, object),
-        "evidence": np.zeros(0, object), "reason": np.zeros(0, object),
+        "evidence": np.zeros(0, object), "reason": np.zeros(0, object), "overlap": np.zeros(0, bool),
     })
 
 
@@ -122,25 +125,47 @@ def _finish(parts) -> pd.DataFrame:
     return out
 
 
-def correlate(df: pd.DataFrame, windows: Windows | None = None, **kw) -> pd.DataFrame:
+def unplaced_losses(df, lost_total=None) -> int:
+    """Lost events the trace reports (metadata ``lost_total``) beyond what its LOST records place in time."""
+    if lost_total is None:
+        meta = getattr(df, "attrs", {}).get("meta") or {}
+        lost_total = meta.get("lost_total")
+    try:
+        total = int(lost_total or 0)
+    except (TypeError, ValueError):
+        raise VfstraceError(f"trace metadata lost_total is not a number: {lost_total!r}") from None
+    if total <= 0 or "kind" not in df.columns:
+        return 0
+    placed = int(df.loc[df["kind"].to_numpy() == Kind.LOST, "ret"].clip(lower=0).sum()) if "ret" in df.columns else 0
+    return max(0, total - placed)
+
+
+def correlate(df: pd.DataFrame, windows: Windows | None = None, *, unplaced_lost: int | None = None,
+              **kw) -> pd.DataFrame:
     """Verdicts for every judged event in ``df`` (see the module docstring), sorted by event_id.
 
     ``windows`` (or keyword overrides of its fields, e.g. ``skew_ns=50_000``)
-    sets the time windows.
+    sets the time windows. ``unplaced_lost`` is the number of lost events no
+    LOST record places in time; by default, what ``df.attrs["meta"]``
+    reports beyond the LOST records (a trace whose metadata counted drops the
+    recorder could not stamp): then no verdict may rest on a window being
+    complete (``race``/``absent``/``transient`` become ``uncertain``).
     """
     win = (windows or Windows())
     if kw:
         win = Windows(**{**asdict(win), **kw})
     win.check()
+    if unplaced_lost is None:
+        unplaced_lost = unplaced_losses(df) if isinstance(df, pd.DataFrame) else 0
     df = _prepare(df)
     kind = df["kind"].to_numpy()
     W = df.loc[np.isin(kind, WALK_KINDS)]
     E = df.loc[np.isin(kind, _EVIDENCE_KINDS)]
     J, _ = walk_segments(W.reset_index(drop=True), win)
-    vw = judge_walks(J, E, win)
+    vw = judge_walks(J, E, win, unplaced_lost)
     js = judged_syscalls(df)
     vs = None
     if js.any():
-        S = neighbours(df.loc[js], df.loc[successes(df), ["event_id", "ts_ns", "path"]], win)
-        vs = judge_syscalls(S, E, win)
+        S = neighbours(df.loc[js], presences(df), win)
+        vs = judge_syscalls(S, E, win, unplaced_lost)
     return _finish([vw, vs])

@@ -20,7 +20,7 @@ from vfstrace.correlate.syscall import (
     judge_syscalls,
     judged_syscalls,
     neighbours,
-    successes,
+    presences,
 )
 from vfstrace.correlate.walk import WALK_KINDS, judge_walks, walk_segments
 from vfstrace.errors import VfstraceError
@@ -38,7 +38,8 @@ class StreamingCorrelator:
     never changes them.
     """
 
-    def __init__(self, windows: Windows | None = None, *, reorder_ns: int = 100_000_000, **kw):
+    def __init__(self, windows: Windows | None = None, *, reorder_ns: int = 100_000_000, unplaced_lost: int = 0,
+                 **kw):
         win = windows or Windows()
         if kw:
             win = Windows(**{**asdict(win), **kw})
@@ -46,6 +47,9 @@ class StreamingCorrelator:
         if reorder_ns < 0:
             raise VfstraceError("reorder_ns must not be negative")
         self.reorder_ns = int(reorder_ns)
+        # Losses no LOST record places (see correlate()): a live recorder
+        # stamps each drop, so this is for replaying stored traces.
+        self.unplaced_lost = int(unplaced_lost)
         self._open = None  # walk rows of walks still in flight
         self._pending_walks = None  # judged walk summaries waiting for their window
         self._pending_sc = None  # judged syscalls (with before/after) waiting
@@ -91,20 +95,12 @@ class StreamingCorrelator:
         mx = int(df["ts_ns"].to_numpy().max())
         self._max_ts = mx if self._max_ts is None else max(self._max_ts, mx)
         kind = df["kind"].to_numpy()
-        win = self.win
         safe = self._safe()
 
         # Walks: carried rows of walks in flight + this chunk's walk rows.
         W = self._cat(self._open, df.loc[np.isin(kind, WALK_KINDS)])
         if W is not None and len(W):
-            J, open_mask = walk_segments(W, win)
-            op = W.loc[open_mask]
-            # A walk row this old can no longer be inside any future walk's window.
-            old = op["ts_ns"].to_numpy().astype(np.int64) < safe - win.max_walk_ns
-            self._evicted += int(old.sum())
-            self._open = op.loc[~old].reset_index(drop=True)
-            if len(J):
-                self._pending_walks = self._cat(self._pending_walks, J)
+            self._segment(W, safe)
         self._evidence = self._cat(self._evidence, df.loc[np.isin(kind, _EVIDENCE_KINDS)])
         js = judged_syscalls(df)
         if js.any():
@@ -113,17 +109,34 @@ class StreamingCorrelator:
                 S[c] = np.int64(-1)
             S["before_done"] = False
             self._pending_sc = self._cat(self._pending_sc, S)
-        sm = successes(df)
-        if sm.any():
-            self._succ = self._cat(self._succ, df.loc[sm, ["event_id", "ts_ns", "path"]])
+        pr = presences(df)
+        if len(pr):
+            self._succ = self._cat(self._succ, pr)
         out = self._judge(safe)
         self._trim(safe)
         self._peak = max(self._peak, self._state_rows())
         return out
 
+    def _segment(self, W, safe, final=False):
+        """Cut walk rows into walks; rows not yet ``safe`` wait (a task's
+        earlier event may still arrive from another CPU's buffer)."""
+        win = self.win
+        late = np.zeros(len(W), dtype=bool) if final else W["ts_ns"].to_numpy().astype(np.int64) >= safe
+        ready = W.loc[~late]
+        J, open_mask = walk_segments(ready.reset_index(drop=True), win)
+        op = ready.loc[open_mask]
+        # A walk row this old can no longer be inside any future walk's window.
+        old = op["ts_ns"].to_numpy().astype(np.int64) < safe - win.max_walk_ns
+        self._evicted += int(old.sum())
+        self._open = self._cat(op.loc[~old].reset_index(drop=True), W.loc[late])
+        if len(J):
+            self._pending_walks = self._cat(self._pending_walks, J)
+
     def finish(self) -> pd.DataFrame:
         if self._finished:
             return empty_verdicts()
+        if self._open is not None and len(self._open):
+            self._segment(self._open, self._safe(final=True), final=True)
         out = self._judge(self._safe(final=True), final=True)
         self._finished = True
         self._open = self._pending_walks = self._pending_sc = self._evidence = self._succ = None
@@ -159,7 +172,7 @@ class StreamingCorrelator:
         if pw is not None and len(pw):
             done = (pw["ts_ns"].to_numpy().astype(np.int64) + win.walk_forward_ns < safe) | final
             if done.any():
-                parts.append(judge_walks(pw.loc[done].reset_index(drop=True), E, win))
+                parts.append(judge_walks(pw.loc[done].reset_index(drop=True), E, win, self.unplaced_lost))
                 self._pending_walks = pw.loc[~done].reset_index(drop=True)
         ps = self._pending_sc
         if ps is not None and len(ps):
@@ -184,7 +197,7 @@ class StreamingCorrelator:
             bd = ps["before_done"].to_numpy()
             done = bd & ((final_at(ps, win) < safe) | final)
             if done.any():
-                parts.append(judge_syscalls(ps.loc[done].reset_index(drop=True), E, win))
+                parts.append(judge_syscalls(ps.loc[done].reset_index(drop=True), E, win, self.unplaced_lost))
             self._pending_sc = ps.loc[~done].reset_index(drop=True)
         out = _finish(parts)
         self._emitted += len(out)

@@ -10,6 +10,21 @@ whole columns; Python loops only run over judged rows, which are rare.
 The judged event is the ``WALK_RETURN`` (walk_component's outcome) with ret
 -ENOENT or -ECHILD; ``LOOKUP_RETURN`` is evidence (the dentry found, an
 -ECHILD from lookup_fast) but never judged, so no lookup is counted twice.
+
+What ties evidence to a walk is the state it carries, never its place in a
+stream (docs/verdicts.md has the table):
+
+* a task's walk events are put in time order (per-CPU buffers deliver them
+  grouped by CPU, so event ids are not the task's order);
+* a ``SEQ_CHECK`` belongs to a walk only if it ran inside one (``IN_WALK``,
+  or ``RCU`` in traces recorded before that flag existed: the tracer copies
+  the walk state's flags into it) and names the walk's dentry, its parent
+  or none: complete_walk() and the other re-checks outside walk_component()
+  belong to a lookup whose last component succeeded, not to the next walk;
+* "same incarnation" of a dentry address is decided by time: a D_ALLOC or
+  D_FREE at the address between the walk and the prune separates them;
+* a name is the component up to the first '/': the kprobe tier reads
+  ``nd->last`` as a string, which runs on to the end of the path.
 """
 
 from __future__ import annotations
@@ -17,21 +32,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vfstrace.events import ECHILD, ENOENT, Flag, Kind, Op, op_name
+from vfstrace.correlate.identity import component, group_lists, own_rechecks, removals, same_incarnation
+from vfstrace.events import ECHILD, ENOENT, Flag, Kind, op_name
 
 WALK_KINDS = np.array([Kind.WALK_ENTER, Kind.WALK_RETURN, Kind.LOOKUP_ENTER, Kind.LOOKUP_RETURN, Kind.SEQ_CHECK],
                       dtype=np.uint8)
 PRUNE_KINDS = np.array([Kind.PRUNE, Kind.UNHASH, Kind.IPUT], dtype=np.uint8)
 BOUNDARY_KINDS = np.array([Kind.D_FREE, Kind.D_ALLOC], dtype=np.uint8)
-# Namespace operations that make a name go away (and so explain an -ENOENT).
-REMOVING_OPS = np.array([Op.UNLINK, Op.RMDIR, Op.RENAME], dtype=np.uint16)
 
 _WR, _WE, _LE, _LR, _SC = (int(Kind.WALK_RETURN), int(Kind.WALK_ENTER), int(Kind.LOOKUP_ENTER),
                            int(Kind.LOOKUP_RETURN), int(Kind.SEQ_CHECK))
 _BIG = np.iinfo(np.int64).max
+# SEQ_CHECK flags that say it ran inside a walk_component() call (the tracer
+# copied the walk state's flags): IN_WALK, or RCU in older traces.
+_IN_WALK_FLAGS = int(Flag.IN_WALK) | int(Flag.RCU)
 
 J_COLUMNS = ["event_id", "ts_ns", "start", "first_id", "tid", "pid", "comm", "ret", "flags", "dentry", "parent",
-             "name", "path", "retry_ids"]
+             "name", "path", "retry_ids", "found_ino"]
 
 
 def _reduce_last(mask, seg_starts, n):
@@ -55,12 +72,18 @@ def walk_segments(W: pd.DataFrame, win):
     if n == 0:
         return pd.DataFrame({c: [] for c in J_COLUMNS}), np.zeros(0, dtype=bool)
     tid0 = W["tid"].to_numpy()
-    order = np.argsort(tid0, kind="stable")
+    ts0 = W["ts_ns"].to_numpy().astype(np.int64)
+    eid0 = W["event_id"].to_numpy().astype(np.int64)
+    # A task runs one walk at a time: its events in time order (ids break ties).
+    order = np.lexsort((eid0, ts0, tid0))
     tid = tid0[order]
     kind = W["kind"].to_numpy()[order]
     ret = W["ret"].to_numpy()[order]
-    ts = W["ts_ns"].to_numpy().astype(np.int64)[order]
-    eid = W["event_id"].to_numpy().astype(np.int64)[order]
+    ts = ts0[order]
+    eid = eid0[order]
+    flg = W["flags"].to_numpy()[order]
+    # Re-checks that ran outside any walk_component() call are no walk's.
+    outside = (kind == _SC) & ((flg & _IN_WALK_FLAGS) == 0)
     is_wr = kind == _WR
     boundary = np.ones(n, dtype=bool)
     boundary[1:] = (tid[1:] != tid[:-1]) | is_wr[:-1]
@@ -75,12 +98,12 @@ def walk_segments(W: pd.DataFrame, win):
     if not judged.any():
         return pd.DataFrame({c: [] for c in J_COLUMNS}), open_mask
     end_ts = ts[seg_ends]
-    valid = (ts >= end_ts[seg] - win.max_walk_ns) & ~is_wr & judged[seg]
+    valid = (ts >= end_ts[seg] - win.max_walk_ns) & ~is_wr & judged[seg] & ~outside
     first_ts = np.minimum.reduceat(np.where(valid, ts, _BIG), seg_starts)
     first_id = np.minimum.reduceat(np.where(valid, eid, _BIG), seg_starts)
-    retry = valid & (ret == ECHILD) & ((kind == _SC) | (kind == _LR))
     dent = W["dentry"].to_numpy()[order]
     last_lr = _reduce_last(valid & (kind == _LR) & (dent != 0), seg_starts, n)
+    retry = own_rechecks(valid, kind, ret, dent, W["parent"].to_numpy()[order], seg, seg_ends, last_lr)
     # The walk's entry: prefer one in the directory the return names. With
     # clock skew, a task that migrated mid-walk can have events of its
     # previous component stamped after this one's entry.
@@ -105,6 +128,10 @@ def walk_segments(W: pd.DataFrame, win):
     take = (d == 0) & (lr >= 0)
     d[take] = dent[lr[take]]
     J["dentry"] = d
+    # The inode the walk's lookup found (lookup_fast's return, where the tier
+    # streams it): 0 a negative dentry, -1 unknown.
+    lr_ok = (lr >= 0) & (dent[np.maximum(lr, 0)] == d)
+    J["found_ino"] = np.where(lr_ok, W["ino"].to_numpy().astype(np.int64)[order][np.maximum(lr, 0)], -1)
     # Parent and name: the return's own, else the walk's entry event.
     en = last_en[js]
     par = J["parent"].to_numpy().copy()
@@ -133,31 +160,6 @@ def walk_segments(W: pd.DataFrame, win):
             retry_ids[p].append(e)
     J["retry_ids"] = retry_ids
     return J[J_COLUMNS], open_mask
-
-
-def _between_counts(B_dentry, B_id, d, lo, hi):
-    """How many boundary rows (D_FREE/D_ALLOC) at address d have lo < id < hi."""
-    if len(B_dentry) == 0 or len(d) == 0:
-        return np.zeros(len(d), dtype=np.int64)
-    ud = np.unique(B_dentry)
-    r = np.searchsorted(ud, B_dentry).astype(np.int64)
-    keys = np.sort((r << 40) | B_id.astype(np.int64))
-    rq = np.searchsorted(ud, d)
-    rq_c = np.minimum(rq, len(ud) - 1)
-    present = ud[rq_c] == d
-    rq_c = rq_c.astype(np.int64)
-    lo_k = (rq_c << 40) | lo.astype(np.int64)
-    hi_k = (rq_c << 40) | hi.astype(np.int64)
-    cnt = np.searchsorted(keys, hi_k, "left") - np.searchsorted(keys, lo_k, "right")
-    return np.where(present, np.maximum(cnt, 0), 0)
-
-
-def _same_incarnation(pairs, B, a_id, b_id):
-    """True where no D_FREE/D_ALLOC at the address lies between the two events."""
-    lo = np.minimum(pairs[a_id].to_numpy(np.int64), pairs[b_id].to_numpy(np.int64))
-    hi = np.maximum(pairs[a_id].to_numpy(np.int64), pairs[b_id].to_numpy(np.int64))
-    cnt = _between_counts(B["dentry"].to_numpy(), B["event_id"].to_numpy(), pairs["dentry"].to_numpy(), lo, hi)
-    return cnt == 0
 
 
 def _window_join(Jk, P, ts_col, tol):
@@ -202,31 +204,13 @@ def _window_join(Jk, P, ts_col, tol):
     return pd.concat([left, right], axis=1)
 
 
-def _group_lists(jrow, ids, n):
-    out = [[] for _ in range(n)]
-    for j, e in zip(jrow.tolist(), ids.tolist()):
-        out[j].append(e)
-    return out
+def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -> pd.DataFrame:
+    """Verdicts for judged walks ``J`` (from :func:`walk_segments`) given evidence rows ``E``.
 
-
-def _component_path(path, name):
-    """The prefix of ``path`` that ends at the component ``name`` ("" if not in it)."""
-    if not path or not name or path[0] != "/":
-        return ""
-    parts = path.split("/")
-    try:
-        i = parts.index(name, 1)
-    except ValueError:
-        return ""
-    return "/".join(parts[: i + 1])
-
-
-def _basename(p):
-    return p.rsplit("/", 1)[-1] if p else ""
-
-
-def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
-    """Verdicts for judged walks ``J`` (from :func:`walk_segments`) given evidence rows ``E``."""
+    ``unplaced_lost``: events the trace says were lost (its metadata) that no
+    LOST record places in time; then no window is known to be complete and
+    no walk is ``race`` or ``absent`` (``uncertain``, with that reason).
+    """
     n = len(J)
     if n == 0:
         return None
@@ -235,17 +219,19 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
     end = J["ts_ns"].to_numpy().astype(np.int64)
     jid = J["event_id"].to_numpy().astype(np.int64)
     jd = J["dentry"].to_numpy()
-    jname = J["name"].to_numpy(dtype=object)
+    # Joined on the component (see component()); shown as recorded.
+    jname = np.array([component(x) for x in J["name"].tolist()], dtype=object)
     jparent = J["parent"].to_numpy()
     tol = win.skew_ns
     Jk = pd.DataFrame({"jrow": np.arange(n), "jid": jid, "start": start, "end": end, "dentry": jd,
                        "parent": jparent, "name": jname})
-    B = E.loc[np.isin(ekind, BOUNDARY_KINDS), ["event_id", "dentry"]]
+    B = E.loc[np.isin(ekind, BOUNDARY_KINDS), ["event_id", "ts_ns", "kind", "dentry"]]
 
     # --- prunes of the same dentry (same incarnation) overlapping the walk ---
     P = E.loc[np.isin(ekind, PRUNE_KINDS), ["event_id", "ts_ns", "kind", "dentry", "parent", "ino", "name"]]
     P = P.rename(columns={"event_id": "pid_", "ts_ns": "pts", "kind": "pkind", "parent": "pparent", "ino": "pino",
                           "name": "pname"})
+    P["pname"] = pd.Series([component(x) for x in P["pname"].tolist()], index=P.index, dtype=object)
     by_d = _window_join(Jk[jd != 0], P[P["dentry"] != 0], "pts", tol)
     pj = Jk[(jd == 0) & (jparent != 0) & (jname != "")]
     by_pn = pj.merge(P, left_on=["parent", "name"], right_on=["pparent", "pname"], suffixes=("", "_p"))
@@ -254,6 +240,7 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
     pairs = pd.concat([by_d, by_pn], ignore_index=True) if len(by_pn) else by_d
     prune_seen = np.zeros(n, dtype=bool)
     prune_ids = [[] for _ in range(n)]
+    found_ino = np.zeros(n, dtype=np.int64)
     if len(pairs):
         pts = pairs["pts"].to_numpy().astype(np.int64)
         ok = (pts >= pairs["start"].to_numpy() - tol) & (pts <= pairs["end"].to_numpy() + tol)
@@ -261,7 +248,7 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
         ok &= ~((nm != "") & (pn != "") & (nm != pn))
         pairs = pairs[ok]
         if len(pairs):
-            pairs = pairs[_same_incarnation(pairs, B, "jid", "pid_")]
+            pairs = pairs[same_incarnation(pairs, B, "pts", tol)]
         if len(pairs):
             pos = (pairs["pkind"].to_numpy() == Kind.IPUT) | (pairs["pino"].to_numpy() != 0)
             jr = pairs["jrow"].to_numpy()
@@ -269,54 +256,22 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
             positive[jr[pos]] = True
             prune_seen = positive
             keep = positive[jr]
-            prune_ids = _group_lists(jr[keep], pairs["pid_"].to_numpy()[keep], n)
+            prune_ids = group_lists(jr[keep], pairs["pid_"].to_numpy()[keep], n)
+            # The inode the walk found: the one the latest overlapping prune released.
+            pino = pairs["pino"].to_numpy().astype(np.int64)
+            k = keep & (pino != 0) & (pairs["pts"].to_numpy().astype(np.int64) <= pairs["end"].to_numpy())
+            if k.any():
+                last = pd.DataFrame({"j": jr[k], "t": pairs["pts"].to_numpy()[k], "ino": pino[k]})
+                last = last.sort_values(["j", "t"], kind="stable").drop_duplicates("j", keep="last")
+                found_ino[last["j"].to_numpy()] = last["ino"].to_numpy()
     prune_seen |= (J["flags"].to_numpy() & int(Flag.PRUNE_INFLIGHT)) != 0
+    # A lookup that found the dentry negative was told the truth, whatever
+    # happened to the dentry afterwards (a re-create, then its prune).
+    lr_ino = J["found_ino"].to_numpy().astype(np.int64)
+    prune_seen &= lr_ino != 0
+    found_ino = np.where(lr_ino >= 0, lr_ino, found_ino)
 
-    # --- namespace operations that removed this name (or this dentry) ---
-    N = E.loc[(ekind == Kind.NS_OP) & np.isin(E["op"].to_numpy(), REMOVING_OPS) & (E["ret"].to_numpy() >= 0),
-              ["event_id", "ts_ns", "op", "dentry", "parent", "name", "path", "path2"]]
-    ns_ids = [[] for _ in range(n)]
-    ns_op = np.zeros(n, dtype=np.int64)
-    if len(N):
-        N = N.rename(columns={"event_id": "nid", "ts_ns": "nts"})
-        parts = []
-        nd = N[N["dentry"] != 0]
-        if len(nd):
-            m = Jk[jd != 0].merge(nd[["nid", "nts", "op", "dentry"]], on="dentry")
-            if len(m):
-                m = m[_same_incarnation(m, B, "jid", "nid")]
-            parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
-        npn = N[(N["parent"] != 0) & (N["name"] != "")][["nid", "nts", "op", "parent", "name"]]
-        ren = N[(N["op"] == Op.RENAME) & (N["parent"] != 0) & (N["path2"] != "")]
-        if len(ren):
-            r2 = ren[["nid", "nts", "op", "parent"]].copy()
-            r2["name"] = [_basename(p) for p in ren["path2"].tolist()]
-            npn = pd.concat([npn, r2], ignore_index=True)
-        if len(npn):
-            m = Jk[(jparent != 0) & (jname != "")].merge(npn, on=["parent", "name"])
-            parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
-        # By path: the walked component's path (the parent directory's dentry
-        # may itself have been pruned and re-allocated since the operation).
-        cp = [_component_path(p, nm) for p, nm in zip(J["path"].tolist(), jname.tolist())]
-        jp = Jk.assign(cpath=cp)
-        jp = jp[jp["cpath"] != ""]
-        if len(jp):
-            n1 = N[["nid", "nts", "op", "path"]].rename(columns={"path": "cpath"})
-            n2 = N[N["op"] == Op.RENAME][["nid", "nts", "op", "path2"]].rename(columns={"path2": "cpath"})
-            npth = pd.concat([n1, n2], ignore_index=True)
-            npth = npth[npth["cpath"] != ""]
-            if len(npth):
-                m = jp.merge(npth, on="cpath")
-                parts.append(m[["jrow", "start", "end", "nid", "nts", "op"]])
-        if parts:
-            m = pd.concat(parts, ignore_index=True)
-            nts = m["nts"].to_numpy().astype(np.int64)
-            m = m[(nts >= m["start"].to_numpy() - win.explain_before_ns) & (nts <= m["end"].to_numpy() + win.explain_after_ns)]
-            if len(m):
-                m = m.drop_duplicates(["jrow", "nid"]).sort_values(["jrow", "nid"])
-                ns_ids = _group_lists(m["jrow"].to_numpy(), m["nid"].to_numpy(), n)
-                first = m.drop_duplicates("jrow")
-                ns_op[first["jrow"].to_numpy()] = first["op"].to_numpy()
+    ns_ids, ns_op = removals(J, Jk, E, B, win, found_ino)
     explained = np.array([bool(x) for x in ns_ids])
 
     # --- lost events in the window ---
@@ -332,43 +287,17 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
     retry_ids = J["retry_ids"].tolist()
     has_retry = np.array([bool(x) for x in retry_ids])
     echild = ret == ECHILD
+    lost = lost | (unplaced_lost > 0)
     verdict = np.where(
         echild, "retried",
         np.where(explained, "explained",
                  np.where(prune_seen & has_retry, "retried",
                           np.where(lost, "uncertain", np.where(prune_seen, "race", "absent"))))).astype(object)
-    first_id = J["first_id"].to_numpy()
-    flags = J["flags"].to_numpy()
-    evidence, reason = [], []
-    for i in range(n):
-        v = verdict[i]
-        ev = [int(first_id[i])] if first_id[i] >= 0 else []
-        if v == "retried":
-            ev += retry_ids[i] + prune_ids[i]
-            if echild[i]:
-                r = ("walk returned -ECHILD during a prune of this dentry: d_seq re-check failed, retried in ref-walk"
-                     if prune_seen[i] else "walk returned -ECHILD: d_seq re-check failed, retried in ref-walk")
-            else:
-                r = "prune of this dentry overlapped the walk; d_seq re-check failed (-ECHILD) and the walk retried"
-        elif v == "explained":
-            ev += ns_ids[i]
-            r = f"{op_name(ns_op[i])} of this name overlapped the walk"
-        elif v == "uncertain":
-            k0, k1 = lo[i], hi[i]
-            ev += prune_ids[i] + [int(x) for x in lids[k0:k1]]
-            r = (f"{int(lcnt[k0:k1].sum())} event(s) lost in the window: "
-                 + ("a prune overlapped but a re-check or namespace operation may be missing"
-                    if prune_seen[i] else "a prune or namespace operation may be missing"))
-        elif v == "race":
-            ev += prune_ids[i]
-            r = "prune of this dentry overlapped the walk; -ENOENT with no d_seq re-check or retry"
-            if flags[i] & int(Flag.SEQ_CHANGED):
-                r += " (d_seq changed)"
-        else:
-            r = "plain miss: no prune of this dentry and no namespace operation in the window"
-        ev.append(int(jid[i]))
-        evidence.append(sorted(set(ev)))
-        reason.append(r)
+    ev_lost = [[int(x) for x in lids[lo[i]:hi[i]]] for i in range(n)]
+    n_lost = [int(lcnt[lo[i]:hi[i]].sum()) for i in range(n)]
+    evidence, reason = _explain(J, verdict, dict(
+        prune_seen=prune_seen, prune_ids=prune_ids, retry_ids=retry_ids, ns_ids=ns_ids, ns_op=ns_op,
+        ev_lost=ev_lost, n_lost=n_lost, unplaced_lost=int(unplaced_lost)))
     return pd.DataFrame({
         "event_id": J["event_id"].to_numpy().astype(np.uint64),
         "verdict": verdict,
@@ -381,4 +310,48 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win) -> pd.DataFrame:
         "path": J["path"].to_numpy(dtype=object),
         "evidence": evidence,
         "reason": reason,
+        "overlap": prune_seen & (verdict != "explained"),
     })
+
+
+def _explain(J, verdict, why):
+    """Per verdict, the events it rests on and one sentence naming that evidence."""
+    first_id = J["first_id"].to_numpy()
+    flags = J["flags"].to_numpy()
+    jid = J["event_id"].to_numpy().astype(np.int64)
+    echild = J["ret"].to_numpy() == ECHILD
+    seen, pids, rids = why["prune_seen"], why["prune_ids"], why["retry_ids"]
+    evidence, reason = [], []
+    for i, v in enumerate(verdict):
+        ev = [int(first_id[i])] if first_id[i] >= 0 else []
+        if v == "retried":
+            ev += rids[i] + pids[i]
+            if echild[i]:
+                r = ("walk returned -ECHILD during a prune of this dentry: d_seq re-check failed, retried in ref-walk"
+                     if seen[i] else "walk returned -ECHILD with no prune of this dentry seen: "
+                     "the kernel's own retry, not an overlap")
+            else:
+                r = "prune of this dentry overlapped the walk; its d_seq re-check failed (-ECHILD) and the walk retried"
+        elif v == "explained":
+            ev += why["ns_ids"][i]
+            r = f"{op_name(why['ns_op'][i])} removed this name within the walk's window"
+        elif v == "uncertain":
+            ev += pids[i] + why["ev_lost"][i]
+            missing = ("a prune overlapped but a re-check or namespace operation may be missing"
+                       if seen[i] else "a prune or namespace operation may be missing")
+            if why["n_lost"][i]:
+                r = f"{why['n_lost'][i]} event(s) lost in the window: {missing}"
+            else:
+                r = (f"the trace reports {why['unplaced_lost']} lost event(s) that no LOST record places in time: "
+                     f"{missing}")
+        elif v == "race":
+            ev += pids[i]
+            r = "prune of this dentry overlapped the walk; -ENOENT with no d_seq re-check or retry"
+            if flags[i] & int(Flag.SEQ_CHANGED):
+                r += " (d_seq changed)"
+        else:
+            r = "plain miss: no prune of this dentry and no removal of this name in the window"
+        ev.append(int(jid[i]))
+        evidence.append(sorted(set(ev)))
+        reason.append(r)
+    return evidence, reason

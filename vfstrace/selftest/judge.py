@@ -1,4 +1,13 @@
-"""Judging events: phases, overlaps, and the PASS/FAIL/INCONCLUSIVE verdict."""
+"""Judging events: phases, overlaps, and the PASS/FAIL/INCONCLUSIVE verdict.
+
+An *overlap* is a lookup whose own dentry (same incarnation) was being
+pruned while the lookup ran: the correlator's ``overlap`` column. Only those
+test the kernel's re-check. A lookup the kernel retried (-ECHILD) with no
+prune of its dentry in sight is the kernel's own retry, counted apart
+(``retried_no_prune``) and never towards a PASS: a trace full of unrelated
+-ECHILD walks and not one prune proves nothing. So: FAIL on any race; PASS
+only on enough lookups retried with a prune seen; INCONCLUSIVE otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vfstrace.correlate import correlate
+from vfstrace.correlate.batch import unplaced_losses
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
 
@@ -33,6 +43,7 @@ class Phase:
     prunes: int
     overlaps: int = 0
     retried: int = 0
+    retried_no_prune: int = 0
     race: int = 0
     uncertain: int = 0
     lost: int = 0
@@ -95,12 +106,14 @@ def _int(x) -> int:
 
 
 def judge_events(df, name: str = "trace", duration_s: float | None = None, counters: dict | None = None,
-                 verdicts=None) -> Phase:
+                 verdicts=None, unplaced_lost: int = 0) -> Phase:
     """Correlate one phase's events and count what a selftest reports.
 
     ``counters`` are the kernel-side totals (tracers.kprobe COUNTERS), which
     see every lookup and prune even when only the interesting ones crossed
     to user space; without them the counts come from the events.
+    ``unplaced_lost``: lost events of the whole trace that no LOST record
+    places (a phase is a slice: its own LOST rows cannot tell).
     """
     if duration_s is None:
         ts = df["ts_ns"].to_numpy(dtype=np.uint64) if len(df) else np.zeros(0, dtype=np.uint64)
@@ -113,8 +126,11 @@ def judge_events(df, name: str = "trace", duration_s: float | None = None, count
         lookups = int(np.isin(kind, _LOOKUP_RETURNS).sum())
         prunes = int((kind == int(Kind.PRUNE)).sum())
     lost = int(df.loc[kind == int(Kind.LOST), "ret"].sum()) if len(df) else 0
-    v = correlate(df) if verdicts is None else verdicts
+    v = correlate(df, unplaced_lost=unplaced_lost) if verdicts is None else verdicts
     counts = v["verdict"].value_counts().to_dict() if len(v) else {}
+    retried = v["verdict"].to_numpy() == "retried" if len(v) else np.zeros(0, dtype=bool)
+    with_prune = (v["overlap"].to_numpy(dtype=bool) if "overlap" in v.columns
+                  else np.zeros(len(v), dtype=bool))
     ph = Phase(
         name=name,
         duration_s=round(float(duration_s), 3),
@@ -125,7 +141,8 @@ def judge_events(df, name: str = "trace", duration_s: float | None = None, count
         uncertain=int(counts.get("uncertain", 0)),
         lost=lost,
     )
-    ph.overlaps = ph.retried + ph.race
+    ph.retried_no_prune = int((retried & ~with_prune).sum())
+    ph.overlaps = ph.retried - ph.retried_no_prune + ph.race
     if ph.race:
         ph.races = _race_rows(df, v)
     return ph
@@ -174,7 +191,8 @@ def _evidence(e) -> list:
 def verdict_of(phases: list[Phase], min_overlaps: int = MIN_OVERLAPS) -> tuple[str, str]:
     """(PASS|FAIL|INCONCLUSIVE, the one-sentence reason)."""
     race = sum(p.race for p in phases)
-    retried = sum(p.retried for p in phases)
+    retried = sum(p.retried - p.retried_no_prune for p in phases)
+    unrelated = sum(p.retried_no_prune for p in phases)
     overlaps = sum(p.overlaps for p in phases)
     uncertain = sum(p.uncertain for p in phases)
     seconds = sum(p.duration_s for p in phases)
@@ -193,13 +211,16 @@ def verdict_of(phases: list[Phase], min_overlaps: int = MIN_OVERLAPS) -> tuple[s
             how = f"run about {need_s} s per phase (-d {need_s})"
         else:
             how = f"run at least {max(4 * int(seconds or DEFAULT_SECONDS), 120)} s (-d) or widen more (--widen 500us)"
+        extra = (f" ({unrelated} -ECHILD retr{'y' if unrelated == 1 else 'ies'} with no prune of their dentry "
+                 "seen do not count)") if unrelated else ""
         return INCONCLUSIVE, (f"only {overlaps} lookup(s) overlapped a prune of the same dentry in "
-                              f"{seconds:.0f} s (need {min_overlaps}); {how}")
+                              f"{seconds:.0f} s (need {min_overlaps}){extra}; {how}")
     if uncertain > MAX_UNCERTAIN_SHARE * (overlaps + uncertain):
         return INCONCLUSIVE, (f"{uncertain} lookups are uncertain (events lost) against {overlaps} overlaps; "
                               "enlarge the ring (--ring-pages) or shorten the run")
     return PASS, (f"{overlaps} lookups overlapped a prune of the same dentry and the kernel re-checked "
-                  f"d_seq and retried every one ({retried} retried, 0 race)")
+                  f"d_seq and retried every one ({retried} retried with the prune seen, 0 race; "
+                  f"{unrelated} other -ECHILD retries not counted)")
 
 
 def widening_factor(phases: list[Phase]) -> float | None:
@@ -244,6 +265,7 @@ def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
 
     df = load(path)
     meta = df.attrs.get("meta") or {}
+    unplaced = unplaced_losses(df)
     st = meta.get("selftest") or {}
     phases = []
     if st.get("phases"):
@@ -251,11 +273,11 @@ def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
         for p in st["phases"]:
             sel = df[(ts >= int(p["start_ns"])) & (ts < int(p["end_ns"]))]
             ph = judge_events(sel, name=p["name"], duration_s=(int(p["end_ns"]) - int(p["start_ns"])) / 1e9,
-                              counters=p.get("counters"))
+                              counters=p.get("counters"), unplaced_lost=unplaced)
             ph.widen, ph.workload = p.get("widen"), p.get("workload")
             phases.append(ph)
     else:
-        phases.append(judge_events(df, name="trace", counters=meta.get("kernel_counters")))
+        phases.append(judge_events(df, name="trace", counters=meta.get("kernel_counters"), unplaced_lost=unplaced))
     verdict, reason = verdict_of(phases, min_overlaps)
     return Result(verdict, reason, str(meta.get("kernel_release") or "?"), str(meta.get("tier") or "?"),
                   list(meta.get("probes") or []), phases, str(path), factor=widening_factor(phases))

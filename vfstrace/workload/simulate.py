@@ -63,15 +63,22 @@ import numpy as np
 import pandas as pd
 
 from vfstrace.errors import VfstraceError
+from vfstrace import events as _events
 from vfstrace.events import COLUMNS, ECHILD, ENOENT, NUMPY_DTYPES, Flag, Kind, Op
+
+_DEFAULTS = getattr(_events, "COLUMN_DEFAULTS", {})
 
 SEMANTICS = ("buggy", "fixed")
 VIEWS = ("kprobe", "tracepoint")
+DELIVERIES = ("ts", "percpu")
 # The kinds a tracepoint-only kernel can see (no function probes).
 TRACEPOINT_KINDS = (Kind.PATH_SYSCALL, Kind.NS_OP, Kind.D_FREE, Kind.D_ALLOC, Kind.SHRINK_START, Kind.SHRINK_END, Kind.LOST)
 
 FRESH_NS = 500_000        # removed names are looked up for this long after removal
 RECREATE_NS = 1_500_000   # ... and re-created this long after it
+QUICK_RECREATE = 0.3      # share of unlinks re-created within FRESH_NS (unlink + re-create)
+COMPLETE_WALK_NS = (200, 3_000)
+POLL_NS, DRAIN_NS = 200_000, 20_000  # delivery="percpu": reader period, and its lag from one CPU to the next  # from the last component's return to complete_walk()'s re-check
 ADDR_BASE = 0xFFFF_8881_0000_0000
 DENTRY_SIZE = 192
 ROOT_INO = 2
@@ -79,6 +86,7 @@ ROOT_INO = 2
 _RCU = int(Flag.RCU)
 _NEG = int(Flag.NEGATIVE)
 _SEQC = int(Flag.SEQ_CHANGED)
+_INW = int(Flag.IN_WALK)
 
 
 class _Dentry:
@@ -150,6 +158,8 @@ class _Sim:
             self.fs[""][t] = (self._ino(), True)
             self.fs[t] = {}
         self.removed = {}  # (dir, name) -> time removed (while absent)
+        self.recreated = {}  # (dir, name) -> time quickly re-created after a removal
+        self.last_found = {}  # walker -> (dentry, d_seq sample) of its last RCU component
         self.root = _Dentry(self._alloc_addr(), "/", None, ROOT_INO, True)
         self.root.refs = 1  # pinned, never pruned
         self.cpu_offset = [self.rng.randint(-jitter_ns, jitter_ns) if jitter_ns else 0 for _ in range(cpus)]
@@ -266,10 +276,13 @@ class _Sim:
     def _churn_target(self):
         now = self.now
         fresh = [k for k, t in self.removed.items() if now - t < FRESH_NS]
+        again = [k for k, t in self.recreated.items() if now - t < FRESH_NS]
         r = self.rng.random()
         if fresh and r < 0.5:
             d, n = self.rng.choice(fresh)
             return (d, n)
+        if again and r < 0.7:
+            return self.rng.choice(again)
         if r < 0.85:
             return self.rng.choice(self.churn_files)
         return ("", self.rng.choice(self.tdirs))
@@ -283,6 +296,16 @@ class _Sim:
                 return res, out  # out is the label
             parent = out
             dirpath = name if k == 0 else dirpath + "/" + name
+        if rcu and self.last_found.get(w, (None,))[0] is parent:
+            # complete_walk() -> try_to_unlazy(): legitimize the final dentry
+            # against its d_seq sample. Outside walk_component(): the tracer
+            # holds no walk state, so the SEQ_CHECK has no IN_WALK and no
+            # dentry, and the walk it judges returned 0 (never streamed).
+            d, seq = self.last_found.pop(w)
+            yield self.u(*COMPLETE_WALK_NS)
+            if d.seq != seq:
+                self.emit(Kind.SEQ_CHECK, self.wcpu[w], tid, comm, op=Op.COMPLETE_WALK, ret=ECHILD)
+                return ECHILD, "retried"
         return 0, None
 
     def _maybe_migrate(self, w):
@@ -302,7 +325,8 @@ class _Sim:
         if rcu and not parent.hashed and parent is not self.root:
             # The directory we stand in was pruned under us: leave RCU mode.
             self.emit(Kind.LOOKUP_RETURN, cpu, tid, comm, parent=parent.addr, name=name, flags=fl)
-            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.TRY_TO_UNLAZY, dentry=parent.addr, ret=ECHILD, flags=fl)
+            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.TRY_TO_UNLAZY, dentry=parent.addr, ret=ECHILD,
+                      flags=fl | _INW)
             i = self.emit(Kind.WALK_RETURN, cpu, tid, comm, parent=parent.addr, ret=ECHILD, flags=fl)
             self.truth[i] = ("walk", "retried")
             return ECHILD, "retried"
@@ -328,7 +352,7 @@ class _Sim:
                 if self.semantics == "buggy" or not changed:
                     i = self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, seq=seq,
                                   seq2=d.seq, ret=ENOENT, flags=fl2 | _NEG)
-                    if positive_at_find and d.cause == "prune":
+                    if positive_at_find and d.cause in ("prune", "replaced"):
                         label = "race"
                     else:
                         label = self.neg_label(dirpath, name, d)
@@ -337,9 +361,11 @@ class _Sim:
             elif not changed:
                 self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, ino=ino, seq=seq,
                           seq2=d.seq, flags=fl)
+                self.last_found[w] = (d, seq)
                 return 0, d
             # d_seq moved under us: re-check fails, drop out of RCU mode.
-            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.STEP_INTO, dentry=d.addr, seq=seq, seq2=d.seq, ret=ECHILD, flags=fl2)
+            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.STEP_INTO, dentry=d.addr, seq=seq, seq2=d.seq, ret=ECHILD,
+                      flags=fl2 | _INW)
             i = self.emit(Kind.WALK_RETURN, cpu, tid, comm, dentry=d.addr, parent=parent.addr, ino=ino, seq=seq,
                           seq2=d.seq, ret=ECHILD, flags=fl2 | (0 if ino else _NEG))
             self.truth[i] = ("walk", "retried")
@@ -352,7 +378,7 @@ class _Sim:
         # dcache miss: lookup_slow() allocates a dentry and asks the file system.
         self.emit(Kind.LOOKUP_RETURN, cpu, tid, comm, parent=parent.addr, name=name, flags=fl)
         if rcu:
-            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.TRY_TO_UNLAZY, dentry=parent.addr, flags=fl)
+            self.emit(Kind.SEQ_CHECK, cpu, tid, comm, op=Op.TRY_TO_UNLAZY, dentry=parent.addr, flags=fl | _INW)
         yield self.u(1_000, 3_000)
         cpu = self.wcpu[w]
         d = self.dcache.get((parent.addr, name))  # someone may have raced us in
@@ -432,8 +458,11 @@ class _Sim:
         d.ino = 0
         d.cause = "ns"
 
-    def recreate(self, dirpath, name, is_dir):
-        yield RECREATE_NS + self.u(0, 300_000)
+    def recreate(self, dirpath, name, is_dir, quick=False):
+        """Make a removed name again: after RECREATE_NS, or (``quick``) while its
+        removal is still inside the correlator's explain window, so a prune of
+        the *new* inode meets an unlink of the old one."""
+        yield self.u(100_000, 400_000) if quick else RECREATE_NS + self.u(0, 300_000)
         cpu = self.u(0, self.cpus - 1)
         tid, comm = 80, "churn"
         self.removed.pop((dirpath, name), None)
@@ -451,6 +480,8 @@ class _Sim:
         else:
             self.emit(Kind.PATH_SYSCALL, cpu, tid, comm, op=Op.OPENAT, path=path, ret=3)
         self.busy.discard((dirpath, name))
+        if quick:
+            self.recreated[(dirpath, name)] = self.now
 
     def churner(self):
         tid, comm = 80, "churn"
@@ -469,11 +500,12 @@ class _Sim:
                 yield self.u(500, 1_500)
                 del self.fs[dirpath][name]
                 self.removed[(dirpath, name)] = self.now
+                ino = d.ino
                 self.d_delete(d, cpu, tid, comm)
                 yield self.u(200, 800)
                 self.emit(Kind.NS_OP, cpu, tid, comm, op=Op.UNLINK, path=f"/{dirpath}/{name}", parent=P.addr,
-                          name=name, dentry=d.addr)
-                self.spawn(self.recreate(dirpath, name, False))
+                          name=name, dentry=d.addr, ino=ino)
+                self.spawn(self.recreate(dirpath, name, False, quick=self.rng.random() < QUICK_RECREATE))
             elif r < 0.85:
                 dirpath = self.rng.choice(self.dirs)
                 names = [n for (dd, n) in self.churn_files if dd == dirpath and n in self.fs[dirpath]
@@ -500,7 +532,7 @@ class _Sim:
                 da.hashed = True
                 self.dcache[(P.addr, b)] = da
                 P.children += 1
-                db.cause = "ns"
+                db.cause = "replaced"  # the name b lives on (da): a lookup that says -ENOENT was lied to
                 yield self.u(200, 600)
                 self.emit(Kind.PRUNE, cpu, tid, comm, dentry=db.addr, parent=P.addr, ino=db.ino, name=b, seq=db.seq)
                 if db.ino:
@@ -508,7 +540,7 @@ class _Sim:
                     db.ino = 0
                 self.free_later(db, cpu)
                 self.emit(Kind.NS_OP, cpu, tid, comm, op=Op.RENAME, path=f"/{dirpath}/{a}", path2=f"/{dirpath}/{b}",
-                          parent=P.addr, name=a, dentry=da.addr)
+                          parent=P.addr, name=a, dentry=da.addr, ino=da.ino)
                 self.busy.discard((dirpath, b))
                 self.spawn(self.recreate(dirpath, a, False))
             else:
@@ -520,14 +552,16 @@ class _Sim:
                 yield self.u(500, 1_500)
                 del self.fs[""][t]
                 self.removed[("", t)] = self.now
+                ino = d.ino
                 self.d_delete(d, cpu, tid, comm)
                 yield self.u(200, 800)
-                self.emit(Kind.NS_OP, cpu, tid, comm, op=Op.RMDIR, path=f"/{t}", parent=self.root.addr, name=t, dentry=d.addr)
+                self.emit(Kind.NS_OP, cpu, tid, comm, op=Op.RMDIR, path=f"/{t}", parent=self.root.addr, name=t,
+                          dentry=d.addr, ino=ino)
                 self.spawn(self.recreate("", t, True))
 
     # -- output ------------------------------------------------------------------
 
-    def frames(self, loss_rate, view):
+    def frames(self, loss_rate, view, delivery="ts"):
         rows = self.rows
         n = len(rows)
         cols = list(zip(*rows)) if n else [[] for _ in range(17)]
@@ -592,8 +626,20 @@ class _Sim:
             L["_row"] = np.full(len(lt), -1)
             df = pd.concat([df, pd.DataFrame(L)[df.columns]], ignore_index=True)
         df = df.sort_values("ts_ns", kind="stable").reset_index(drop=True)
+        if delivery == "percpu" and len(df):
+            # A perf buffer per CPU, drained in turns: every POLL_NS the reader
+            # empties CPU 0, then CPU 1 DRAIN_NS later, and so on; ids follow
+            # that arrival order, so a later event on one CPU can get a lower
+            # id than an earlier one on another.
+            t = df["ts_ns"].to_numpy().astype(np.int64)
+            c = df["cpu"].to_numpy().astype(np.int64)
+            rnd = -((c * DRAIN_NS - t) // POLL_NS)  # ceil((t - c * DRAIN_NS) / POLL_NS)
+            df = df.iloc[np.lexsort((t, c, rnd))].reset_index(drop=True)
         df.insert(0, "event_id", np.arange(1, len(df) + 1, dtype=np.uint64))
         rowmap = dict(zip(df["_row"].to_numpy().tolist(), df["event_id"].to_numpy().tolist()))
+        for c in COLUMNS:
+            if c not in df.columns:  # a column the model has no say in: its schema default
+                df[c] = np.full(len(df), _DEFAULTS.get(c, 0), dtype=NUMPY_DTYPES[c])
         df = df.drop(columns="_row")[list(COLUMNS)]
         for c in ("comm", "name", "path", "path2"):
             df[c] = df[c].astype(object)  # the schema's dtype (pandas would infer its str dtype)
@@ -616,7 +662,7 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
              duration_ns: int = 20_000_000, churn: bool = True, jitter_ns: int = 2_000, migrate: bool = True,
              reuse: bool = True, loss_rate: float = 0.0, prune_parents: bool = True, cpus: int = 4,
              widen: float = 0.1, drop_enter: float = 0.02, prune_gap_ns: int = 100_000,
-             prune_fraction: float = 0.6, think_ns: int = 4_000, view: str = "kprobe"):
+             prune_fraction: float = 0.6, think_ns: int = 4_000, view: str = "kprobe", delivery: str = "ts"):
     """Simulate ``duration_ns`` of walkers against pruning; returns ``(events, truth)``.
 
     Deterministic for a given seed and arguments. ``events`` is in the event
@@ -624,10 +670,14 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
     the true label of every judged event (see the module docstring) and is
     never needed by the correlator. ``view="tracepoint"`` keeps only what the
     tracepoint tier could see (PATH_SYSCALL, NS_OP, D_FREE/D_ALLOC, SHRINK_*,
-    LOST); its truth is then the syscall level only.
+    LOST); its truth is then the syscall level only. ``delivery="percpu"``
+    numbers events in the order a reader of per-CPU perf buffers receives
+    them (grouped by CPU per drain, POLL_NS/DRAIN_NS) instead of by time.
     """
     if semantics not in SEMANTICS:
         raise VfstraceError(f"--semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
+    if delivery not in DELIVERIES:
+        raise VfstraceError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
     if view not in VIEWS:
         raise VfstraceError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
     if walkers < 1 or files < 1 or cpus < 1 or duration_ns <= 0:
@@ -645,7 +695,7 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
     if churn:
         s.spawn(s.churner())
     s.run()
-    return s.frames(loss_rate, view)
+    return s.frames(loss_rate, view, delivery)
 
 
 def _write_trace(events, output, meta):
