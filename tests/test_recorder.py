@@ -150,7 +150,7 @@ def test_session_records_through_the_recorder(tmp_path):
     from vfstrace.watch import Session
 
     sess = Session(output=str(tmp_path / "s.vft"), duration=0.5, quiet_verdicts=True)
-    sess.choice = types.SimpleNamespace(tier="fake", reason="test")
+    sess.choice = types.SimpleNamespace(tier="fake", reason="test", headers=None, headers_match=None)
     sess.tracer = tracer = LossyTracer(_events())
     s = sess.run()
     dropped = sum(tracer.counts.values())
