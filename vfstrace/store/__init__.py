@@ -30,8 +30,9 @@ Event ids: the writer numbers events 1, 2, 3, ... in arrival order across
 the whole trace. A row that arrives with a non-zero ``event_id`` keeps it
 (the simulator and converted traces carry their own ids), and the writer's
 counter continues after the largest id it has seen, so ids it assigns never
-collide with ids written before them. A writer that mixes the two must
-keep its own ids above the ones already written (load() refuses duplicates).
+collide with ids written before them. Ids a caller brings must lie above
+every id already in the trace (the writer raises otherwise): live runs are
+numbered by vfstrace.recorder alone, LOST rows included.
 """
 
 from __future__ import annotations
