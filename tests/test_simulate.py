@@ -153,3 +153,37 @@ def test_cli_duration_is_seconds_and_tier_picks_the_view(tmp_path):
 def test_cli_rejects_bad_flags(tmp_path):
     r = CliRunner().invoke(simulate_cmd, ["--semantics", "other", "-o", str(tmp_path / "x.vft")])
     assert r.exit_code != 0
+
+
+def test_new_hazards_stale_rechecks_recreate_and_rename_onto():
+    from vfstrace.events import Flag, Op
+
+    ev, truth = simulate(4, semantics="buggy", duration_ns=8_000_000)
+    sc = ev[ev["kind"] == Kind.SEQ_CHECK]
+    outside = sc[sc["op"] == Op.COMPLETE_WALK]
+    # complete_walk() runs after walk_component() returned: no walk state, no IN_WALK, no dentry.
+    assert len(outside) > 0 and (outside["flags"] & int(Flag.IN_WALK) == 0).all() and (outside["dentry"] == 0).all()
+    assert (sc.loc[sc["op"] != Op.COMPLETE_WALK, "flags"] & int(Flag.IN_WALK) != 0).all()
+    # Unlinked names come back quickly (open O_CREAT by the churn task) within the explain window.
+    un = ev[(ev["kind"] == Kind.NS_OP) & (ev["op"] == Op.UNLINK)]
+    cr = ev[(ev["kind"] == Kind.PATH_SYSCALL) & (ev["comm"] == "churn")]
+    t_un = dict(zip(un["path"], un["ts_ns"].astype(np.int64)))
+    assert any(0 < t - t_un.get(p, -10**18) < 500_000 for p, t in zip(cr["path"], cr["ts_ns"].astype(np.int64)))
+    # An unlink names the inode it removed (d_delete reads d_inode), a rename its source's.
+    assert (ev.loc[(ev["kind"] == Kind.NS_OP) & ev["op"].isin([Op.UNLINK, Op.RENAME]), "ino"] != 0).all()
+
+
+def test_per_cpu_delivery_renumbers_the_same_events():
+    a, ta = simulate(5, **SMALL)
+    b, tb = simulate(5, delivery="percpu", **SMALL)
+    ts = b["ts_ns"].to_numpy().astype(np.int64)
+    assert (np.diff(ts) < 0).any(), "ids are not time order"
+    key = ["ts_ns", "cpu", "tid", "kind", "dentry"]
+    pd.testing.assert_frame_equal(a.sort_values(key).drop(columns="event_id").reset_index(drop=True),
+                                  b.sort_values(key).drop(columns="event_id").reset_index(drop=True))
+    # The truth follows its events to their new ids.
+    m = tb.merge(b[["event_id", "kind", "ts_ns"]], on="event_id")
+    ma = ta.merge(a[["event_id", "kind", "ts_ns"]], on="event_id")
+    assert sorted(zip(m["ts_ns"], m["truth"])) == sorted(zip(ma["ts_ns"], ma["truth"]))
+    with pytest.raises(VfstraceError):
+        simulate(5, delivery="sideways", **SMALL)

@@ -312,3 +312,25 @@ def test_syscall_level_rename_onto_and_recreate_do_not_explain():
     # Without the re-create the unlink explains it.
     rows = [_sc(1_000, "/d/f", 0), _ns(4_000, Op.UNLINK, "/d/f"), _sc(5_000, "/d/f", ENOENT), FREE]
     assert correlate(trace(*rows)).set_index("event_id").loc[3, "verdict"] == "explained"
+
+
+def test_recorded_6_1_trace_counts_only_the_retry_with_a_prune_as_an_overlap():
+    # Recorded on a real 6.1 kernel: four -ECHILD walks; only one of them had its own
+    # dentry under a prune (three found no dentry at all: retries for other reasons).
+    # A prune is seen as a PRUNE/UNHASH/IPUT event of the dentry, or as the kernel side's
+    # PRUNE_INFLIGHT on the walk (the dentry it found was dead, pruned while positive).
+    from pathlib import Path
+
+    import vfstrace
+
+    df = vfstrace.load(Path(__file__).parent / "fixtures" / "traces" / "kprobe-6.1.jsonl")
+    ph = judge.judge_events(df)
+    wr = df[(df["kind"] == Kind.WALK_RETURN) & (df["ret"] == ECHILD)]
+    pr = df[df["kind"].isin([Kind.PRUNE, Kind.UNHASH, Kind.IPUT])]
+    inflight = int(Flag.PRUNE_INFLIGHT)
+    with_prune = sum(1 for d, t, f in zip(wr["dentry"], wr["ts_ns"].astype(np.int64), wr["flags"])
+                     if d and (f & inflight or ((pr["dentry"] == d) & (pr["ts_ns"].astype(np.int64) <= t)
+                                                & (pr["ts_ns"].astype(np.int64) >= t - 1_000_000)).any()))
+    assert (ph.retried, ph.race) == (len(wr), 0)
+    assert ph.overlaps == with_prune < len(wr)
+    assert ph.retried_no_prune == len(wr) - with_prune

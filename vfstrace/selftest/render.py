@@ -47,10 +47,11 @@ def render_text(res: Result) -> str:
         ("lookups observed", *[_fmt_int(p.lookups) for p in res.phases]),
         ("prunes", *[_fmt_int(p.prunes) for p in res.phases]),
         ("lookups overlapping a prune of their dentry", *[_fmt_int(p.overlaps) for p in res.phases]),
-        ("  re-checked and retried (retried)", *[_fmt_int(p.retried) for p in res.phases]),
+        ("  re-checked and retried (retried)", *[_fmt_int(p.retried - p.retried_no_prune) for p in res.phases]),
         ("  trusted without re-check (race)", *[_fmt_int(p.race) for p in res.phases]),
         ("  uncertain (events lost)", *[_fmt_int(p.uncertain) for p in res.phases]),
         ("overlaps per minute", *[f"{p.overlaps_per_min:,.1f}" for p in res.phases]),
+        ("-ECHILD retries, no prune seen (not counted)", *[_fmt_int(p.retried_no_prune) for p in res.phases]),
         ("lost events", *[_fmt_int(p.lost) for p in res.phases]),
     ]
     if wide:
