@@ -22,8 +22,8 @@
  * number computed from the running kernel's BTF (tracers/btf.py), because
  * struct nameidata is private to fs/namei.c and headers may not match.
  *
- * Per probe, MODE_<ROLE> is 0 (absent), 1 (kprobe/kretprobe) or 2
- * (fentry/fexit, function FN_<ROLE> with NARGS_<ROLE> parameters).
+ * Per probe, VFS_MODE_<ROLE> is 0 (absent, the default), 1 (kprobe/kretprobe)
+ * or 2 (fentry/fexit, function VFS_FN_<ROLE> with VFS_NARGS_<ROLE> parameters).
  *
  * Filtering in the kernel: only failed walks (-ENOENT/-ECHILD), lookups
  * that find a dentry whose prune is in flight, failed re-checks, and the
@@ -34,16 +34,9 @@
  */
 #include <linux/sched.h>
 #include <linux/namei.h>
-#include "vfstrace.h"
-
-/* counts[] indexes; tracers/kprobe.py COUNTERS lists the same names in order */
-enum {
-	C_WALK, C_WALK_RCU, C_WALK_ENOENT, C_WALK_ECHILD, C_LOOKUP, C_RCU_LOOKUP,
-	C_SEQ_CHECK, C_SEQ_FAIL, C_PRUNE, C_UNHASH, C_IPUT, C_DFREE,
-	C_EMITTED, C_LOST, C_FILTERED, C_INFLIGHT_HIT, C_SEQ_CHANGED, C_NSTATE_FULL,
-	C_INFLIGHT_STALE, C_PRUNE_SIDE_QUIET, C_NS_OP,
-	C_MAX
-};
+#define VFS_EVENTS
+/* Counter slots VFS_C_* come from vfstrace.events.KprobeCounter. */
+#include "common.h"
 
 struct walk_state {
 	u64 nd;
@@ -59,26 +52,6 @@ struct walk_state {
 
 BPF_HASH(walks, u32, struct walk_state, 16384);
 BPF_TABLE("lru_hash", u64, u64, inflight, 65536);
-BPF_PERCPU_ARRAY(counts, u64, C_MAX);
-
-#if USE_RINGBUF
-BPF_RINGBUF_OUTPUT(events, RING_PAGES);
-#else
-BPF_PERF_OUTPUT(events);
-#endif
-
-#define VT_CAT(a, b) a##b
-#define VT_XCAT(a, b) VT_CAT(a, b)
-#define KFUNC_NAME(fn) VT_XCAT(kfunc__, fn)
-#define KRETFUNC_NAME(fn) VT_XCAT(kretfunc__, fn)
-
-static __always_inline void cnt(int i)
-{
-	u64 *v = counts.lookup(&i);
-	if (v)
-		(*v)++;
-}
-
 static __always_inline u64 rd64(u64 addr)
 {
 	u64 v = 0;
@@ -93,34 +66,6 @@ static __always_inline u32 rd32(u64 addr)
 	return v;
 }
 
-static __always_inline int task_wanted(void)
-{
-#if FILTER_PID
-	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_PID)
-		return 0;
-#endif
-#if FILTER_COMM
-	u64 comm[2] = {};
-	bpf_get_current_comm(&comm, sizeof(comm));
-	if (comm[0] != COMM0 || comm[1] != COMM1)
-		return 0;
-#endif
-	return 1;
-}
-
-static __always_inline void fill(struct vfs_event *e, u16 kind, u16 op)
-{
-	__builtin_memset(e, 0, sizeof(*e));
-	u64 pt = bpf_get_current_pid_tgid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = pt >> 32;
-	e->tid = (u32)pt;
-	e->cpu = bpf_get_smp_processor_id();
-	e->kind = kind;
-	e->op = op;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-}
-
 /* Name, inode number, d_seq now; NEGATIVE if d_inode is NULL now. */
 static __always_inline void fill_dentry(struct vfs_event *e, u64 d, int with_parent)
 {
@@ -128,29 +73,18 @@ static __always_inline void fill_dentry(struct vfs_event *e, u64 d, int with_par
 	if (!d)
 		return;
 	if (with_parent)
-		e->parent = rd64(d + OFF_D_PARENT);
-	u64 inode = rd64(d + OFF_D_INODE);
+		e->parent = rd64(d + VFS_OFF_D_PARENT);
+	u64 inode = rd64(d + VFS_OFF_D_INODE);
 	if (inode)
-		e->ino = rd64(inode + OFF_I_INO);
+		e->ino = rd64(inode + VFS_OFF_I_INO);
 	else
 		e->flags |= VFS_F_NEGATIVE;
-	e->seq2 = rd32(d + OFF_D_SEQ);
-	u64 name = rd64(d + OFF_D_NAME_NAME);
+	e->seq2 = rd32(d + VFS_OFF_D_SEQ);
+	u64 name = rd64(d + VFS_OFF_D_NAME_NAME);
 	if (name)
 		bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)name);
-	if (rd32(d + OFF_D_NAME_LEN) >= VFS_NAME_LEN)
+	if (rd32(d + VFS_OFF_D_NAME_LEN) >= VFS_NAME_LEN)
 		e->flags |= VFS_F_TRUNCATED;
-}
-
-static __always_inline void emit(void *ctx, struct vfs_event *e)
-{
-	int err;
-#if USE_RINGBUF
-	err = events.ringbuf_output(e, sizeof(*e), 0);
-#else
-	err = events.perf_submit(ctx, e, sizeof(*e));
-#endif
-	cnt(err ? C_LOST : C_EMITTED);
 }
 
 static __always_inline int is_err(u64 p)
@@ -176,10 +110,10 @@ static __always_inline int prune_inflight(u64 d, int mark)
 	u64 *ts = inflight.lookup(&d);
 	if (!ts)
 		return 0;
-	int count = (int)rd32(d + OFF_D_LOCKREF_COUNT);
+	int count = (int)rd32(d + VFS_OFF_D_LOCKREF_COUNT);
 	if (count >= 0) {
 		inflight.delete(&d);
-		cnt(C_INFLIGHT_STALE);
+		vfs_count(VFS_C_INFLIGHT_STALE);
 		return 0;
 	}
 	if (mark)
@@ -191,22 +125,22 @@ static __always_inline int prune_inflight(u64 d, int mark)
 
 static __always_inline int walk_enter(u64 nd)
 {
-	cnt(C_WALK);
-	if (!task_wanted()) {
-		cnt(C_FILTERED);
+	vfs_count(VFS_C_WALK);
+	if (!vfs_task_wanted(bpf_get_current_pid_tgid())) {
+		vfs_count(VFS_C_FILTERED);
 		return 0;
 	}
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state s = {};
 	s.nd = nd;
-	s.parent = rd64(nd + OFF_ND_PATH_DENTRY);
-	s.name_ptr = rd64(nd + OFF_ND_LAST_NAME);
-	if (rd32(nd + OFF_ND_FLAGS) & LOOKUP_RCU) {
+	s.parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
+	s.name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
+	if (rd32(nd + VFS_OFF_ND_FLAGS) & LOOKUP_RCU) {
 		s.flags |= VFS_F_RCU;
-		cnt(C_WALK_RCU);
+		vfs_count(VFS_C_WALK_RCU);
 	}
 	if (walks.update(&tid, &s))
-		cnt(C_NSTATE_FULL);
+		vfs_count(VFS_C_STATE_FULL);
 	return 0;
 }
 
@@ -217,16 +151,16 @@ static __always_inline int walk_exit(void *ctx, long ret)
 	if (!s)
 		return 0;
 	if (ret == VFS_ENOENT)
-		cnt(C_WALK_ENOENT);
+		vfs_count(VFS_C_WALK_ENOENT);
 	else if (ret == VFS_ECHILD)
-		cnt(C_WALK_ECHILD);
+		vfs_count(VFS_C_WALK_ECHILD);
 	u64 d = s->dentry ? s->dentry : s->rcu_dentry;
 	u32 flags = s->flags;
 	if (d && prune_inflight(d, 1))
 		flags |= VFS_F_PRUNE_INFLIGHT;
 	if (ret == VFS_ENOENT || ret == VFS_ECHILD || (flags & VFS_F_PRUNE_INFLIGHT)) {
 		struct vfs_event e;
-		fill(&e, VFS_K_WALK_RETURN, VFS_OP_NONE);
+		vfs_fill(&e, bpf_get_current_pid_tgid(), VFS_K_WALK_RETURN, VFS_OP_NONE);
 		fill_dentry(&e, d, 0);
 		e.parent = s->parent;
 		e.ret = ret;
@@ -234,11 +168,11 @@ static __always_inline int walk_exit(void *ctx, long ret)
 		e.flags |= flags;
 		if (d && s->rcu_dentry == d && (flags & VFS_F_RCU) && e.seq != e.seq2) {
 			e.flags |= VFS_F_SEQ_CHANGED;
-			cnt(C_SEQ_CHANGED);
+			vfs_count(VFS_C_SEQ_CHANGED);
 		}
 		if (!d && s->name_ptr)
 			bpf_probe_read_kernel_str(e.name, sizeof(e.name), (void *)s->name_ptr);
-		emit(ctx, &e);
+		vfs_ev_output(ctx, &e);
 	}
 	walks.delete(&tid);
 	return 0;
@@ -259,7 +193,7 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 	struct walk_state *s = walks.lookup(&tid);
 	if (!s)
 		return 0;
-	cnt(C_RCU_LOOKUP);
+	vfs_count(VFS_C_RCU_LOOKUP);
 	if (!seqp)
 		seqp = s->seqp;
 	s->seqp = 0;
@@ -276,14 +210,14 @@ static __always_inline int lookup_exit(void *ctx, u64 ret)
 	struct walk_state *s = walks.lookup(&tid);
 	if (!s)
 		return 0;
-	cnt(C_LOOKUP);
+	vfs_count(VFS_C_LOOKUP);
 	if (!ret || is_err(ret))
 		return 0;
 	s->dentry = ret;
 	if (!prune_inflight(ret, 1))
 		return 0;
 	/* The walk's return reports it (WALK_RETURN with PRUNE_INFLIGHT). */
-	cnt(C_INFLIGHT_HIT);
+	vfs_count(VFS_C_INFLIGHT_HIT);
 	s->flags |= VFS_F_PRUNE_INFLIGHT;
 	return 0;
 }
@@ -293,15 +227,15 @@ static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state *s = walks.lookup(&tid);
-	cnt(C_SEQ_CHECK);
+	vfs_count(VFS_C_SEQ_CHECK);
 	if (!ok)
-		cnt(C_SEQ_FAIL);
+		vfs_count(VFS_C_SEQ_FAIL);
 	if (ok && !(s && (s->flags & VFS_F_PRUNE_INFLIGHT)))
 		return 0;
-	if (!s && !task_wanted())
+	if (!s && !vfs_task_wanted(bpf_get_current_pid_tgid()))
 		return 0;
 	struct vfs_event e;
-	fill(&e, VFS_K_SEQ_CHECK, op);
+	vfs_fill(&e, bpf_get_current_pid_tgid(), VFS_K_SEQ_CHECK, op);
 	if (!dentry && s)
 		dentry = s->dentry ? s->dentry : s->rcu_dentry;
 	fill_dentry(&e, dentry, 1);
@@ -311,7 +245,7 @@ static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 		if (dentry && dentry == s->rcu_dentry)
 			e.seq = s->seq;
 	}
-	emit(ctx, &e);
+	vfs_ev_output(ctx, &e);
 	return 0;
 }
 
@@ -329,27 +263,27 @@ static __always_inline int recheck_enter(u64 dentry)
 /*
  * Every PRUNE is emitted. UNHASH and IPUT inside a prune (the dentry is dead)
  * and D_FREE are emitted only when a lookup found that dentry while its prune
- * was in flight; otherwise they are counted (C_PRUNE_SIDE_QUIET). UNHASH and
+ * was in flight; otherwise they are counted (VFS_C_PRUNE_SIDE_QUIET). UNHASH and
  * IPUT outside a prune (d_delete, d_invalidate, rename) are always emitted.
  * A drop_caches burst kills tens of thousands of dentries in well under a
  * second: four events each overflowed the ring under emulation, one does not.
  */
 static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 {
-	cnt(ctr);
+	vfs_count(ctr);
 	u64 *ent = inflight.lookup(&d);
-	int dead = ent && (int)rd32(d + OFF_D_LOCKREF_COUNT) < 0;
+	int dead = ent && (int)rd32(d + VFS_OFF_D_LOCKREF_COUNT) < 0;
 	int hit = ent && (*ent & 1);
 	if (kind != VFS_K_PRUNE) {
 		if (kind == VFS_K_D_FREE)
 			inflight.delete(&d);
 		if ((kind == VFS_K_D_FREE ? ent != 0 : dead) && !hit) {
-			cnt(C_PRUNE_SIDE_QUIET);
+			vfs_count(VFS_C_PRUNE_SIDE_QUIET);
 			return 0;
 		}
 	}
 	struct vfs_event e;
-	fill(&e, kind, VFS_OP_NONE);
+	vfs_fill(&e, bpf_get_current_pid_tgid(), kind, VFS_OP_NONE);
 	fill_dentry(&e, d, 1);
 	e.seq = e.seq2;
 	if (kind == VFS_K_PRUNE) {
@@ -366,7 +300,7 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 		if (ent)
 			e.flags |= VFS_F_PRUNE_INFLIGHT;
 	}
-	emit(ctx, &e);
+	vfs_ev_output(ctx, &e);
 	return 0;
 }
 
@@ -378,12 +312,12 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
  */
 static __always_inline int ns_event(void *ctx, u16 op, u64 d)
 {
-	cnt(C_NS_OP);
+	vfs_count(VFS_C_NS_OP);
 	struct vfs_event e;
-	fill(&e, VFS_K_NS_OP, op);
+	vfs_fill(&e, bpf_get_current_pid_tgid(), VFS_K_NS_OP, op);
 	fill_dentry(&e, d, 1);
 	e.seq = e.seq2;
-	emit(ctx, &e);
+	vfs_ev_output(ctx, &e);
 	return 0;
 }
 
@@ -392,25 +326,25 @@ static __always_inline int ns_event(void *ctx, u16 op, u64 d)
  * compiler clones such as lookup_fast.constprop.0 work); fentry-mode ones
  * are attached by BCC from their kfunc__/kretfunc__ names. */
 
-#if MODE_WALK == 1
+#if VFS_MODE_WALK == 1
 int vt_walk_enter(struct pt_regs *ctx) { return walk_enter(PT_REGS_PARM1(ctx)); }
 int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx)); }
-#elif MODE_WALK == 2
-int KFUNC_NAME(FN_WALK)(u64 *ctx) { return walk_enter(ctx[0]); }
-int KRETFUNC_NAME(FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[NARGS_WALK]); }
+#elif VFS_MODE_WALK == 2
+int VFS_KFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_enter(ctx[0]); }
+int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NARGS_WALK]); }
 #endif
 
-#if MODE_RCU == 1
+#if VFS_MODE_RCU == 1
 int vt_rcu_enter(struct pt_regs *ctx) { return rcu_lookup_enter(PT_REGS_PARM3(ctx)); }
 int vt_rcu_return(struct pt_regs *ctx) { return rcu_lookup_exit(0, PT_REGS_RC(ctx)); }
-#elif MODE_RCU == 2
-int KRETFUNC_NAME(FN_RCU)(u64 *ctx) { return rcu_lookup_exit(ctx[2], ctx[NARGS_RCU]); }
+#elif VFS_MODE_RCU == 2
+int VFS_KRETFUNC(VFS_FN_RCU)(u64 *ctx) { return rcu_lookup_exit(ctx[2], ctx[VFS_NARGS_RCU]); }
 #endif
 
-#if MODE_LOOKUP == 1
+#if VFS_MODE_LOOKUP == 1
 int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx)); }
-#elif MODE_LOOKUP == 2
-int KRETFUNC_NAME(FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[NARGS_LOOKUP]); }
+#elif VFS_MODE_LOOKUP == 2
+int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARGS_LOOKUP]); }
 #endif
 
 /* Re-check sites: RC<i>_BOOL says the function returns bool (true = the
@@ -430,75 +364,75 @@ static __always_inline int recheck_return_kprobe(struct pt_regs *ctx, u16 op, in
 
 #define RC_KPROBE(i)                                                          \
 int vt_rc##i##_enter(struct pt_regs *ctx)                                     \
-{ return recheck_enter(RC##i##_DENTRY ? PT_REGS_PARM2(ctx) : 0); }           \
+{ return recheck_enter(VFS_RC##i##_DENTRY ? PT_REGS_PARM2(ctx) : 0); }           \
 int vt_rc##i##_return(struct pt_regs *ctx)                                    \
-{ return recheck_return_kprobe(ctx, RC##i##_OP, RC_OK(RC##i##_BOOL, PT_REGS_RC(ctx))); }
+{ return recheck_return_kprobe(ctx, VFS_RC##i##_OP, RC_OK(VFS_RC##i##_BOOL, PT_REGS_RC(ctx))); }
 
 #define RC_FEXIT(i)                                                           \
-int KRETFUNC_NAME(FN_RC##i)(u64 *ctx)                                         \
+int VFS_KRETFUNC(VFS_FN_RC##i)(u64 *ctx)                                         \
 {                                                                             \
-	return recheck_exit(ctx, RC##i##_OP, RC##i##_DENTRY ? ctx[1] : 0,     \
-			    RC_OK(RC##i##_BOOL, ctx[NARGS_RC##i]));                      \
+	return recheck_exit(ctx, VFS_RC##i##_OP, VFS_RC##i##_DENTRY ? ctx[1] : 0,     \
+			    RC_OK(VFS_RC##i##_BOOL, ctx[VFS_NARGS_RC##i]));                      \
 }
 
-#if MODE_RC0 == 1
+#if VFS_MODE_RC0 == 1
 RC_KPROBE(0)
-#elif MODE_RC0 == 2
+#elif VFS_MODE_RC0 == 2
 RC_FEXIT(0)
 #endif
-#if MODE_RC1 == 1
+#if VFS_MODE_RC1 == 1
 RC_KPROBE(1)
-#elif MODE_RC1 == 2
+#elif VFS_MODE_RC1 == 2
 RC_FEXIT(1)
 #endif
-#if MODE_RC2 == 1
+#if VFS_MODE_RC2 == 1
 RC_KPROBE(2)
-#elif MODE_RC2 == 2
+#elif VFS_MODE_RC2 == 2
 RC_FEXIT(2)
 #endif
-#if MODE_RC3 == 1
+#if VFS_MODE_RC3 == 1
 RC_KPROBE(3)
-#elif MODE_RC3 == 2
+#elif VFS_MODE_RC3 == 2
 RC_FEXIT(3)
 #endif
 
-#if MODE_PRUNE == 1
-int vt_prune(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_PRUNE, C_PRUNE, PT_REGS_PARM1(ctx)); }
-#elif MODE_PRUNE == 2
-int KFUNC_NAME(FN_PRUNE)(u64 *ctx) { return prune_event(ctx, VFS_K_PRUNE, C_PRUNE, ctx[0]); }
+#if VFS_MODE_PRUNE == 1
+int vt_prune(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_PRUNE, VFS_C_PRUNE, PT_REGS_PARM1(ctx)); }
+#elif VFS_MODE_PRUNE == 2
+int VFS_KFUNC(VFS_FN_PRUNE)(u64 *ctx) { return prune_event(ctx, VFS_K_PRUNE, VFS_C_PRUNE, ctx[0]); }
 #endif
 
-#if MODE_UNHASH == 1
-int vt_unhash(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_UNHASH, C_UNHASH, PT_REGS_PARM1(ctx)); }
-#elif MODE_UNHASH == 2
-int KFUNC_NAME(FN_UNHASH)(u64 *ctx) { return prune_event(ctx, VFS_K_UNHASH, C_UNHASH, ctx[0]); }
+#if VFS_MODE_UNHASH == 1
+int vt_unhash(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_UNHASH, VFS_C_UNHASH, PT_REGS_PARM1(ctx)); }
+#elif VFS_MODE_UNHASH == 2
+int VFS_KFUNC(VFS_FN_UNHASH)(u64 *ctx) { return prune_event(ctx, VFS_K_UNHASH, VFS_C_UNHASH, ctx[0]); }
 #endif
 
-#if MODE_IPUT == 1
-int vt_iput(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_IPUT, C_IPUT, PT_REGS_PARM1(ctx)); }
-#elif MODE_IPUT == 2
-int KFUNC_NAME(FN_IPUT)(u64 *ctx) { return prune_event(ctx, VFS_K_IPUT, C_IPUT, ctx[0]); }
+#if VFS_MODE_IPUT == 1
+int vt_iput(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_IPUT, VFS_C_IPUT, PT_REGS_PARM1(ctx)); }
+#elif VFS_MODE_IPUT == 2
+int VFS_KFUNC(VFS_FN_IPUT)(u64 *ctx) { return prune_event(ctx, VFS_K_IPUT, VFS_C_IPUT, ctx[0]); }
 #endif
 
 /* __d_free(struct rcu_head *head): head is &dentry->d_u.d_rcu. */
-#if MODE_DFREE == 1
-int vt_dfree(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, PT_REGS_PARM1(ctx) - OFF_D_RCU); }
-#elif MODE_DFREE == 2
-int KFUNC_NAME(FN_DFREE)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, ctx[0] - OFF_D_RCU); }
+#if VFS_MODE_DFREE == 1
+int vt_dfree(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, VFS_C_D_FREE, PT_REGS_PARM1(ctx) - VFS_OFF_D_RCU); }
+#elif VFS_MODE_DFREE == 2
+int VFS_KFUNC(VFS_FN_DFREE)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, VFS_C_D_FREE, ctx[0] - VFS_OFF_D_RCU); }
 #endif
-#if MODE_DFREE_EXT == 1
-int vt_dfree_ext(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, PT_REGS_PARM1(ctx) - OFF_D_RCU); }
-#elif MODE_DFREE_EXT == 2
-int KFUNC_NAME(FN_DFREE_EXT)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, C_DFREE, ctx[0] - OFF_D_RCU); }
+#if VFS_MODE_DFREE_EXT == 1
+int vt_dfree_ext(struct pt_regs *ctx) { return prune_event(ctx, VFS_K_D_FREE, VFS_C_D_FREE, PT_REGS_PARM1(ctx) - VFS_OFF_D_RCU); }
+#elif VFS_MODE_DFREE_EXT == 2
+int VFS_KFUNC(VFS_FN_DFREE_EXT)(u64 *ctx) { return prune_event(ctx, VFS_K_D_FREE, VFS_C_D_FREE, ctx[0] - VFS_OFF_D_RCU); }
 #endif
 
-#if MODE_DELETE == 1
+#if VFS_MODE_DELETE == 1
 int vt_delete(struct pt_regs *ctx) { return ns_event(ctx, VFS_OP_UNLINK, PT_REGS_PARM1(ctx)); }
-#elif MODE_DELETE == 2
-int KFUNC_NAME(FN_DELETE)(u64 *ctx) { return ns_event(ctx, VFS_OP_UNLINK, ctx[0]); }
+#elif VFS_MODE_DELETE == 2
+int VFS_KFUNC(VFS_FN_DELETE)(u64 *ctx) { return ns_event(ctx, VFS_OP_UNLINK, ctx[0]); }
 #endif
-#if MODE_MOVE == 1
+#if VFS_MODE_MOVE == 1
 int vt_move(struct pt_regs *ctx) { return ns_event(ctx, VFS_OP_RENAME, PT_REGS_PARM1(ctx)); }
-#elif MODE_MOVE == 2
-int KFUNC_NAME(FN_MOVE)(u64 *ctx) { return ns_event(ctx, VFS_OP_RENAME, ctx[0]); }
+#elif VFS_MODE_MOVE == 2
+int VFS_KFUNC(VFS_FN_MOVE)(u64 *ctx) { return ns_event(ctx, VFS_OP_RENAME, ctx[0]); }
 #endif

@@ -15,143 +15,32 @@
  *    the dentry address (prune evidence; VFS_STREAM_DENTRY 0 counts only);
  *  - SHRINK_START / SHRINK_END: vmscan:mm_shrink_slab_start/end.
  *
- * Built by tracers/tracepoint.py with, prepended: the VFS_K_* / VFS_OP_* /
- * VFS_F_* defines from vfstrace.events.c_defines(), and numeric -D options
- * only (VFS_FILTER_PID, VFS_COMM0/1, VFS_HAVE_<syscall>, ring sizes,
- * VFS_EXIT_ONLY for the exit-only mode below). The
- * path prefix arrives through the `prefix` array map, never as C text.
+ * Built by tracers/tracepoint.py through bpf.program("tracepoint.c") (the
+ * generated kinds, ops, flags and counter slots, and common.h), with
+ * numeric -D options only (VFS_FILTER_PID, VFS_COMM0/1, VFS_HAVE_<syscall>,
+ * ring sizes, VFS_COALESCE_NS, VFS_EXIT_ONLY for the exit-only mode
+ * below). The path prefix arrives through the `prefix` array map, never
+ * as C text.
  */
-#include "vfstrace.h"
+#define VFS_EVENTS
+#define VFS_PATH_EVENTS
+#include "common.h"
 
-#ifndef VFS_EV_RING_PAGES
-#define VFS_EV_RING_PAGES 8192
-#endif
-#ifndef VFS_PATH_RING_PAGES
-#define VFS_PATH_RING_PAGES 4096
-#endif
 #ifndef VFS_STREAM_SUCCESS
 #define VFS_STREAM_SUCCESS 0
 #endif
 #ifndef VFS_STREAM_DENTRY
 #define VFS_STREAM_DENTRY 1
 #endif
-
-/* Slots of the per-CPU `counts` array; tracers/tracepoint.py names them. */
-#define C_DROP_EV        0  /* vfs_event ring full: record lost */
-#define C_DROP_PATH      1  /* vfs_path_event ring full: record lost */
-#define C_PATH_SEEN      2  /* path syscalls that returned */
-#define C_PATH_OK        3  /* ... that succeeded and were not streamed */
-#define C_PATH_OTHERERR  4  /* ... failed with another errno, not streamed */
-#define C_FILT_TASK      5  /* path syscalls dropped by the pid/comm filter */
-#define C_FILT_PREFIX    6  /* path/ns events dropped by the prefix filter */
-#define C_NS_SEEN        7
-#define C_DFREE          8  /* dentry frees seen */
-#define C_DALLOC         9  /* dentry allocations seen */
-#define C_SHRINK        10  /* shrinker runs seen */
-#define C_INFLIGHT_MISS 11  /* enter+map mode: exit without a matching enter (attached mid-call) */
-#define C_NSLOTS        12
-
-#ifndef VFS_USE_PERF
-/* BPF ring buffer (5.8+): one ring per record size, bulk-read by mmap. */
-BPF_RINGBUF_OUTPUT(events, VFS_EV_RING_PAGES);
-BPF_RINGBUF_OUTPUT(pevents, VFS_PATH_RING_PAGES);
-#else
-/* Perf buffer fallback: records are built in per-CPU scratch space (a path
- * event is larger than the 512-byte BPF stack) and copied out. */
-BPF_PERF_OUTPUT(events);
-BPF_PERF_OUTPUT(pevents);
-BPF_PERCPU_ARRAY(scratch_ev, struct vfs_event, 1);
-BPF_PERCPU_ARRAY(scratch_pev, struct vfs_path_event, 1);
+#ifndef VFS_COALESCE_NS
+#define VFS_COALESCE_NS 0
 #endif
-BPF_PERCPU_ARRAY(counts, u64, C_NSLOTS);
 
 struct prefix_t {
 	u32 len;
 	char p[VFS_PATH_LEN];
 };
 BPF_ARRAY(prefix, struct prefix_t, 1);
-
-static __always_inline void count(int slot)
-{
-	int k = slot;
-	u64 *v = counts.lookup(&k);
-	if (v)
-		(*v)++;
-}
-
-static __always_inline struct vfs_path_event *reserve_path(void)
-{
-#ifndef VFS_USE_PERF
-	return pevents.ringbuf_reserve(sizeof(struct vfs_path_event));
-#else
-	int z = 0;
-	return scratch_pev.lookup(&z);
-#endif
-}
-
-static __always_inline void submit_path(void *ctx, struct vfs_path_event *e)
-{
-#ifndef VFS_USE_PERF
-	pevents.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-#else
-	if (pevents.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count(C_DROP_PATH);
-#endif
-}
-
-static __always_inline void discard_path(struct vfs_path_event *e)
-{
-#ifndef VFS_USE_PERF
-	pevents.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-#endif
-}
-
-static __always_inline struct vfs_event *reserve_ev(void)
-{
-#ifndef VFS_USE_PERF
-	return events.ringbuf_reserve(sizeof(struct vfs_event));
-#else
-	int z = 0;
-	return scratch_ev.lookup(&z);
-#endif
-}
-
-static __always_inline void submit_ev(void *ctx, struct vfs_event *e)
-{
-#ifndef VFS_USE_PERF
-	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-#else
-	if (events.perf_submit(ctx, e, sizeof(*e)) < 0)
-		count(C_DROP_EV);
-#endif
-}
-
-static __always_inline int task_wanted(u64 id)
-{
-#ifdef VFS_FILTER_PID
-	if ((u32)(id >> 32) != VFS_FILTER_PID)
-		return 0;
-#endif
-#ifdef VFS_FILTER_COMM
-	{
-		u64 c[2] = {};
-		bpf_get_current_comm(c, sizeof(c));
-		if (c[0] != VFS_COMM0 || c[1] != VFS_COMM1)
-			return 0;
-	}
-#endif
-	return 1;
-}
-
-/* vfstrace's own re-checks and trace writes must not feed back. */
-static __always_inline int not_self(u64 id)
-{
-#ifdef VFS_SELF_PID
-	return (u32)(id >> 32) != VFS_SELF_PID;
-#else
-	return 1;
-#endif
-}
 
 static __always_inline int prefix_ok(const char *path)
 {
@@ -172,32 +61,12 @@ static __always_inline int prefix_ok(const char *path)
 	return 1;
 }
 
-static __always_inline void fill_hdr(struct vfs_event *e, u64 id, u16 kind, u16 op, s64 ret)
-{
-	e->ts_ns = bpf_ktime_get_ns();
-	e->dentry = 0;
-	e->parent = 0;
-	e->ino = 0;
-	e->ret = ret;
-	e->pid = id >> 32;
-	e->tid = (u32)id;
-	e->cpu = bpf_get_smp_processor_id();
-	e->seq = 0;
-	e->seq2 = 0;
-	e->flags = 0;
-	e->kind = kind;
-	e->op = op;
-	e->_pad = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->name[0] = 0;
-}
-
 /* The pid/comm filter applies to path syscalls (NS_OPs come from every
  * process); counts what it drops. */
 static __always_inline int task_passes(u64 id, u16 kind)
 {
-	if (kind == VFS_K_PATH_SYSCALL && !task_wanted(id)) {
-		count(C_FILT_TASK);
+	if (kind == VFS_K_PATH_SYSCALL && !vfs_task_wanted(id)) {
+		vfs_count(VFS_C_FILTERED_TASK);
 		return 0;
 	}
 	return 1;
@@ -211,12 +80,12 @@ static __always_inline int task_passes(u64 id, u16 kind)
 static __always_inline int result_wanted(u16 kind, long ret)
 {
 	if (kind != VFS_K_PATH_SYSCALL) {
-		count(C_NS_SEEN);
+		vfs_count(VFS_C_NS_OPS);
 		return 1;
 	}
-	count(C_PATH_SEEN);
-	if (ret != -2 /* ENOENT */ && (!VFS_STREAM_SUCCESS || ret < 0)) {
-		count(ret < 0 ? C_PATH_OTHERERR : C_PATH_OK);
+	vfs_count(VFS_C_PATH_SYSCALLS);
+	if (ret != VFS_ENOENT && (!VFS_STREAM_SUCCESS || ret < 0)) {
+		vfs_count(ret < 0 ? VFS_C_PATH_OTHER_ERRNO_NOT_STREAMED : VFS_C_PATH_OK_NOT_STREAMED);
 		return 0;
 	}
 	return 1;
@@ -225,12 +94,11 @@ static __always_inline int result_wanted(u16 kind, long ret)
 /* One PATH_SYSCALL / NS_OP record: p1, p2 are the syscall's user path pointers (p2 may be 0). */
 static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2)
 {
-	struct vfs_path_event *e = reserve_path();
-	if (!e) {
-		count(C_DROP_PATH);
+	struct vfs_path_event *e = vfs_pev_reserve();
+	if (!e)
 		return 0;
-	}
-	fill_hdr(&e->hdr, id, kind, op, ret);
+	vfs_fill(&e->hdr, id, kind, op);
+	e->hdr.ret = ret;
 	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const void *)p1);
 	if (n < 0)
 		e->path[0] = 0;
@@ -245,12 +113,157 @@ static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long r
 			e->hdr.flags |= VFS_F_TRUNCATED;
 	}
 	if (!prefix_ok(e->path) && !(p2 && prefix_ok(e->path2))) {
-		count(C_FILT_PREFIX);
-		discard_path(e);
+		vfs_count(VFS_C_FILTERED_PREFIX);
+		vfs_pev_discard(e);
 		return 0;
 	}
-	submit_path(ctx, e);
+	vfs_pev_submit(ctx, e);
 	return 0;
+}
+
+#if VFS_COALESCE_NS
+/*
+ * In-kernel coalescing of a failure storm (VFS_COALESCE_NS > 0, the window).
+ * Build systems and interpreters probe include and import paths: the same
+ * task fails the same stat() on the same path hundreds of thousands of
+ * times a second. The first failure of a run is streamed as usual and
+ * opens a window; identical ones after it (same task, syscall, errno and
+ * path, within VFS_COALESCE_NS of the window's first record) are only
+ * counted here, and later reported as one record whose `count` says how
+ * many it stands for (flag COALESCED, ts_ns the last of them), so every
+ * failed lookup is still accounted for at the cost of a string read and
+ * a compare. The folded repeats are reported when a different failure or
+ * an expired window comes on this CPU, and when vfstrace itself makes a
+ * traced syscall there (tracers/tracepoint.py does, per CPU, on each
+ * drain): its own calls are never recorded, only used to flush.
+ * The state is per CPU (a per-CPU array lookup, no hash): a task that
+ * migrates mid-storm leaves its count on the old CPU until flushed there.
+ */
+struct repeat_t {
+	u64 key;        /* tid << 32 | op */
+	s64 ret;
+	u64 id;         /* pid_tgid of the task */
+	u64 first_ts;   /* the record that opened the window */
+	u64 last_ts;    /* the latest repeat folded */
+	u32 n;          /* repeats folded and not yet reported */
+	u32 len;        /* path bytes incl. NUL, as bpf_probe_read_user_str returned */
+	u32 cur;        /* buf[cur] is the window's path, buf[cur ^ 1] the candidate */
+	u32 open;
+	u64 comm[2];
+	char buf[2][VFS_PATH_LEN];
+};
+BPF_PERCPU_ARRAY(repeats, struct repeat_t, 1);
+
+/* a and b hold NUL-terminated strings of n bytes each (NUL included): equal? */
+static __always_inline int same_path(const char *a, const char *b, u32 n)
+{
+	const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+#pragma unroll
+	for (int i = 0; i < VFS_PATH_LEN / 8; i++) {
+		u32 at = i * 8;
+		if (at >= n)
+			break;
+		u32 rem = n - at;
+		u64 mask = rem >= 8 ? ~0ULL : (1ULL << (rem * 8)) - 1;
+		if ((x[i] ^ y[i]) & mask)
+			return 0;
+	}
+	return 1;
+}
+
+/* Report the repeats folded so far as one record; the window stays open. */
+static __always_inline void flush_repeats(void *ctx, struct repeat_t *r)
+{
+	u32 n = r->n;
+	if (!n)
+		return;
+	r->n = 0;
+	struct vfs_path_event *e = vfs_pev_reserve();
+	if (!e) {
+		vfs_count_add(VFS_C_LOST_PATH, n - 1); /* it stood for n results */
+		return;
+	}
+	vfs_fill(&e->hdr, r->id, VFS_K_PATH_SYSCALL, (u16)r->key);
+	e->hdr.ts_ns = r->last_ts;
+	e->hdr.ret = r->ret;
+	e->hdr.count = n;
+	e->hdr.flags = VFS_F_COALESCED | (r->len >= VFS_PATH_LEN ? VFS_F_TRUNCATED : 0);
+	__builtin_memcpy(e->hdr.comm, r->comm, sizeof(r->comm));
+	bpf_probe_read_kernel(e->path, sizeof(e->path), r->buf[r->cur & 1]);
+	vfs_pev_submit(ctx, e);
+}
+
+static __always_inline int flush_self(void *ctx)
+{
+	int z = 0;
+	struct repeat_t *r = repeats.lookup(&z);
+	if (r)
+		flush_repeats(ctx, r);
+	return 0;
+}
+
+static __always_inline int emit_failure(void *ctx, u64 id, u16 op, long ret, u64 p1)
+{
+	int z = 0;
+	struct repeat_t *r = repeats.lookup(&z);
+	if (!r)
+		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0);
+	u32 nxt = (r->cur ^ 1) & 1;
+	long n = bpf_probe_read_user_str(r->buf[nxt], VFS_PATH_LEN, (const void *)p1);
+	if (n <= 0)
+		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0);
+	if (!prefix_ok(r->buf[nxt])) {
+		vfs_count(VFS_C_FILTERED_PREFIX);
+		return 0;
+	}
+	u64 now = bpf_ktime_get_ns();
+	u64 key = ((u64)(u32)id << 32) | op;
+	if (r->open && r->key == key && r->ret == ret && r->len == (u32)n &&
+	    now - r->first_ts < VFS_COALESCE_NS && same_path(r->buf[r->cur & 1], r->buf[nxt], (u32)n)) {
+		r->n++;
+		r->last_ts = now;
+		vfs_count(VFS_C_COALESCED);
+		return 0;
+	}
+	flush_repeats(ctx, r);
+	r->open = 0;
+	struct vfs_path_event *e = vfs_pev_reserve();
+	if (!e)
+		return 0;
+	vfs_fill(&e->hdr, id, VFS_K_PATH_SYSCALL, op);
+	e->hdr.ts_ns = now;
+	e->hdr.ret = ret;
+	if (n >= VFS_PATH_LEN)
+		e->hdr.flags |= VFS_F_TRUNCATED;
+	bpf_probe_read_kernel(e->path, sizeof(e->path), r->buf[nxt]);
+	e->path2[0] = 0;
+	__builtin_memcpy(r->comm, e->hdr.comm, sizeof(r->comm));
+	vfs_pev_submit(ctx, e);
+	r->cur = nxt;
+	r->key = key;
+	r->ret = ret;
+	r->id = id;
+	r->len = (u32)n;
+	r->first_ts = now;
+	r->last_ts = now;
+	r->open = 1;
+	return 0;
+}
+#else
+static __always_inline int flush_self(void *ctx)
+{
+	return 0;
+}
+#endif
+
+/* The record(s) for a syscall result that result_wanted() kept. */
+static __always_inline int emit_result(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2)
+{
+#if VFS_COALESCE_NS
+	if (kind == VFS_K_PATH_SYSCALL && ret < 0 && !p2)
+		return emit_failure(ctx, id, op, ret, p1);
+#endif
+	return emit_path(ctx, id, kind, op, ret, p1, p2);
 }
 
 #ifdef VFS_EXIT_ONLY
@@ -286,10 +299,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_##sc) \
 { \
 	u64 id = bpf_get_current_pid_tgid(); \
 	long ret = args->ret; \
-	if (!not_self(id) || !task_passes(id, kind) || !result_wanted(kind, ret)) \
+	if (!vfs_not_self(id)) \
+		return flush_self(args); \
+	if (!task_passes(id, kind) || !result_wanted(kind, ret)) \
 		return 0; \
 	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()); \
-	return emit_path(args, id, kind, op, ret, p1, p2); \
+	return emit_result(args, id, kind, op, ret, p1, p2); \
 }
 #define PATH1(sc, kind, op, field, a1) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), 0)
 #define PATH2(sc, kind, op, f1, a1, f2, a2) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), SC_ARG(r, a2))
@@ -308,7 +323,7 @@ BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
 static __always_inline int on_enter(u16 kind, u16 op, const char *p1, const char *p2)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	if (!not_self(id) || !task_passes(id, kind))
+	if (!vfs_not_self(id) || !task_passes(id, kind))
 		return 0;
 	u32 tid = (u32)id;
 	struct inflight_t f = {};
@@ -326,12 +341,12 @@ static __always_inline int on_exit(void *ctx, long ret)
 	u32 tid = (u32)id;
 	struct inflight_t *f = inflight.lookup(&tid);
 	if (!f) {
-		if (!not_self(id))
-			return 0;
+		if (!vfs_not_self(id))
+			return flush_self(ctx);
 		/* Filtered tasks never stored an entry; only count real misses
 		 * (a call in flight when the probes attached). */
-		if (task_wanted(id))
-			count(C_INFLIGHT_MISS);
+		if (vfs_task_wanted(id))
+			vfs_count(VFS_C_EXIT_WITHOUT_ENTER);
 		return 0;
 	}
 	struct inflight_t fl = *f;
@@ -339,7 +354,7 @@ static __always_inline int on_exit(void *ctx, long ret)
 	/* The task filter ran at enter. */
 	if (!result_wanted(fl.kind, ret))
 		return 0;
-	return emit_path(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2);
+	return emit_result(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2);
 }
 
 /* One enter/exit pair per syscall. */
@@ -450,74 +465,64 @@ static __always_inline int is_dentry_cache(void *args, u32 loc)
 	return s == DENTRY_NAME_LE;
 }
 
-static __always_inline int emit_dentry(void *ctx, u16 kind, u64 ptr)
+/* A kmem_cache_free/alloc: counted and (VFS_STREAM_DENTRY) streamed when
+ * it is the dentry cache's. */
+static __always_inline int on_dentry_cache(void *args, u32 loc, u16 kind, int slot, u64 ptr)
 {
-	struct vfs_event *e = reserve_ev();
-	if (!e) {
-		count(C_DROP_EV);
+	if (!is_dentry_cache(args, loc))
 		return 0;
-	}
-	fill_hdr(e, bpf_get_current_pid_tgid(), kind, VFS_OP_NONE, 0);
+	vfs_count(slot);
+	if (!VFS_STREAM_DENTRY)
+		return 0;
+	struct vfs_event *e = vfs_ev_reserve();
+	if (!e)
+		return 0;
+	vfs_fill(e, bpf_get_current_pid_tgid(), kind, VFS_OP_NONE);
 	e->dentry = ptr;
-	submit_ev(ctx, e);
+	vfs_ev_submit(args, e);
 	return 0;
 }
 
 #ifdef VFS_HAVE_kmem_cache_free
 TRACEPOINT_PROBE(kmem, kmem_cache_free)
 {
-	if (!is_dentry_cache(args, args->data_loc_name))
-		return 0;
-	count(C_DFREE);
-	if (!VFS_STREAM_DENTRY)
-		return 0;
-	return emit_dentry(args, VFS_K_D_FREE, (u64)args->ptr);
+	return on_dentry_cache(args, args->data_loc_name, VFS_K_D_FREE, VFS_C_DENTRY_FREES, (u64)args->ptr);
 }
 #endif
 
 #ifdef VFS_HAVE_kmem_cache_alloc
 TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
 {
-	if (!is_dentry_cache(args, args->data_loc_name))
-		return 0;
-	count(C_DALLOC);
-	if (!VFS_STREAM_DENTRY)
-		return 0;
-	return emit_dentry(args, VFS_K_D_ALLOC, (u64)args->ptr);
+	return on_dentry_cache(args, args->data_loc_name, VFS_K_D_ALLOC, VFS_C_DENTRY_ALLOCS, (u64)args->ptr);
 }
 #endif
+
+/* A shrinker run's start or end; `shr` (the shrinker) pairs them. */
+static __always_inline int emit_shrink(void *ctx, u16 kind, s64 ret, u64 shr)
+{
+	struct vfs_event *e = vfs_ev_reserve();
+	if (!e)
+		return 0;
+	vfs_fill(e, bpf_get_current_pid_tgid(), kind, VFS_OP_NONE);
+	e->ret = ret;
+	e->parent = shr;
+	vfs_ev_submit(ctx, e);
+	return 0;
+}
 
 #ifdef VFS_HAVE_mm_shrink_slab_start
 TRACEPOINT_PROBE(vmscan, mm_shrink_slab_start)
 {
-	count(C_SHRINK);
-	struct vfs_event *e = reserve_ev();
-	if (!e) {
-		count(C_DROP_EV);
-		return 0;
-	}
-	void *ctx = args;
-	fill_hdr(e, bpf_get_current_pid_tgid(), VFS_K_SHRINK_START, VFS_OP_NONE, args->nr_objects_to_shrink);
-	e->parent = (u64)args->shr; /* the shrinker: pairs START with END */
-	submit_ev(ctx, e);
-	return 0;
+	vfs_count(VFS_C_SHRINKER_RUNS);
+	return emit_shrink(args, VFS_K_SHRINK_START, args->nr_objects_to_shrink, (u64)args->shr);
 }
 #endif
 
 #ifdef VFS_HAVE_mm_shrink_slab_end
+/* ret: objects freed = total_scan consumed is not exported; retval is the
+ * shrinker's last return (freed in its last batch). */
 TRACEPOINT_PROBE(vmscan, mm_shrink_slab_end)
 {
-	struct vfs_event *e = reserve_ev();
-	if (!e) {
-		count(C_DROP_EV);
-		return 0;
-	}
-	/* ret: objects freed = total_scan consumed is not exported; retval is
-	 * the shrinker's last return (freed in its last batch). */
-	void *ctx = args;
-	fill_hdr(e, bpf_get_current_pid_tgid(), VFS_K_SHRINK_END, VFS_OP_NONE, args->retval);
-	e->parent = (u64)args->shr;
-	submit_ev(ctx, e);
-	return 0;
+	return emit_shrink(args, VFS_K_SHRINK_END, args->retval, (u64)args->shr);
 }
 #endif

@@ -7,7 +7,9 @@
  * tests/test_events.py compiles this header with the host compiler and
  * checks every field offset and the struct sizes against them.
  * Event kinds, ops and flags are emitted as #defines from the Python
- * enums (vfstrace/events.py), so they are defined once.
+ * enums (vfstrace/events.py), so they are defined once. This header is
+ * plain C (the host compiler reads it in that test); what the BPF
+ * programs share beyond the records is in common.h.
  */
 #ifndef VFSTRACE_H
 #define VFSTRACE_H
@@ -32,7 +34,7 @@ struct vfs_event {
 	__u32 flags;    /* VFS_F_* */
 	__u16 kind;     /* VFS_K_* */
 	__u16 op;       /* VFS_OP_* */
-	__u32 _pad;
+	__u32 count;    /* occurrences this record stands for (1; more when coalesced) */
 	char comm[VFS_COMM_LEN];
 	char name[VFS_NAME_LEN];
 };

@@ -122,9 +122,9 @@ def test_fentry_falls_back_to_kprobe_for_a_clone_and_says_so(btf):
     modes = {p.symbol: p.mode for p in t.probes}
     assert modes["lookup_fast.constprop.0"] == "kprobe"
     assert modes[t.choice.symbols["prune"]] == "fentry"
-    assert "-DMODE_LOOKUP=1" in flags and "-DMODE_PRUNE=2" in flags
+    assert "-DVFS_MODE_LOOKUP=1" in flags and "-DVFS_MODE_PRUNE=2" in flags
     assert any("lookup_fast.constprop.0" in n and "kprobe used" in n for n in t.notes)
-    assert "-DNARGS_RCU=3" in flags
+    assert "-DVFS_NARGS_RCU=3" in flags
     assert "kretprobe:lookup_fast.constprop.0 (lookup)" in t.attached()
 
 
@@ -134,13 +134,13 @@ def test_user_filters_reach_the_program_only_as_numbers(btf):
     comm = 'a"); x(); //'
     t = KprobeTracer(TraceOptions(pid=4242, comm=comm), _choice())
     flags = t.cflags()
-    assert "-DFILTER_PID=4242" in flags and "-DFILTER_COMM=1" in flags
+    assert "-DVFS_FILTER_PID=4242" in flags and "-DVFS_FILTER_COMM=1" in flags
     assert not any(comm in f or '"' in f for f in flags)
     w0 = int.from_bytes(comm.encode().ljust(16, b"\0")[:8], "little")
-    assert f"-DCOMM0={w0}ULL" in flags
+    assert f"-DVFS_COMM0={w0}ULL" in flags
     # offsets are BTF's, as numbers
-    assert f"-DOFF_D_INODE={btf.offsetof('dentry', 'd_inode')}" in flags
-    assert f"-DOFF_ND_FLAGS={btf.offsetof('nameidata', 'flags')}" in flags
+    assert f"-DVFS_OFF_D_INODE={btf.offsetof('dentry', 'd_inode')}" in flags
+    assert f"-DVFS_OFF_ND_FLAGS={btf.offsetof('nameidata', 'flags')}" in flags
 
 
 def test_load_refuses_non_matching_headers(btf):
@@ -209,7 +209,7 @@ def test_verifier_error_is_one_line(btf, monkeypatch):
     monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
     t = kprobe.KprobeTracer(TraceOptions(), c)
     t.cflags()
-    t._defines = [f for f in t._defines if not f.startswith("-DOFF_D_INODE=")]  # undefined -> compile error
+    t._defines = [f for f in t._defines if not f.startswith("-DVFS_OFF_D_INODE=")]  # undefined -> compile error
     with pytest.raises(VfstraceError) as ei:
         t.verify()
     assert "\n" not in str(ei.value) and "could not build" in str(ei.value)

@@ -49,7 +49,9 @@ def churn_trace(tmp_path_factory):
 def test_enoent_of_this_test_recorded_with_pid(churn_trace):
     df, meta, missing = churn_trace
     rows = df[df.path == missing]
-    assert len(rows) == 3
+    # three stat() calls: a record each, or identical repeats folded into
+    # one record's count (bpf/tracepoint.c coalescing); three results either way
+    assert int(rows["count"].sum()) == 3 and 1 <= len(rows) <= 3
     assert set(rows.ret) == {-2}
     assert set(rows.pid) == {os.getpid()}
     assert meta["tier"] == "tracepoint" and meta["closed"]
@@ -275,3 +277,76 @@ def test_path_prefix_filter_keeps_only_paths_under_it(tmp_path, syscall_args):
         assert t.counters()["filtered_prefix"] >= 1  # the first child's stat(outside)
     finally:
         t.close()
+
+
+STORM_CHILD = r"""
+import os, sys
+a, b, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for path in (a, b):
+    for _ in range(n):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+"""
+
+
+def _storm(tmp_path, n, **extra):
+    """A child fails os.stat() on path a n times, then on b n times, under the tracer;
+    (rows for a, rows for b, counters)."""
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.options import TraceOptions
+    import pandas as pd
+
+    a = str(tmp_path / f"storm-a-{uuid.uuid4().hex}")
+    b = str(tmp_path / f"storm-b-{uuid.uuid4().hex}")
+    t = TracepointTracer(TraceOptions(extra={"recheck": False, **extra}))
+    t.load()
+    try:
+        child = subprocess.run([sys.executable, "-c", STORM_CHILD, a, b, str(n)], capture_output=True, text=True,
+                               timeout=120)
+        assert child.returncode == 0, child.stderr
+        parts = [t.poll(50) for _ in range(5)] + [t.poll(0), t.poll(0)]
+        df = pd.concat(parts, ignore_index=True)
+        return df[df.path == a], df[df.path == b], t.counters()
+    finally:
+        t.close()
+
+
+def test_a_storm_of_identical_failures_is_folded_and_every_one_accounted_for(tmp_path):
+    """n identical failed stat() calls: their records' counts add up to exactly n
+    (none lost, none counted twice), in far fewer records than n; the two
+    paths are never folded together."""
+    need_tracing()
+    from vfstrace.events import Flag
+
+    n = 20_000
+    ra, rb, c = _storm(tmp_path, n)
+    for rows in (ra, rb):
+        assert int(rows["count"].sum()) == n, rows[["ts_ns", "count", "flags"]].to_string()
+        assert len(rows) < n // 10
+        assert set(rows.ret) == {-2}
+        folded = rows[(rows["flags"] & int(Flag.COALESCED)) != 0]
+        assert len(folded) >= 1 and (folded["count"] >= 1).all()
+        assert ((rows["flags"] & int(Flag.COALESCED)) == 0).sum() >= 1  # the first of a run is streamed as itself
+        assert rows["ts_ns"].is_monotonic_increasing or len(rows.cpu.unique()) > 1
+    assert ra.ts_ns.max() < rb.ts_ns.min()  # all of a before all of b, as the child ran them
+    assert c["coalesced"] >= 2 * n - len(ra) - len(rb)
+
+
+def test_coalescing_off_streams_every_failure_as_its_own_record(tmp_path):
+    need_tracing()
+    n = 2_000
+    ra, rb, c = _storm(tmp_path, n, coalesce_ns=0)
+    assert len(ra) == n and len(rb) == n
+    assert set(ra["count"]) == {1} and c["coalesced"] == 0
+
+
+def test_bad_coalesce_window_is_one_clear_error():
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.errors import VfstraceError
+    from vfstrace.options import TraceOptions
+
+    for bad in ("soon", -1, 2_000_000_000):
+        with pytest.raises(VfstraceError, match="coalesce_ns"):
+            TracepointTracer(TraceOptions(extra={"coalesce_ns": bad}))

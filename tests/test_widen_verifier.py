@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bpf import INCLUDE
 from tests.conftest import FIXTURES, is_root, need
 from tracers import widen
 from vfstrace.errors import TierUnavailable, VfstraceError
@@ -63,15 +64,16 @@ def test_refused_without_kprobes(tier):
 def test_options_reach_the_program_as_numbers_only():
     w = widen.Widener(_choice(), 200_000, cgroup_id=4242, site="__d_lookup_rcu", rcu_only=True)
     assert w.cflags() == [
-        "-DWIDEN_DELAY_NS=200000ULL",
-        f"-DWIDEN_MAX_ITERS={widen.max_iters(200_000)}",
-        "-DWIDEN_CGROUP_ID=4242ULL",
-        "-DWIDEN_NEED_RESULT=1",
-        "-DWIDEN_SAMPLE=65536",
-        "-DWIDEN_MODE=1",
+        INCLUDE,
+        "-DVFS_WIDEN_DELAY_NS=200000ULL",
+        f"-DVFS_WIDEN_MAX_ITERS={widen.max_iters(200_000)}",
+        "-DVFS_FILTER_CGROUP=4242ULL",
+        "-DVFS_WIDEN_NEED_RESULT=1",
+        "-DVFS_WIDEN_SAMPLE=65536",
+        "-DVFS_WIDEN_MODE=1",
     ]
     text = w.program_text()
-    assert "#define WIDEN_DELAY_NS 200000ULL" in text and "int widen_ret(struct pt_regs *ctx)" in text
+    assert "#define VFS_WIDEN_DELAY_NS 200000ULL" in text and "int widen_ret(struct pt_regs *ctx)" in text
 
 
 @pytest.mark.parametrize("text,share,sample", [("1", 1.0, 65536), ("0.1", 0.1, 6554), ("25%", 0.25, 16384),
@@ -79,7 +81,7 @@ def test_options_reach_the_program_as_numbers_only():
 def test_share_reaches_the_program_as_a_number_out_of_65536(text, share, sample):
     assert widen.parse_share(text) == pytest.approx(share)
     w = widen.Widener(_choice(), 200_000, site="__d_lookup_rcu", rcu_only=True, share=widen.parse_share(text))
-    assert f"-DWIDEN_SAMPLE={sample}" in w.cflags()
+    assert f"-DVFS_WIDEN_SAMPLE={sample}" in w.cflags()
 
 
 @pytest.mark.parametrize("bad", ["0", "1.5", "-0.1", "abc", "0.1; system()", "150%", ""])
@@ -100,7 +102,7 @@ def test_fentry_tier_widens_with_fexit_when_btf_has_the_site():
     w = widen.Widener(_choice("fentry"), 200_000, cgroup_id=7, site="__d_lookup_rcu", rcu_only=True,
                       btf=_FakeBtf({"__d_lookup_rcu": 3}))
     assert (w.mode, w.mode_note, w.how) == ("fentry", None, "fexit on __d_lookup_rcu")
-    assert w.cflags()[-3:] == ["-DWIDEN_MODE=2", "-DWIDEN_FN=__d_lookup_rcu", "-DWIDEN_NARGS=3"]
+    assert w.cflags()[-3:] == ["-DVFS_WIDEN_MODE=2", "-DVFS_WIDEN_FN=__d_lookup_rcu", "-DVFS_WIDEN_NARGS=3"]
 
 
 @pytest.mark.parametrize("site,funcs,why", [
@@ -110,7 +112,7 @@ def test_fentry_tier_widens_with_fexit_when_btf_has_the_site():
 def test_fentry_tier_falls_back_to_a_kretprobe_and_says_why(site, funcs, why):
     w = widen.Widener(_choice("fentry"), 200_000, site=site, rcu_only=True, btf=_FakeBtf(funcs))
     assert w.mode == "kprobe" and why in w.mode_note
-    assert "-DWIDEN_MODE=1" in w.cflags() and not any(f.startswith("-DWIDEN_FN") for f in w.cflags())
+    assert "-DVFS_WIDEN_MODE=1" in w.cflags() and not any(f.startswith("-DVFS_WIDEN_FN") for f in w.cflags())
 
 
 def test_kprobe_tier_never_uses_fexit():
@@ -159,10 +161,10 @@ def test_real_verifier_enforces_the_bound(bcc_headers):
     the bound, not luck, is what makes the program loadable."""
     import bcc
 
-    from bpf import source
+    from bpf import INCLUDE, program
 
-    flags = ["-DWIDEN_DELAY_NS=1000000ULL", "-DWIDEN_MAX_ITERS=1000000", "-DWIDEN_CGROUP_ID=1ULL"]
-    b = bcc.BPF(text=source("widen.c").encode(), cflags=flags)
+    flags = [INCLUDE, "-DVFS_WIDEN_DELAY_NS=1000000ULL", "-DVFS_WIDEN_MAX_ITERS=1000000", "-DVFS_FILTER_CGROUP=1ULL"]
+    b = bcc.BPF(text=program("widen.c").encode(), cflags=flags)
     try:
         with pytest.raises(Exception, match="Argument list too long|too large|E2BIG"):
             b.load_func("widen_ret", bcc.BPF.KPROBE)

@@ -27,24 +27,19 @@ import logging
 import os
 import re
 
-from bpf import SOURCE_DIR
+from bpf import INCLUDE, program
 from tracers import Tracer, compiler_output, failure_line, import_bcc
 from tracers.btf import Btf
 from vfstrace.errors import TierUnavailable, VfstraceError
 from vfstrace.kernel.tiers import probe_tier_blockers
-from vfstrace.events import BPF_EVENT_DTYPE, ECHILD, ENOENT, Op, c_defines
+from vfstrace.events import BPF_EVENT_DTYPE, Op, counter_names
 
 log = logging.getLogger("vfstrace.tracers.kprobe")
 
 SOURCE = "kprobe.c"
 
-# Names of the counts[] slots, in the order of the enum in bpf/kprobe.c.
-COUNTERS = (
-    "walk", "walk_rcu", "walk_enoent", "walk_echild", "lookup", "rcu_lookup",
-    "seq_check", "seq_fail", "prune", "unhash", "iput", "d_free",
-    "emitted", "lost", "filtered", "inflight_hit", "seq_changed", "state_full",
-    "inflight_stale", "prune_side_quiet", "ns_op",
-)
+# Names of the counts[] slots of bpf/kprobe.c (generated from vfstrace.events.KprobeCounter).
+COUNTERS = counter_names(SOURCE)
 C_LOST = COUNTERS.index("lost")
 
 # d_seq re-check sites: (op, returns bool, second argument is the dentry).
@@ -250,41 +245,34 @@ class KprobeTracer(Tracer):
             return self._defines
         offs = self._offsets()
         self._choose_modes()
-        d = {
-            "VFS_ENOENT": f"({ENOENT})",
-            "VFS_ECHILD": f"({ECHILD})",
-            "USE_RINGBUF": int(bool(self.choice.ringbuf)),
-            "RING_PAGES": self.ring_pages(),
-            "FILTER_PID": int(self.options.pid or 0),
-            "FILTER_COMM": int(bool(self.options.comm)),
-        }
-        words = self.options.comm_words()
-        d["COMM0"], d["COMM1"] = f"{words[0]}ULL", f"{words[1]}ULL"
-        d.update(offs)
-        for define in ("WALK", "LOOKUP", "RCU", "PRUNE", "UNHASH", "IPUT", "DFREE", "DFREE_EXT", "DELETE", "MOVE") + tuple(
-            f"RC{i}" for i in range(RECHECK_SLOTS)
-        ):
-            d[f"MODE_{define}"] = 0
+        # Options named as every program names them (bpf/common.h): VFS_*,
+        # and only the ones that are on; unset modes default to 0 (absent).
+        d: dict[str, object] = {"VFS_EV_RING_PAGES": self.ring_pages()}
+        if not self.choice.ringbuf:
+            d["VFS_USE_PERF"] = 1
+        if self.options.pid:
+            d["VFS_FILTER_PID"] = int(self.options.pid)
+        if self.options.comm:
+            words = self.options.comm_words()
+            d.update(VFS_FILTER_COMM=1, VFS_COMM0=f"{words[0]}ULL", VFS_COMM1=f"{words[1]}ULL")
+        d.update({f"VFS_{k}": v for k, v in offs.items()})
         for p in self.probes:
-            d[f"MODE_{p.define}"] = _MODE[p.mode]
+            d[f"VFS_MODE_{p.define}"] = _MODE[p.mode]
             if p.mode == "fentry":
-                d[f"FN_{p.define}"] = p.symbol  # checked against _SYMBOL_RE, no '.' for fentry
-                d[f"NARGS_{p.define}"] = p.nargs
+                d[f"VFS_FN_{p.define}"] = p.symbol  # checked against _SYMBOL_RE, no '.' for fentry
+                d[f"VFS_NARGS_{p.define}"] = p.nargs
             if p.role == "recheck":
                 op, is_bool, has_dentry = RECHECK_OPS[p.symbol.split(".", 1)[0]]
-                d[f"{p.define}_OP"] = int(op)
-                d[f"{p.define}_BOOL"] = int(is_bool)
-                d[f"{p.define}_DENTRY"] = int(has_dentry)
-        for i in range(RECHECK_SLOTS):
-            for suffix in ("OP", "BOOL", "DENTRY"):
-                d.setdefault(f"RC{i}_{suffix}", 0)
-        self._defines = [f"-D{k}={v}" for k, v in d.items()] + [f"-I{SOURCE_DIR}"]
+                d[f"VFS_{p.define}_OP"] = int(op)
+                d[f"VFS_{p.define}_BOOL"] = int(is_bool)
+                d[f"VFS_{p.define}_DENTRY"] = int(has_dentry)
+        self._defines = [f"-D{k}={v}" for k, v in d.items()] + [INCLUDE]
         return self._defines
 
     def program_text(self) -> str:
         """The program as compiled: enum #defines, the -D values as comments, the source."""
         flags = "\n".join(f"/* {f} */" for f in self.cflags())
-        return c_defines() + flags + "\n" + (SOURCE_DIR / SOURCE).read_text()
+        return flags + "\n" + program(SOURCE)
 
     # -- compile / load / attach ------------------------------------------
 
@@ -313,7 +301,7 @@ class KprobeTracer(Tracer):
         """Compile bpf/kprobe.c with BCC (fentry programs attach at this point)."""
         bcc = import_bcc()
         self._headers_env(verify_only)
-        text = c_defines() + (SOURCE_DIR / SOURCE).read_text()
+        text = program(SOURCE)
         cflags = self.cflags()
         from tracers import BuildError, build_bpf
 

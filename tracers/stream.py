@@ -75,7 +75,7 @@ import time
 import numpy as np
 
 from vfstrace.errors import TierUnavailable, VfstraceError
-from vfstrace.events import COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
+from vfstrace.events import COLUMN_DEFAULTS, COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
 
 BUSY_BIT = 1 << 31  # BPF_RINGBUF_BUSY_BIT (include/uapi/linux/bpf.h)
 DISCARD_BIT = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
@@ -186,7 +186,8 @@ def records_to_frame(rec: np.ndarray):
         elif name in STRING_COLUMNS:
             cols[name] = np.full(n, "", dtype=object)
         else:
-            cols[name] = np.zeros(n, dtype=NUMPY_DTYPES[name])
+            cols[name] = np.full(n, COLUMN_DEFAULTS.get(name, 0), dtype=NUMPY_DTYPES[name])
+    cols["count"] = np.maximum(cols["count"], 1)  # a record that does not set it stands for one
     return pd.DataFrame(cols, columns=list(COLUMNS))
 
 

@@ -46,15 +46,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bpf import INCLUDE, program
 from tracers import Tracer, import_bcc
 from tracers.stream import PAGE_SIZE, PerfStream, RingStream, merge_lost, records_to_frame
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
-from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, c_defines
+from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, counter_names
 
 log = logging.getLogger("vfstrace.tracers.tracepoint")
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-SOURCE = BPF_DIR / "tracepoint.c"
+SOURCE = "tracepoint.c"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 HEADER_CACHE = Path(os.environ.get("VFSTRACE_CACHE", "/var/cache/vfstrace")) / "bcc-headers"
 
@@ -64,12 +64,13 @@ PATH_SYSCALLS = (
     "readlinkat", "chdir", "open", "newstat", "newlstat", "access", "readlink",
 )
 NS_SYSCALLS = ("unlinkat", "unlink", "rmdir", "mkdirat", "mkdir", "renameat2", "renameat", "rename", "linkat", "link")
-# Order of the per-CPU `counts` slots in bpf/tracepoint.c.
-COUNTER_NAMES = (
-    "dropped_events", "dropped_path_events", "path_syscalls", "path_ok_not_streamed",
-    "path_other_errno_not_streamed", "filtered_task", "filtered_prefix", "ns_ops",
-    "dentry_frees", "dentry_allocs", "shrinker_runs", "exit_without_enter",
-)
+# The per-CPU `counts` slots of bpf/tracepoint.c (generated from vfstrace.events).
+COUNTER_NAMES = counter_names(SOURCE)
+# In-kernel coalescing window for identical repeated failures (bpf/tracepoint.c,
+# VFS_COALESCE_NS); options.extra["coalesce_ns"] sets it, 0 turns it off.
+COALESCE_NS = 1_000_000
+# How often, at most, poll() asks each CPU to report repeats it is still folding.
+FLUSH_EVERY_S = 0.1
 RECHECK_CAP = 4096  # user-space re-checks per poll
 KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 # How the sys_exit programs get the syscall's path arguments (bpf/tracepoint.c):
@@ -221,6 +222,13 @@ class TracepointTracer(Tracer):
         self.mode: str | None = None
         self.mode_note: str | None = None
         self.rechecked = 0
+        try:
+            self.coalesce_ns = int(self.options.extra.get("coalesce_ns", COALESCE_NS))
+        except (TypeError, ValueError):
+            raise VfstraceError(f"coalesce_ns must be a number of nanoseconds, not {self.options.extra.get('coalesce_ns')!r}") from None
+        if not 0 <= self.coalesce_ns <= 1_000_000_000:
+            raise VfstraceError(f"coalesce_ns must be between 0 (off) and 1 s, not {self.coalesce_ns}")
+        self._flushed_at = 0.0
 
     # -- program -----------------------------------------------------------
     def _defines(self) -> list[str]:
@@ -230,6 +238,7 @@ class TracepointTracer(Tracer):
         d.append(f"VFS_PATH_RING_PAGES={self.path_pages}")
         d.append(f"VFS_STREAM_SUCCESS={int(self.stream_success)}")
         d.append(f"VFS_STREAM_DENTRY={int(self.stream_dentry)}")
+        d.append(f"VFS_COALESCE_NS={self.coalesce_ns}ULL")
         if o.pid is not None:
             d.append(f"VFS_FILTER_PID={int(o.pid)}")
         if o.comm is not None:
@@ -258,7 +267,7 @@ class TracepointTracer(Tracer):
                 self._have = {}
         lines = ["/* vfstrace tracepoint tier; compiled with: */"]
         lines += [f"#define {d.replace('=', ' ', 1)}" for d in self._defines()]
-        return "\n".join(lines) + "\n" + c_defines() + SOURCE.read_text()
+        return "\n".join(lines) + "\n" + program(SOURCE)
 
     # -- lifecycle ---------------------------------------------------------
     def _prepare_headers(self) -> None:
@@ -333,10 +342,9 @@ class TracepointTracer(Tracer):
         from tracers import BuildError, build_bpf
 
         self.mode = mode
-        text = c_defines() + SOURCE.read_text()
-        cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
+        cflags = [INCLUDE, "-Wno-macro-redefined"] + [f"-D{d}" for d in self._defines()]
         try:
-            self._bpf = build_bpf(bcc, text, cflags)
+            self._bpf = build_bpf(bcc, program(SOURCE), cflags)
         except BuildError as e:
             self.mode = None
             return str(e)
@@ -356,11 +364,39 @@ class TracepointTracer(Tracer):
         import time
 
         deadline = time.monotonic() + timeout_ms / 1000.0
+        if timeout_ms == 0 or time.monotonic() - self._flushed_at >= FLUSH_EVERY_S:
+            self.flush_repeats()
         while True:
             out = [s.poll_records(0) for s in self._streams]
             if any(len(r) for r in out) or time.monotonic() >= deadline:
                 return out
             time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def flush_repeats(self) -> None:
+        """Have every CPU report the repeats it has folded and not yet
+        streamed (bpf/tracepoint.c, coalescing): one traced syscall of our
+        own on each CPU, which the kernel side never records but takes as
+        the moment to flush that CPU's count. A drain (``poll(0)``) always
+        does this first, so no count is left behind at the end; between
+        drains, at most every FLUSH_EVERY_S."""
+        import time
+
+        self._flushed_at = time.monotonic()
+        if not self.coalesce_ns or self._bpf is None:
+            return
+        try:
+            saved = os.sched_getaffinity(0)
+        except OSError:
+            return
+        try:
+            for cpu in range(os.cpu_count() or 1):
+                try:
+                    os.sched_setaffinity(0, {cpu})
+                except OSError:
+                    continue  # offline, or outside our cpuset: no program runs for us there
+                os.lstat("/")  # newfstatat: its exit program sees our pid and flushes
+        finally:
+            os.sched_setaffinity(0, saved)
 
     def poll(self, timeout_ms: int = 100):
         import pandas as pd

@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpf import source
+from bpf import INCLUDE, program
 from vfstrace.errors import PrivilegeError, TierUnavailable, VfstraceError
+from vfstrace.events import counter_names
 
 MAX_DELAY_NS = 1_000_000  # 1 ms: longer holds an RCU read section too long
 MIN_DELAY_NS = 1_000
@@ -56,8 +57,8 @@ MAX_ITERS = 40_000
 # do_lookup), whose return is still before step_into's re-check.
 PREFERRED_SITE = "__d_lookup_rcu"
 
-COUNTERS = ("seen", "delayed", "delay_ns", "capped", "no_dentry", "unarmed", "not_sampled")
-SAMPLE_ONE = 65536  # WIDEN_SAMPLE for "hold every lookup"
+COUNTERS = counter_names("widen.c")
+SAMPLE_ONE = 65536  # VFS_WIDEN_SAMPLE for "hold every lookup"
 _C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -99,7 +100,7 @@ def parse_share(text) -> float:
 
 
 def sample_of(share: float) -> int:
-    """The share as the program's WIDEN_SAMPLE (out of 65536), at least 1."""
+    """The share as the program's VFS_WIDEN_SAMPLE (out of 65536), at least 1."""
     return max(1, min(SAMPLE_ONE, int(round(float(share) * SAMPLE_ONE))))
 
 
@@ -337,17 +338,18 @@ class Widener:
 
     def cflags(self) -> list[str]:
         flags = [
-            f"-DWIDEN_DELAY_NS={self.delay_ns}ULL",
-            f"-DWIDEN_MAX_ITERS={max_iters(self.delay_ns)}",
-            f"-DWIDEN_CGROUP_ID={self.cgroup_id}ULL",
-            "-DWIDEN_NEED_RESULT=1",
-            f"-DWIDEN_SAMPLE={sample_of(self.share)}",
+            INCLUDE,
+            f"-DVFS_WIDEN_DELAY_NS={self.delay_ns}ULL",
+            f"-DVFS_WIDEN_MAX_ITERS={max_iters(self.delay_ns)}",
         ]
+        if self.cgroup_id:
+            flags.append(f"-DVFS_FILTER_CGROUP={self.cgroup_id}ULL")
+        flags += ["-DVFS_WIDEN_NEED_RESULT=1", f"-DVFS_WIDEN_SAMPLE={sample_of(self.share)}"]
         if self.mode == "fentry":
             # site checked against _C_IDENT above: an identifier, never free text
-            flags += ["-DWIDEN_MODE=2", f"-DWIDEN_FN={self.site}", f"-DWIDEN_NARGS={int(self.nargs)}"]
+            flags += ["-DVFS_WIDEN_MODE=2", f"-DVFS_WIDEN_FN={self.site}", f"-DVFS_WIDEN_NARGS={int(self.nargs)}"]
         else:
-            flags.append("-DWIDEN_MODE=1")
+            flags.append("-DVFS_WIDEN_MODE=1")
         return flags
 
     @property
@@ -357,8 +359,8 @@ class Widener:
 
     def program_text(self) -> str:
         head = "/* vfstrace widen; compiled with: */\n"
-        head += "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
-        return head + source("widen.c")
+        head += "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags() if f.startswith("-D"))
+        return head + program("widen.c")
 
     def load(self) -> None:
         """Compile, attach and arm: from here the target tasks are delayed."""
@@ -382,7 +384,7 @@ class Widener:
         from tracers import BuildError, build_bpf
 
         try:
-            self.bpf = build_bpf(bcc, source("widen.c"), self.cflags())
+            self.bpf = build_bpf(bcc, program("widen.c"), self.cflags())
         except BuildError as e:
             raise VfstraceError(f"widen program ({self.how}) did not load: {e}") from None
         self.attached = self.mode == "fentry"
@@ -428,7 +430,7 @@ class Widener:
         s = WidenStats(self.site, self.rcu_only, self.delay_ns, mode=self.mode, share=self.share)
         if self.bpf is None:
             return s
-        tbl = self.bpf["counters"]
+        tbl = self.bpf["counts"]
         vals = {}
         for i, name in enumerate(COUNTERS):
             vals[name] = int(sum(tbl[ctypes.c_int(i)]))
@@ -482,7 +484,7 @@ def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1, share: flo
     w = Widener.__new__(Widener)
     w.delay_ns, w.cgroup_id, w.mode = parse_delay(int(delay_ns)), int(cgroup_id), "kprobe"
     w.share = parse_share(share)
-    b = bcc.BPF(text=source("widen.c").encode(), cflags=w.cflags())
+    b = bcc.BPF(text=program("widen.c").encode(), cflags=w.cflags())
     try:
         return b.load_func("widen_ret", bcc.BPF.KPROBE).fd
     finally:

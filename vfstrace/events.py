@@ -53,6 +53,9 @@ SHRINK_START / SHRINK_END
     number of objects freed at SHRINK_END, ``name`` the shrinker if known.
 LOST
     The kernel dropped ``ret`` events on ``cpu`` (ring/perf buffer full).
+
+Every row also has ``count`` (see COLUMN_DEFAULTS): how many occurrences it
+stands for, 1 but for coalesced failure storms (flag COALESCED).
     Lost events are data: they are stored, counted and shown, never hidden.
 """
 
@@ -139,10 +142,11 @@ class Flag(enum.IntFlag):
     PRUNE_INFLIGHT = 16  # the kernel side saw a prune of this dentry in flight
     TRUNCATED = 32  # a path or name was cut to fit the event
     EXISTS_AFTER = 64  # ENOENT path re-checked from user space right after: present (tracepoint tier)
+    IN_WALK = 128  # SEQ_CHECK: ran inside a walk_component() call (the tracer held that walk's state)
+    COALESCED = 256  # PATH_SYSCALL: stands for ``count`` identical repeats folded in the kernel (tracepoint tier)
 
 
 # Column order is part of the format; see docs/trace-format.md.
-    IN_WALK = 128  # SEQ_CHECK: ran inside a walk_component() call (the tracer held that walk's state)
 ARROW_SCHEMA = pa.schema(
     [
         ("event_id", pa.uint64()),
@@ -163,10 +167,19 @@ ARROW_SCHEMA = pa.schema(
         ("seq2", pa.uint32()),
         ("ret", pa.int64()),
         ("flags", pa.uint32()),
+        ("count", pa.uint32()),
     ]
 )
 
 COLUMNS = tuple(ARROW_SCHEMA.names)
+# Columns added after SCHEMA_VERSION 1 was first written, with the value a
+# trace without them means: readers fill it in, so older traces still load.
+#   count: occurrences a row stands for. 1, except a PATH_SYSCALL row with
+#   flag COALESCED, which stands for `count` identical results (same task,
+#   syscall, errno and path) folded in the kernel, the last at ts_ns; an
+#   analysis that counts failures sums it, one that looks for the first
+#   failure takes the row without the flag before it.
+COLUMN_DEFAULTS = {"count": 1}
 STRING_COLUMNS = ("comm", "name", "path", "path2")
 NUMPY_DTYPES = {
     f.name: (object if f.name in STRING_COLUMNS else f.type.to_pandas_dtype())
@@ -189,7 +202,7 @@ BPF_EVENT_DTYPE = np.dtype(
         ("flags", "<u4"),
         ("kind", "<u2"),
         ("op", "<u2"),
-        ("_pad", "<u4"),
+        ("count", "<u4"),
         ("comm", f"S{COMM_LEN}"),
         ("name", f"S{NAME_LEN}"),
     ]
@@ -245,13 +258,95 @@ def frame_from_records(rec: np.ndarray):
         elif name in STRING_COLUMNS:
             cols[name] = np.full(n, "", dtype=object)
         else:
-            cols[name] = np.zeros(n, dtype=NUMPY_DTYPES[name])
+            cols[name] = np.full(n, COLUMN_DEFAULTS.get(name, 0), dtype=NUMPY_DTYPES[name])
+    cols["count"] = np.maximum(cols["count"], 1)  # a record that does not set it stands for one
     return pd.DataFrame(cols, columns=list(COLUMNS))
 
 
-def c_defines() -> str:
-    """#define lines for every Kind, Op and Flag, for kernel-side programs."""
+class TracepointCounter(enum.IntEnum):
+    """Slots of bpf/tracepoint.c's per-CPU ``counts`` (what was seen, not streamed)."""
+
+    DROPPED_EVENTS = 0  # struct vfs_event stream full: record lost
+    DROPPED_PATH_EVENTS = 1  # struct vfs_path_event stream full: record lost
+    PATH_SYSCALLS = 2  # path syscalls that returned
+    PATH_OK_NOT_STREAMED = 3  # ... succeeded and were not streamed
+    PATH_OTHER_ERRNO_NOT_STREAMED = 4  # ... failed with another errno, not streamed
+    FILTERED_TASK = 5  # path syscalls dropped by the pid/comm filter
+    FILTERED_PREFIX = 6  # path/ns events dropped by the prefix filter
+    NS_OPS = 7
+    DENTRY_FREES = 8
+    DENTRY_ALLOCS = 9
+    SHRINKER_RUNS = 10
+    EXIT_WITHOUT_ENTER = 11  # enter+map mode: exit without a matching enter (attached mid-call)
+    COALESCED = 12  # ENOENTs folded into an earlier record's count (not a loss)
+
+
+class KprobeCounter(enum.IntEnum):
+    """Slots of bpf/kprobe.c's per-CPU ``counts``."""
+
+    WALK = 0
+    WALK_RCU = 1
+    WALK_ENOENT = 2
+    WALK_ECHILD = 3
+    LOOKUP = 4
+    RCU_LOOKUP = 5
+    SEQ_CHECK = 6
+    SEQ_FAIL = 7
+    PRUNE = 8
+    UNHASH = 9
+    IPUT = 10
+    D_FREE = 11
+    EMITTED = 12
+    LOST = 13
+    FILTERED = 14
+    INFLIGHT_HIT = 15
+    SEQ_CHANGED = 16
+    STATE_FULL = 17
+    INFLIGHT_STALE = 18
+    PRUNE_SIDE_QUIET = 19
+    NS_OP = 20
+
+
+class WidenCounter(enum.IntEnum):
+    """Slots of bpf/widen.c's per-CPU ``counts``."""
+
+    SEEN = 0  # target task returned from the probed lookup
+    DELAYED = 1  # ... and was held
+    DELAY_NS = 2  # total time held, measured
+    CAPPED = 3  # held until the iteration bound ran out, short of the delay
+    NO_DENTRY = 4  # target lookup found nothing: nothing to widen
+    UNARMED = 5  # target lookup seen while disarmed: not held
+    NOT_SAMPLED = 6  # armed, but outside the sampled share: not held
+
+
+# Per program: its counters, and the slots counting records a full stream
+# dropped (bpf/common.h's VFS_C_LOST_EV / VFS_C_LOST_PATH).
+PROGRAM_COUNTERS = {
+    "tracepoint.c": (TracepointCounter, TracepointCounter.DROPPED_EVENTS, TracepointCounter.DROPPED_PATH_EVENTS),
+    "kprobe.c": (KprobeCounter, KprobeCounter.LOST, None),
+    "widen.c": (WidenCounter, None, None),
+}
+
+
+def counter_names(program: str) -> tuple[str, ...]:
+    """The program's counter names in slot order, as tracers report them."""
+    return tuple(c.name.lower() for c in PROGRAM_COUNTERS[program][0])
+
+
+def c_defines(program: str | None = None) -> str:
+    """#define lines for kernel-side programs: every Kind, Op and Flag, the
+    errnos they compare with, and (given ``program``, a file of bpf/) that
+    program's counter slots, so no name is kept in step by hand."""
     lines = [f"#define VFS_K_{k.name} {int(k)}" for k in Kind]
     lines += [f"#define VFS_OP_{o.name} {int(o)}" for o in Op]
     lines += [f"#define VFS_F_{f.name} {int(f)}" for f in Flag if f.name != "NONE"]
+    lines += [f"#define VFS_ENOENT ({ENOENT})", f"#define VFS_ECHILD ({ECHILD})"]
+    if program is not None:
+        enum_, lost_ev, lost_path = PROGRAM_COUNTERS[program]
+        lines += [f"#define VFS_C_{c.name} {int(c)}" for c in enum_]
+        lines.append(f"#define VFS_NCOUNTERS {len(enum_)}")
+        if lost_ev is not None:
+            lines.append(f"#define VFS_C_LOST_EV VFS_C_{lost_ev.name}")
+        if lost_path is not None:
+            lines.append(f"#define VFS_C_LOST_PATH VFS_C_{lost_path.name}")
     return "\n".join(lines) + "\n"

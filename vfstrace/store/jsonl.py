@@ -17,6 +17,7 @@ import numpy as np
 
 from vfstrace.errors import TraceFormatError, VfstraceError
 from vfstrace.events import (
+    COLUMN_DEFAULTS,
     COLUMNS,
     NUMPY_DTYPES,
     SCHEMA_VERSION,
@@ -117,7 +118,7 @@ def _load_jsonl(path: Path):
                         # A \ud800-style escape: JSON allows it, UTF-8 (and Parquet) cannot hold it.
                         raise TraceFormatError(f"{path}:{lineno}: {c} holds a lone surrogate (not valid Unicode text)")
                 else:
-                    v = 0 if v is None else _parse_int(c, v, lineno, path)
+                    v = COLUMN_DEFAULTS.get(c, 0) if v is None else _parse_int(c, v, lineno, path)
                 cols[c].append(v)
             n += 1
     arrays = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 from vfstrace.errors import TraceFormatError
 from vfstrace.events import (
     ARROW_SCHEMA,
+    COLUMN_DEFAULTS,
     SCHEMA_VERSION,
     STRING_COLUMNS,
 )
@@ -86,7 +88,7 @@ def _read_part(path: Path) -> pa.Table:
             raise TraceFormatError(
                 f"{path}: schema version {raw[:20].decode(errors='replace')!r}, this vfstrace reads version {SCHEMA_VERSION}"
             )
-        if not _plain_schema(pf.schema_arrow).equals(ARROW_SCHEMA):
+        if not _schema_ok(pf.schema_arrow):
             raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
         # Strings come back dictionary-encoded (as Parquet stores them), so
         # turning them into Python objects costs one object per distinct
@@ -100,8 +102,26 @@ def _read_part(path: Path) -> pa.Table:
         t.validate(full=True)
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
-    if not _plain_schema(t.schema).equals(ARROW_SCHEMA):
+    if not _schema_ok(t.schema):
         raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
+    return _with_defaults(t)
+
+
+# The schema of parts written before the columns of COLUMN_DEFAULTS existed.
+_OLD_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name not in COLUMN_DEFAULTS])
+
+
+def _schema_ok(schema: pa.Schema) -> bool:
+    plain = _plain_schema(schema)
+    return plain.equals(ARROW_SCHEMA) or plain.equals(_OLD_SCHEMA)
+
+
+def _with_defaults(t: pa.Table) -> pa.Table:
+    """A part without a column added later gets it with its default (events.COLUMN_DEFAULTS)."""
+    for name, value in COLUMN_DEFAULTS.items():
+        if name not in t.column_names:
+            field = ARROW_SCHEMA.field(name)
+            t = t.append_column(field, pa.array(np.full(t.num_rows, value), type=field.type))
     return t
 
 
