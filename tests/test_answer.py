@@ -110,3 +110,12 @@ def test_watch_summary_begins_with_the_answer_live(tmp_path):
                         "--", "sh", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("No lookup/prune race seen: ")
+
+
+def test_a_simulated_trace_names_the_view_it_emitted():
+    from vfstrace.report.answer import tier_of
+
+    meta = {"tier": "simulated", "workload": {"simulate": {"seed": 0, "view": "tracepoint"}}}
+    assert tier_of(meta) == "simulated-tracepoint"
+    assert "(simulated tracepoint view, syscall-level evidence" in answer({"absent": 1}, tier_of(meta))
+    assert tier_of({"tier": "kprobe", "workload": "cp -a a b"}) == "kprobe"

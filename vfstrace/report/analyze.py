@@ -19,7 +19,7 @@ from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import ECHILD, ENOENT, Flag, Kind, kind_name
 from vfstrace.report.terminal import term_tree
-from vfstrace.report.answer import answer, first_paths
+from vfstrace.report.answer import answer, first_paths, tier_of
 
 # Verdicts in the order a reader should see them: the suspects (most
 # alarming first), then the verdicts that clear a lookup.
@@ -177,7 +177,7 @@ def summarize(df, meta: dict | None = None, *, verdicts=None, verdict_note: str 
         },
     }
     summary["verdicts"] = v = summarize_verdicts(verdicts, verdict_note, top=top)
-    summary["answer"] = answer(v["counts"] if v["available"] else None, meta.get("tier"),
+    summary["answer"] = answer(v["counts"] if v["available"] else None, tier_of(meta),
                                lost=summary["lost"]["total"], first=first_paths(v["suspects"]), events=n)
     return summary
 

@@ -18,11 +18,23 @@ TIER_RESOLUTION = {
     "kprobe": "kprobe tier: function-level evidence, each walk's dentry and d_seq",
     "tracepoint": "tracepoint tier: syscall-level evidence; `vfstrace doctor` says why no kprobes",
     "simulated": "simulated trace: its --truth file holds the ground truth",
+    "simulated-kprobe": "simulated kprobe view: its --truth file holds the ground truth",
+    "simulated-tracepoint": "simulated tracepoint view, syscall-level evidence: its --truth file holds the ground truth",
 }
 
 
 def resolution(tier: str | None) -> str:
     return TIER_RESOLUTION.get(str(tier or ""), f"tier {tier or 'unknown'}")
+
+
+def tier_of(meta: dict) -> str | None:
+    """The tier a trace's verdicts rest on; for `vfstrace simulate`, which tier's view it emitted."""
+    tier = meta.get("tier")
+    w = meta.get("workload")
+    sim = w.get("simulate") if isinstance(w, dict) else None
+    if tier == "simulated" and isinstance(sim, dict) and sim.get("view") in ("kprobe", "tracepoint"):
+        return f"simulated-{sim['view']}"
+    return tier
 
 
 def shown(text) -> str:

@@ -242,9 +242,9 @@ def render_html(rep: dict) -> str:
         if rep["suspects"]:
             out.append(_legend())
         for i, x in enumerate(rep["suspects"], 1):
+            dentry = f'dentry {E(x["dentry"])} ' if int(x["dentry"], 16) else ""  # syscall-level: no dentry
             out.append(f'<h3 class="{E(x["verdict"])}">#{i} {E(x["verdict"].upper())}: event {x["event_id"]}, '
-                       f'tid {x["tid"]} ({E(x["comm"])}), dentry {E(x["dentry"])} '
-                       f'<code>{E(x["path"] or x["name"])}</code></h3>')
+                       f'tid {x["tid"]} ({E(x["comm"])}), {dentry}<code>{E(x["path"] or x["name"])}</code></h3>')
             out.append(f"<p>{E(x['reason'])}<br>rests on events: {E(', '.join(map(str, x['evidence'])) or '(none)')}</p>")
             out.append(timeline_svg(x))
             out.append(_timeline_table(x))
