@@ -109,7 +109,7 @@ class _Dentry:
 
 class _Sim:
     def __init__(self, seed, semantics, walkers, files, duration_ns, churn, jitter_ns, migrate, reuse,
-                 loss_rate, prune_parents, cpus, widen, drop_enter, prune_gap_ns, prune_fraction, think_ns):
+                 prune_parents, cpus, widen, drop_enter, prune_gap_ns, prune_fraction, think_ns):
         self.rng = random.Random(seed)
         self._random = self.rng.random
         self.semantics = semantics
@@ -686,7 +686,7 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
         raise VfstraceError("loss_rate, widen and drop_enter must be fractions")
     if jitter_ns < 0:
         raise VfstraceError("jitter must not be negative")
-    s = _Sim(int(seed), semantics, walkers, files, int(duration_ns), churn, int(jitter_ns), migrate, reuse, loss_rate,
+    s = _Sim(int(seed), semantics, walkers, files, int(duration_ns), churn, int(jitter_ns), migrate, reuse,
              prune_parents, cpus, widen, drop_enter, prune_gap_ns, prune_fraction, think_ns)
     s.wcpu = [0] * walkers
     for w in range(walkers):
