@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from vfstrace.correlate.identity import component, group_lists, own_rechecks, removals, same_incarnation
+from vfstrace.correlate.inflight import flagged, inflight_prunes
 from vfstrace.events import ECHILD, ENOENT, Flag, Kind, op_name
 
 WALK_KINDS = np.array([Kind.WALK_ENTER, Kind.WALK_RETURN, Kind.LOOKUP_ENTER, Kind.LOOKUP_RETURN, Kind.SEQ_CHECK],
@@ -264,12 +265,21 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
                 last = pd.DataFrame({"j": jr[k], "t": pairs["pts"].to_numpy()[k], "ino": pino[k]})
                 last = last.sort_values(["j", "t"], kind="stable").drop_duplicates("j", keep="last")
                 found_ino[last["j"].to_numpy()] = last["ino"].to_numpy()
-    prune_seen |= (J["flags"].to_numpy() & int(Flag.PRUNE_INFLIGHT)) != 0
+    # The kernel side's PRUNE_INFLIGHT bit: its prune may lie before the
+    # window (a widened walk, a prune begun before the lookup); cite it from
+    # the address's history, and say `race` on the bit only when it is cited.
+    inflight = flagged(J)
+    for i, ids in enumerate(inflight_prunes(J, E, inflight & ~np.array([bool(x) for x in prune_ids]), tol)):
+        if ids:
+            prune_ids[i] = ids
+    uncited = inflight & ~np.array([bool(x) for x in prune_ids])
+    prune_seen |= inflight
     # A lookup that found the dentry negative was told the truth, whatever
     # happened to the dentry afterwards (a re-create, then its prune).
     lr_ino = J["found_ino"].to_numpy().astype(np.int64)
     prune_seen &= lr_ino != 0
     found_ino = np.where(lr_ino >= 0, lr_ino, found_ino)
+    uncited &= prune_seen
 
     ns_ids, ns_op = removals(J, Jk, E, B, win, found_ino)
     explained = np.array([bool(x) for x in ns_ids])
@@ -292,12 +302,13 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
         echild, "retried",
         np.where(explained, "explained",
                  np.where(prune_seen & has_retry, "retried",
-                          np.where(lost, "uncertain", np.where(prune_seen, "race", "absent"))))).astype(object)
+                          np.where(lost | uncited, "uncertain",
+                                   np.where(prune_seen, "race", "absent"))))).astype(object)
     ev_lost = [[int(x) for x in lids[lo[i]:hi[i]]] for i in range(n)]
     n_lost = [int(lcnt[lo[i]:hi[i]].sum()) for i in range(n)]
     evidence, reason = _explain(J, verdict, dict(
         prune_seen=prune_seen, prune_ids=prune_ids, retry_ids=retry_ids, ns_ids=ns_ids, ns_op=ns_op,
-        ev_lost=ev_lost, n_lost=n_lost, unplaced_lost=int(unplaced_lost)))
+        ev_lost=ev_lost, n_lost=n_lost, unplaced_lost=int(unplaced_lost), uncited=uncited))
     return pd.DataFrame({
         "event_id": J["event_id"].to_numpy().astype(np.uint64),
         "verdict": verdict,
@@ -341,6 +352,9 @@ def _explain(J, verdict, why):
                        if seen[i] else "a prune or namespace operation may be missing")
             if why["n_lost"][i]:
                 r = f"{why['n_lost'][i]} event(s) lost in the window: {missing}"
+            elif why["uncited"][i] and not why["unplaced_lost"]:
+                r = ("the kernel side saw a prune of this dentry in flight, but no PRUNE event in the trace "
+                     "can be that one (lost, or freed before the walk)")
             else:
                 r = (f"the trace reports {why['unplaced_lost']} lost event(s) that no LOST record places in time: "
                      f"{missing}")
