@@ -187,3 +187,21 @@ def test_live_verdicts_equal_analyze_on_this_kernel(tmp_path):
     assert summary["verdicts"] == offline
     lost = df[df["kind"] == int(Kind.LOST)]
     assert summary["lost_total"] == int(lost["ret"].sum()) == read_meta(trace)["lost_total"]
+
+
+def test_drops_on_no_known_cpu_are_counted_once(tmp_path):
+    """A perf buffer's lost callback names no CPU (cpu -1): one LOST row (cpu 0xffffffff), counted once."""
+    from vfstrace.report.analyze import summarize
+
+    tracer = LossyTracer(_events(), drop_every=10**9)
+    tracer.counts = {-1: 7}
+    with TraceWriter(tmp_path / "u.vft") as w:
+        rec = Recorder(tracer, writer=w)
+        rec.poll(0)
+        rec.drain()
+    df = load(tmp_path / "u.vft")
+    lost = df[df["kind"] == int(Kind.LOST)]
+    assert lost["cpu"].tolist() == [0xFFFFFFFF] and lost["ret"].tolist() == [7]
+    s = summarize(df)
+    assert s["lost"] == {"total": 7, "per_cpu": {str(0xFFFFFFFF): 7}, "records": 1}
+    assert df.attrs["meta"]["lost_per_cpu"] == {0xFFFFFFFF: 7}

@@ -39,7 +39,10 @@ import pandas as pd
 from vfstrace.events import BPF_EVENT_DTYPE, Kind, kind_name
 
 POLL_MS = 200
-UNKNOWN_CPU = 0xFFFFFFFF  # a LOST row's cpu when the kernel does not say (perf buffer lost callback: cpu -1)
+# The cpu of drops the kernel does not place (a perf buffer's lost callback,
+# which tracers report as cpu -1): in LOST rows and in lost_per_cpu alike,
+# so the two agree and the cpu column stays an unsigned 32-bit number.
+UNKNOWN_CPU = 0xFFFFFFFF
 
 
 def lost_frame(deltas: dict[int, int], ts_ns: int) -> pd.DataFrame:
@@ -49,7 +52,7 @@ def lost_frame(deltas: dict[int, int], ts_ns: int) -> pd.DataFrame:
     rec = np.zeros(len(deltas), dtype=BPF_EVENT_DTYPE)
     for i, (cpu, n) in enumerate(sorted(deltas.items())):
         rec[i]["ts_ns"] = ts_ns
-        rec[i]["cpu"] = cpu if cpu >= 0 else UNKNOWN_CPU
+        rec[i]["cpu"] = cpu
         rec[i]["kind"] = int(Kind.LOST)
         rec[i]["ret"] = n
     return records_to_frame(rec)
@@ -121,7 +124,10 @@ class Recorder:
     # -- internals -----------------------------------------------------------
 
     def _lost_rows(self):
-        cur = {int(c): int(n) for c, n in self.tracer.lost().items()}
+        cur: dict[int, int] = {}
+        for c, n in self.tracer.lost().items():
+            c = int(c) if int(c) >= 0 else UNKNOWN_CPU
+            cur[c] = cur.get(c, 0) + int(n)
         deltas = {c: n - self.lost_seen.get(c, 0) for c, n in cur.items() if n > self.lost_seen.get(c, 0)}
         if not deltas:
             return None

@@ -121,12 +121,16 @@ def _lost(df, meta: dict) -> dict:
     rows = {}
     if m.any():
         cpu = df["cpu"].to_numpy()[m].astype(np.int64)
-        cnt = df["ret"].to_numpy()[m]
-        s = np.bincount(cpu, weights=cnt)
-        rows = {int(c): int(s[c]) for c in np.nonzero(s)[0]}
+        cnt = df["ret"].to_numpy()[m].astype(np.int64)
+        # not bincount: cpu may be any u32 (0xffffffff: drops on no known CPU, vfstrace.recorder)
+        uniq, inv = np.unique(cpu, return_inverse=True)
+        s = np.zeros(len(uniq), dtype=np.int64)
+        np.add.at(s, inv, cnt)
+        rows = {int(c): int(n) for c, n in zip(uniq, s) if n}
     from_meta = {int(c): int(n) for c, n in dict(meta.get("lost_per_cpu") or {}).items()}
-    # The writer records each drop both ways; a trace cut down or written by
-    # hand may hold only one of them, so take whichever saw more per CPU.
+    # The recorder writes each drop both ways (a LOST row and lost_per_cpu);
+    # a trace cut down or written by hand may hold only one of them, so take
+    # whichever saw more per CPU.
     per_cpu = {c: max(rows.get(c, 0), from_meta.get(c, 0)) for c in sorted(set(rows) | set(from_meta))}
     total = sum(per_cpu.values())
     return {"total": int(total), "per_cpu": {str(c): n for c, n in per_cpu.items()}, "records": int(m.sum())}
