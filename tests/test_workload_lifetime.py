@@ -144,3 +144,44 @@ def test_sigkill_of_record_ends_stress_which_cleans_up(tmp_path):
     cg = [d for d in os.listdir("/sys/fs/cgroup") if d.startswith(f"vfstrace-stress-{pid}")] \
         if os.path.isdir("/sys/fs/cgroup") else []
     assert cg == []
+
+
+def _pids_with(tag):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and tag.encode() in _cmdline(int(d)) and _alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+@pytest.mark.live
+def test_sigkill_of_record_ends_what_its_command_forked(tmp_path):
+    """A shell's background children get no parent-death signal; the workload's guarded cgroup ends them."""
+    from vfstrace.workload.child import GUARD_GRACE
+
+    need(os.path.isdir("/sys/fs/cgroup"), "needs a cgroup v2 mount")
+    tag = f"{400 + uuid.uuid4().int % 100}.5"
+    sh = f"sleep {tag} & sleep {tag} & wait"
+    _sigkill_recorder(tmp_path, ["sh", "-c", sh], lambda k: b"sh" in _cmdline(k)[0],
+                      ready=lambda: len(_pids_with(tag)) == 2)
+    end = time.monotonic() + GUARD_GRACE + 10
+    while time.monotonic() < end and _pids_with(tag):
+        time.sleep(0.1)
+    assert _pids_with(tag) == []
+    assert not [d for d in os.listdir("/sys/fs/cgroup") if d.startswith("vfstrace-workload-")
+                and not os.path.exists(f"/proc/{d.rsplit('-', 1)[1]}")]
+
+
+@pytest.mark.live
+def test_record_ends_a_daemon_its_command_left(tmp_path):
+    """The command exits, leaving a child in a session of its own: record's stop ends it too."""
+    need_tracing()
+    tag = f"{500 + uuid.uuid4().int % 100}.5"
+    r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", "-o", str(tmp_path / "d.vft"), "--",
+                        "sh", "-c", f"setsid sleep {tag} >/dev/null 2>&1 < /dev/null & sleep 1; exit 0"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert r.returncode == 0, r.stderr
+    end = time.monotonic() + 5
+    while time.monotonic() < end and _pids_with(tag):
+        time.sleep(0.1)
+    assert _pids_with(tag) == []
