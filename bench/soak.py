@@ -18,6 +18,7 @@ Numbers only: nothing is asserted (a crash shows as the exit column).
     .venv/bin/python bench/soak.py --minutes 10 --kernel all
     .venv/bin/python bench/soak.py --minutes 1 --kernel all     # CI size
     .venv/bin/python bench/soak.py --inside OUT --minutes 1     # on this kernel (needs kprobes)
+    .venv/bin/python bench/soak.py --inside OUT --tier tracepoint --pressure none --minutes 3
 """
 
 from __future__ import annotations
@@ -60,15 +61,15 @@ def exit_text(rc: int | None) -> str:
     return f"exit {rc}"
 
 
-def inside(out: Path, minutes: float, every: float) -> dict:
+def inside(out: Path, minutes: float, every: float, tier: str = "kprobe", pressure: str = "drop_caches") -> dict:
     """Run the soak on the current kernel; the result also goes to OUT/soak.json."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/var/tmp/vt-soak")
     work.mkdir(parents=True, exist_ok=True)
     seconds = minutes * 60
     trace = out / "soak.trace"
-    argv = VFSTRACE + ["record", "--tier", "kprobe", "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
-        "stress", "-d", str(seconds), "--churn", "--pressure", "drop_caches", "--files", "1500", "-j", "3",
+    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
+        "stress", "-d", str(seconds), "--churn", "--pressure", pressure, "--files", "1500", "-j", "3",
         "--workdir", str(work), "--json"]
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     err_path = out / "record.stderr"
@@ -87,20 +88,30 @@ def inside(out: Path, minutes: float, every: float) -> dict:
                 pass
         stdout = proc.stdout.read()
     wall = time.monotonic() - t0
-    res = {"kernel_release": os.uname().release, "minutes": minutes, "wall_s": round(wall, 1),
+    res = {"kernel_release": os.uname().release, "tier": tier, "pressure": pressure, "minutes": minutes, "wall_s": round(wall, 1),
            "returncode": proc.returncode, "exit": exit_text(proc.returncode), "rss_mib": samples,
            "stderr_tail": err_path.read_text(errors="replace")[-4000:]}
-    try:
-        summ = json.loads(stdout[stdout.index("{"):]) if "{" in stdout else {}
-    except ValueError:
-        summ = {}
-    for k in ("events", "lost_total", "stop_reason", "workload_exit"):
-        res[k] = summ.get(k)
-    res["events_per_s"] = round(res["events"] / wall) if res.get("events") else None
-    res["kernel_counters"] = {k: v for k, v in (summ.get("kernel_counters") or {}).items()
-                              if k in ("walk", "prune", "emitted", "lost", "inflight_stale")}
+    res["stdout_tail"] = stdout[-2000:]
+    res.update(trace_numbers(trace))
     (out / "soak.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def trace_numbers(trace: Path) -> dict:
+    """Events, losses, stop reason and workload exit from the trace's metadata
+    (docs/trace-format.md), which the recorder writes whatever its stdout held."""
+    try:
+        m = json.loads((trace / "_meta.json").read_text())
+    except (OSError, ValueError):
+        return {"events": None}
+    out = {k: m.get(k) for k in ("events", "lost_total", "stop_reason", "workload_exit", "closed")}
+    t0, t1 = m.get("start_monotonic_ns"), m.get("end_monotonic_ns")
+    secs = (t1 - t0) / 1e9 if isinstance(t0, int) and isinstance(t1, int) and t1 > t0 else None
+    out["recorded_s"] = round(secs, 1) if secs else None
+    out["events_per_s"] = round(m["events"] / secs) if secs and isinstance(m.get("events"), int) else None
+    out["kernel_counters"] = {k: v for k, v in (m.get("kernel_counters") or {}).items()
+                              if k in ("walk", "prune", "emitted", "lost", "inflight_stale")}
+    return out
 
 
 def table(results: dict[str, dict]) -> str:
@@ -109,11 +120,12 @@ def table(results: dict[str, dict]) -> str:
     rows = []
     for kernel, r in results.items():
         rss = [m for _, m in r.get("rss_mib") or []]
-        rows.append([kernel, r.get("kernel_release"), r.get("minutes"), r.get("exit"), r.get("events"),
-                     r.get("events_per_s"), r.get("lost_total"),
+        rows.append([kernel, r.get("kernel_release"), r.get("minutes"), r.get("recorded_s"), r.get("exit"),
+                     r.get("events"), r.get("events_per_s"), r.get("lost_total"),
                      f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f}" if rss else "-",
                      r.get("stop_reason"), r.get("workload_exit")])
-    head = ["kernel", "release", "min", "recorder", "events", "events/s", "lost", "RSS MiB first/max/last",
+    head = ["kernel", "release", "stress min", "recorded s", "recorder", "events", "events/s", "lost",
+            "RSS MiB first/max/last",
             "stop", "workload exit"]
     out = [tabulate(rows, headers=head, disable_numparse=True)]
     for kernel, r in results.items():
@@ -130,12 +142,30 @@ def main():
     ap.add_argument("--kernel", default="all", help="VM kernel (5.10, 6.1, 6.12, or all)")
     ap.add_argument("--every", type=float, default=None, help="seconds between RSS samples (default: minutes*3)")
     ap.add_argument("--inside", metavar="OUT", help="run on this kernel, results in OUT")
+    ap.add_argument("--report", metavar="DIR", help="print the table again from DIR/<kernel>/ of an earlier run")
+    ap.add_argument("--tier", default="kprobe", choices=["kprobe", "fentry", "tracepoint"],
+                    help="with --inside: the tier to record (tracepoint where kprobes are missing)")
+    ap.add_argument("--pressure", default="drop_caches", choices=["drop_caches", "cgroup", "none"],
+                    help="with --inside: stress's memory pressure (drop_caches empties every cache on the machine)")
     a = ap.parse_args()
     if not (0 < a.minutes <= 24 * 60):
         ap.error("--minutes must be in (0, 1440]")
     every = a.every or max(5.0, a.minutes * 3)
     if a.inside:
-        print(json.dumps(inside(Path(a.inside), a.minutes, every)), flush=True)
+        res = inside(Path(a.inside), a.minutes, every, a.tier, a.pressure)
+        print(json.dumps(res), flush=True)
+        print(table({res["kernel_release"]: res}), flush=True)
+        return
+    if a.report:
+        results = {}
+        for d in sorted(Path(a.report).iterdir()):
+            try:
+                r = json.loads((d / "soak.json").read_text())
+            except (OSError, ValueError):
+                continue
+            r.update({k: v for k, v in trace_numbers(d / "soak.trace").items() if v is not None})
+            results[d.name] = r
+        print(table(results))
         return
     from vfstrace import vm
 

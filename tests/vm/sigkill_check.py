@@ -135,9 +135,20 @@ def main():
         walk = next((p["func"] for p in res["perf_while_running"]
                      if str(p.get("func", "")).startswith("walk_component")), "walk_component")
         stale = f"r_{walk.replace('.', '_')}_bcc_{pid}"
-        with open(tracefs() / "kprobe_events", "a") as f:
-            f.write(f"r128:kprobes/{stale} {walk}\n")
+        (out / f"sigkill-{a.tier}.json").write_text(json.dumps(res, indent=1))
         res["planted"] = stale
+        res["plant_errors"] = []
+        for spec in (f"r128:kprobes/{stale} {walk}", f"r:kprobes/{stale} {walk}"):
+            fd = os.open(tracefs() / "kprobe_events", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, (spec + "\n").encode())
+                res["plant_line"] = spec
+                break
+            except OSError as e:
+                res["plant_errors"].append(f"{spec}: {e}")
+            finally:
+                os.close(fd)
+        res["tracing_error_log"] = (tracefs() / "error_log").read_text()[-1000:] if res["plant_errors"] else ""
         res["planted_present"] = any(stale in e for e in kprobe_events())
         r = subprocess.run(VFSTRACE + ["record", "--tier", "kprobe", "-o", str(out / "kprobe-second.trace"), "-d", "3",
                                        "--", "sleep", "1"], capture_output=True, text=True, cwd=str(ROOT))
