@@ -185,3 +185,27 @@ def test_record_ends_a_daemon_its_command_left(tmp_path):
     while time.monotonic() < end and _pids_with(tag):
         time.sleep(0.1)
     assert _pids_with(tag) == []
+
+
+@pytest.mark.live
+def test_disk_full_stops_record_with_one_line_and_ends_the_workload(tmp_path):
+    need_tracing()
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    tag = f"{600 + uuid.uuid4().int % 100}.5"
+    gen = ("import os\nfor i in range(50_000_000):\n    os.path.exists('/nonexistent/full-%d' % i)\n")
+    try:
+        r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", "-o", str(full / "t.vft"), "--",
+                            "sh", "-c", f"sleep {tag} & {sys.executable} -c \"{gen}\""],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vfstrace: error:")]
+        assert r.returncode != 0 and len(errors) == 1 and "No space left" in errors[0], r.stderr
+        assert "Traceback" not in r.stderr
+        assert _pids_with(tag) == []
+        from vfstrace.store import load
+
+        assert not list((full / "t.vft").glob(".*.tmp"))
+        assert len(load(full / "t.vft")) > 0  # the parts flushed before the disk filled are readable
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

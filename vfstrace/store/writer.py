@@ -231,6 +231,7 @@ class TraceWriter:
                     os.fsync(f.fileno())
                 os.replace(tmp, final)
             except OSError as e:
+                tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
                 raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
             ids = t.column("event_id")
             self.meta["parts"].append(
