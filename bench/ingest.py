@@ -60,7 +60,8 @@ def live(rate, seconds):
 
     comm = "vfs-ingest"
     gen = StatGen()
-    t = TracepointTracer(TraceOptions(comm=comm, extra={"recheck": False}))
+    # coalesce_ns 0: every failure streamed (the tier otherwise folds identical repeats)
+    t = TracepointTracer(TraceOptions(comm=comm, extra={"recheck": False, "coalesce_ns": 0}))
     t.load()
     rec = Recorder(t)  # as `record` drains: numbered frames, losses as LOST rows
     got = 0
