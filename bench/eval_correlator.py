@@ -14,7 +14,9 @@ Prints, for many seeds of both kernel semantics (vfstrace/workload/simulate.py):
   (overlaps) against -ECHILD retries with none (never counted);
 * ``race`` verdicts that are not true races on traces with address reuse and
   lost events (target: 0);
-* syscall-level agreement (lower resolution, no target);
+* syscall-level agreement (lower resolution, no target), with successes
+  streamed (``--all-paths``) and without (a default recording: existence
+  after a failure from the tracer's re-check, before it from creations);
 * throughput of the batch and the streaming correlator in events/s
   (targets: batch >= 1M/s, streaming >= 300k/s);
 * the streaming correlator's peak RSS at two trace sizes, each in a fresh
@@ -47,7 +49,7 @@ from vfstrace.workload.simulate import simulate  # noqa: E402
 def score(seeds, semantics, durations, **kw):
     c = {"tp": 0, "fp": 0, "fn": 0, "fn_lost": 0, "races_true": 0, "events": 0, "judged": 0,
          "sc_agree": 0, "sc_total": 0, "transient_fp": 0, "complete_walk": 0, "recreate": 0, "rename_onto_race": 0,
-         "retried_prune": 0, "retried_no_prune": 0}
+         "retried_prune": 0, "retried_no_prune": 0, "sc_transient": 0, "sc_transient_tp": 0}
     fp_ids = []
     for i, seed in enumerate(seeds):
         dur = durations[i % len(durations)]
@@ -69,6 +71,8 @@ def score(seeds, semantics, durations, **kw):
         c["sc_total"] += len(s)
         c["sc_agree"] += int((s["truth"] == s["verdict"]).sum())
         c["transient_fp"] += int(((s["verdict"] == "transient") & (s["truth"] != "transient")).sum())
+        c["sc_transient"] += int((s["truth"] == "transient").sum())
+        c["sc_transient_tp"] += int(((s["verdict"] == "transient") & (s["truth"] == "transient")).sum())
     c["fp_examples"] = fp_ids[:5]
     return c
 
@@ -196,6 +200,11 @@ def main():
     print(f"  syscall level (lower resolution): agreement with truth {ratio(b['sc_agree'], b['sc_total']):.3f} buggy, "
           f"{ratio(f['sc_agree'], f['sc_total']):.3f} fixed; transient on fixed: "
           f"{f['transient_fp']}")
+    for all_paths in (True, False):
+        tp = score(seeds[: max(2, nseeds // 3)], "buggy", durations, view="tracepoint", all_paths=all_paths)
+        print(f"  tracepoint view, {'successes streamed' if all_paths else 'default recording'}: agreement "
+              f"{ratio(tp['sc_agree'], tp['sc_total']):.3f}, transient found {tp['sc_transient_tp']} of "
+              f"{tp['sc_transient']} true, {tp['transient_fp']} transient not true")
     print(f"  ({time.perf_counter() - t0:.0f} s)")
 
     base, _ = simulate(1, duration_ns=5_000_000 if a.quick else 20_000_000)

@@ -187,3 +187,16 @@ def test_per_cpu_delivery_renumbers_the_same_events():
     assert sorted(zip(m["ts_ns"], m["truth"])) == sorted(zip(ma["ts_ns"], ma["truth"]))
     with pytest.raises(VfstraceError):
         simulate(5, delivery="sideways", **SMALL)
+
+
+def test_tracepoint_default_recording_has_no_successes_and_the_tracers_recheck():
+    from vfstrace.events import Flag
+
+    ev, truth = simulate(7, view="tracepoint", all_paths=False, **SMALL)
+    sc = ev[ev["kind"] == Kind.PATH_SYSCALL]
+    assert len(sc) and (sc["ret"] == ENOENT).all()
+    ea = (sc["flags"] & int(Flag.EXISTS_AFTER)) != 0
+    t = truth.set_index("event_id")["truth"]
+    # A raced stat of a file that existed throughout is there at the re-check; a never-existing name is not.
+    assert ea[sc["event_id"].map(t).eq("transient").to_numpy()].all()
+    assert not ea[sc["path"].str.contains("/nx").to_numpy()].any()

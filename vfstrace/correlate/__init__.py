@@ -23,17 +23,24 @@ Walk level (judged event: ``WALK_RETURN`` with -ENOENT or -ECHILD):
 ``race``      a prune (PRUNE/UNHASH/IPUT) of the same dentry -- same address,
               no D_FREE/D_ALLOC between, the dentry positive -- overlapped the
               walk, and the walk returned -ENOENT with no d_seq re-check;
-``retried``   the walk returned -ECHILD, or a re-check failed (SEQ_CHECK or
-              LOOKUP_RETURN -ECHILD) during an overlapping prune: the fixed
-              kernel doing its job;
-``explained`` an unlink, rmdir or rename removed that name (or that dentry)
-              within the window;
+``retried``   the walk returned -ECHILD, or a re-check of its own (one that
+              ran inside the walk: SEQ_CHECK with IN_WALK, or LOOKUP_RETURN
+              -ECHILD) failed during an overlapping prune: the fixed kernel
+              doing its job; column ``overlap`` says whether a prune of its
+              own dentry was seen (only those test the re-check);
+``explained`` an unlink, rmdir or rename *away* removed that name (or that
+              dentry, or the inode the walk found) within the window; a
+              rename onto a name never explains;
 ``uncertain`` would be ``race`` or ``absent`` but events were lost (LOST) in
-              the window: never a guess at ``race``;
+              the window, or the trace reports losses no LOST record
+              places: never a guess at ``race``;
 ``absent``    a plain miss.
 Syscall level (judged event: ``PATH_SYSCALL`` -ENOENT, lower resolution):
 ``transient``, ``explained``, ``uncertain``, ``absent``; see
-vfstrace/correlate/syscall.py.
+vfstrace/correlate/syscall.py. docs/verdicts.md has the table of verdicts
+and the evidence each requires; vfstrace/correlate/identity.py the rules
+that tie evidence to a walk (its re-checks, the same dentry incarnation by
+time, the same name by component).
 
 Time windows (:class:`Windows`, all in ns) absorb clock skew between CPUs
 (``skew_ns``), walks whose entry the kernel filtered out (``walk_ns``), syscall

@@ -77,8 +77,9 @@ TRACEPOINT_KINDS = (Kind.PATH_SYSCALL, Kind.NS_OP, Kind.D_FREE, Kind.D_ALLOC, Ki
 FRESH_NS = 500_000        # removed names are looked up for this long after removal
 RECREATE_NS = 1_500_000   # ... and re-created this long after it
 QUICK_RECREATE = 0.3      # share of unlinks re-created within FRESH_NS (unlink + re-create)
-COMPLETE_WALK_NS = (200, 3_000)
-POLL_NS, DRAIN_NS = 200_000, 20_000  # delivery="percpu": reader period, and its lag from one CPU to the next  # from the last component's return to complete_walk()'s re-check
+COMPLETE_WALK_NS = (200, 3_000)  # from the last component's return to complete_walk()'s re-check
+POLL_NS, DRAIN_NS = 200_000, 20_000  # delivery="percpu": reader period, and its lag from one CPU to the next
+RECHECK_NS = 200_000  # from a failed path syscall to the tracepoint tier's re-check of its path
 ADDR_BASE = 0xFFFF_8881_0000_0000
 DENTRY_SIZE = 192
 ROOT_INO = 2
@@ -160,6 +161,7 @@ class _Sim:
         self.removed = {}  # (dir, name) -> time removed (while absent)
         self.recreated = {}  # (dir, name) -> time quickly re-created after a removal
         self.last_found = {}  # walker -> (dentry, d_seq sample) of its last RCU component
+        self.exists_after = set()  # rows of failed path syscalls whose path existed at the re-check
         self.root = _Dentry(self._alloc_addr(), "/", None, ROOT_INO, True)
         self.root.refs = 1  # pinned, never pruned
         self.cpu_offset = [self.rng.randint(-jitter_ns, jitter_ns) if jitter_ns else 0 for _ in range(cpus)]
@@ -269,9 +271,20 @@ class _Sim:
                 i = self.emit(Kind.PATH_SYSCALL, self.wcpu[w], tid, comm, op=op, path=path, ret=res if res else 3)
                 if res == ENOENT:
                     self.truth[i] = ("syscall", {"race": "transient"}.get(label, label))
+                    self.spawn(self._recheck(i, comps))
                 yield self.u(self.think_ns // 4, self.think_ns * 2)
             if self.migrate and self.rng.random() < 0.2:
                 self.wcpu[w] = self.u(0, self.cpus - 1)
+
+    def _recheck(self, row, comps):
+        """The tracepoint tier's lstat() of a failed path at its next poll: EXISTS_AFTER if it is there."""
+        yield RECHECK_NS
+        d = ""
+        for k, c in enumerate(comps):
+            if c not in self.fs.get(d, {}):
+                return
+            d = c if k == 0 else d + "/" + c
+        self.exists_after.add(row)
 
     def _churn_target(self):
         now = self.now
@@ -561,7 +574,7 @@ class _Sim:
 
     # -- output ------------------------------------------------------------------
 
-    def frames(self, loss_rate, view, delivery="ts"):
+    def frames(self, loss_rate, view, delivery="ts", all_paths=True):
         rows = self.rows
         n = len(rows)
         cols = list(zip(*rows)) if n else [[] for _ in range(17)]
@@ -593,6 +606,11 @@ class _Sim:
                 lost_rows.append((int(ts[idx[-1]]) + int(nrng.integers(100, 5_000)), int(c), len(idx)))
         if view == "tracepoint":
             keep &= np.isin(arr["kind"], [int(k) for k in TRACEPOINT_KINDS])
+            if self.exists_after:
+                ea = np.fromiter(self.exists_after, dtype=np.int64)
+                arr["flags"][ea] |= int(Flag.EXISTS_AFTER)
+            if not all_paths:  # a default recording: successful path syscalls are not streamed
+                keep &= ~((arr["kind"] == Kind.PATH_SYSCALL) & (arr["ret"] >= 0))
         sel = np.flatnonzero(keep)
         df = pd.DataFrame({
             "ts_ns": ts[sel].astype(np.uint64),
@@ -662,7 +680,8 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
              duration_ns: int = 20_000_000, churn: bool = True, jitter_ns: int = 2_000, migrate: bool = True,
              reuse: bool = True, loss_rate: float = 0.0, prune_parents: bool = True, cpus: int = 4,
              widen: float = 0.1, drop_enter: float = 0.02, prune_gap_ns: int = 100_000,
-             prune_fraction: float = 0.6, think_ns: int = 4_000, view: str = "kprobe", delivery: str = "ts"):
+             prune_fraction: float = 0.6, think_ns: int = 4_000, view: str = "kprobe", delivery: str = "ts",
+             all_paths: bool = True):
     """Simulate ``duration_ns`` of walkers against pruning; returns ``(events, truth)``.
 
     Deterministic for a given seed and arguments. ``events`` is in the event
@@ -673,6 +692,10 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
     LOST); its truth is then the syscall level only. ``delivery="percpu"``
     numbers events in the order a reader of per-CPU perf buffers receives
     them (grouped by CPU per drain, POLL_NS/DRAIN_NS) instead of by time.
+    In the tracepoint view, a failed path syscall carries ``EXISTS_AFTER``
+    when its path existed RECHECK_NS later (the tracer's re-check), and
+    ``all_paths=False`` drops the successful path syscalls, as a recording
+    without ``--all-paths`` does.
     """
     if semantics not in SEMANTICS:
         raise VfstraceError(f"--semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
@@ -695,7 +718,7 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
     if churn:
         s.spawn(s.churner())
     s.run()
-    return s.frames(loss_rate, view, delivery)
+    return s.frames(loss_rate, view, delivery, all_paths)
 
 
 def _write_trace(events, output, meta):
