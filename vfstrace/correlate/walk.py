@@ -232,7 +232,9 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
     P = E.loc[np.isin(ekind, PRUNE_KINDS), ["event_id", "ts_ns", "kind", "dentry", "parent", "ino", "name"]]
     P = P.rename(columns={"event_id": "pid_", "ts_ns": "pts", "kind": "pkind", "parent": "pparent", "ino": "pino",
                           "name": "pname"})
-    P["pname"] = pd.Series([component(x) for x in P["pname"].tolist()], index=P.index, dtype=object)
+    slash = P["pname"].str.contains("/", regex=False).fillna(False).to_numpy(dtype=bool)
+    if slash.any():  # a d_name never holds '/': only hand-written traces get here
+        P.loc[slash, "pname"] = [component(x) for x in P.loc[slash, "pname"].tolist()]
     by_d = _window_join(Jk[jd != 0], P[P["dentry"] != 0], "pts", tol)
     pj = Jk[(jd == 0) & (jparent != 0) & (jname != "")]
     by_pn = pj.merge(P, left_on=["parent", "name"], right_on=["pparent", "pname"], suffixes=("", "_p"))
