@@ -27,9 +27,10 @@ frees in well under a second. So the stream works in bulk:
   ``cons % 8 == 0`` or the read stops with :class:`RingError`; the span read
   starts at ``cons & mask < size`` and is ``prod - cons <= size`` long, so
   it ends inside the double mapping, and every access is a bounds-checked
-  Python buffer slice (no ctypes pointer into the mapping). Records before
-  the first BUSY header were committed before the producer position was
-  read and cannot change until the consumer position passes them; a
+  Python buffer slice (no ctypes pointer into the mapping). A header that
+  reads committed (BUSY clear) was cleared by the kernel's xchg after the
+  body was written, and nothing before the first BUSY header can change
+  until the consumer position passes it; a
   committed length other than the ring's record size is a producer bug,
   reported as :class:`RingError`, not trusted. Ordering: the kernel pairs
   ``smp_store_release(producer_pos)`` with the reader's acquire load; on
