@@ -334,3 +334,12 @@ def test_recorded_6_1_trace_counts_only_the_retry_with_a_prune_as_an_overlap():
     assert (ph.retried, ph.race) == (len(wr), 0)
     assert ph.overlaps == with_prune < len(wr)
     assert ph.retried_no_prune == len(wr) - with_prune
+
+
+def test_streaming_takes_unplaced_losses_as_the_batch_does():
+    df = trace(*by_time(walk(100) + prune(103)), _sc(300, "/d/nx", ENOENT))
+    v = correlate(df, unplaced_lost=7)
+    sc = StreamingCorrelator(unplaced_lost=7)
+    s = pd.concat([sc.feed(df.iloc[:4]), sc.feed(df.iloc[4:]), sc.finish()], ignore_index=True)
+    pd.testing.assert_frame_equal(v, s.sort_values("event_id").reset_index(drop=True))
+    assert (v["verdict"] == "uncertain").all()
