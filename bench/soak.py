@@ -61,14 +61,16 @@ def exit_text(rc: int | None) -> str:
     return f"exit {rc}"
 
 
-def inside(out: Path, minutes: float, every: float, tier: str = "kprobe", pressure: str = "drop_caches") -> dict:
+def inside(out: Path, minutes: float, every: float, tier: str = "kprobe", pressure: str = "drop_caches",
+           all_paths: bool = False) -> dict:
     """Run the soak on the current kernel; the result also goes to OUT/soak.json."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/var/tmp/vt-soak")
     work.mkdir(parents=True, exist_ok=True)
     seconds = minutes * 60
     trace = out / "soak.trace"
-    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
+    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json"]
+    argv += (["--all-paths"] if all_paths else []) + ["--"] + VFSTRACE + [
         "stress", "-d", str(seconds), "--churn", "--pressure", pressure, "--files", "1500", "-j", "3",
         "--workdir", str(work), "--json"]
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
@@ -88,7 +90,8 @@ def inside(out: Path, minutes: float, every: float, tier: str = "kprobe", pressu
                 pass
         stdout = proc.stdout.read()
     wall = time.monotonic() - t0
-    res = {"kernel_release": os.uname().release, "tier": tier, "pressure": pressure, "minutes": minutes, "wall_s": round(wall, 1),
+    res = {"kernel_release": os.uname().release, "tier": tier, "pressure": pressure, "all_paths": all_paths,
+           "minutes": minutes, "wall_s": round(wall, 1),
            "returncode": proc.returncode, "exit": exit_text(proc.returncode), "rss_mib": samples,
            "stderr_tail": err_path.read_text(errors="replace")[-4000:]}
     res["stdout_tail"] = stdout[-2000:]
@@ -149,12 +152,14 @@ def main():
                     help="with --inside: the tier to record (tracepoint where kprobes are missing)")
     ap.add_argument("--pressure", default="drop_caches", choices=["drop_caches", "cgroup", "none"],
                     help="with --inside: stress's memory pressure (drop_caches empties every cache on the machine)")
+    ap.add_argument("--all-paths", action="store_true",
+                    help="with --inside --tier tracepoint: stream successful path syscalls too (the ring at full rate)")
     a = ap.parse_args()
     if not (0 < a.minutes <= 24 * 60):
         ap.error("--minutes must be in (0, 1440]")
     every = a.every or max(5.0, a.minutes * 3)
     if a.inside:
-        res = inside(Path(a.inside), a.minutes, every, a.tier, a.pressure)
+        res = inside(Path(a.inside), a.minutes, every, a.tier, a.pressure, a.all_paths)
         print(json.dumps(res), flush=True)
         print(table({res["kernel_release"]: res}), flush=True)
         return
