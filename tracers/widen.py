@@ -396,11 +396,11 @@ class Widener:
             self.compile()
         if not self.attached:
             try:
-                # No maxactive: with it libbcc must create a named tracefs
-                # kprobe event ("r_<func>_bcc_<pid>"), and the tracer in the
-                # same process already owns that name for its own kretprobe
-                # on this function (EEXIST on 5.10). Without it the kprobe
-                # PMU needs no name.
+                # No maxactive: libbcc then attaches through the kprobe PMU,
+                # which needs no named tracefs event ("r_<func>_bcc_<pid>",
+                # a name the tracer's own kretprobe on this function would
+                # hold where it falls back to kprobe_events: EEXIST) and
+                # which the kernel removes with the process.
                 self.bpf.attach_kretprobe(event=self.site, fn_name="widen_ret")
             except Exception as e:
                 self.close()
@@ -452,9 +452,9 @@ class Widener:
         """Detach by closing our own perf event fds.
 
         BCC's cleanup() would then also write "-:kprobes/r_<func>_bcc_<pid>"
-        to kprobe_events: a PMU kprobe has no such event, but the tracer of
-        the same process may own one by that name (it attaches with
-        maxactive), and removing it fails with EBUSY while in use. An fexit
+        to kprobe_events: a PMU kprobe has no such event, but on a kernel
+        without the kprobe PMU the tracer of the same process owns one by
+        that name, and removing it fails with EBUSY while in use. An fexit
         link is closed by cleanup() itself.
         """
         from bcc import libbcc
