@@ -219,21 +219,23 @@ class Session:
         self.open_outputs(argv)
         tracer, rec = self.tracer, self.recorder
         proc = None
-        try:
+        # Signals are a flag from before load: a SIGTERM or Ctrl-C while BCC
+        # compiles ends the run cleanly once loaded, and no workload starts.
+        with _Stop() as stop:
             try:
-                tracer.load()
-            except BaseException:
-                self._discard_empty_trace()
-                raise
-            if self.writer is not None:
-                self.writer.update_meta(probes=tracer.attached())
-            proc = _start_workload(argv)
-            start = time.monotonic()
-            last_status, last_events = start, 0
-            limit = self.duration
-            if proc is not None and limit:
-                limit = limit + (hard_stop if hard_stop is not None else 60.0)  # the workload's own -d ends it first
-            with _Stop() as stop:
+                try:
+                    tracer.load()
+                except BaseException:
+                    self._discard_empty_trace()
+                    raise
+                if self.writer is not None:
+                    self.writer.update_meta(probes=tracer.attached())
+                proc = None if stop.reason else _start_workload(argv)
+                start = time.monotonic()
+                last_status, last_events = start, 0
+                limit = self.duration
+                if proc is not None and limit:
+                    limit = limit + (hard_stop if hard_stop is not None else 60.0)  # the workload's own -d ends it first
                 while True:
                     rec.poll(POLL_MS)
                     now = time.monotonic()
@@ -258,10 +260,10 @@ class Session:
                 proc = None
                 # What the kernel produced up to now, including the workload's last moments.
                 rec.drain()
-        finally:
-            if proc is not None:  # an error mid-run: the workload must not outlive us
-                self.workload_rc = _stop_workload(proc, grace=5.0)
-            self.finish()
+            finally:
+                if proc is not None:  # an error mid-run: the workload must not outlive us
+                    self.workload_rc = _stop_workload(proc, grace=5.0)
+                self.finish()
         return self.summary()
 
     def _discard_empty_trace(self) -> None:
