@@ -2,7 +2,7 @@
 """ns per stat() call, untraced vs traced, ENOENT and hit paths, side by side in one run.
 
     sudo .venv/bin/python bench/overhead.py [--calls N] [--tier auto|tracepoint|kprobe|fentry] [--small]
-                                            [--syscall-args auto|regs|map]
+                                            [--syscall-args auto|regs|map] [--coalesce-ns NS] [--wall]
 
 Every traced ENOENT call streams one event (a PATH_SYSCALL record on the
 tracepoint tier), so "added ns per streamed event" is traced minus
@@ -12,7 +12,11 @@ the loop runs, and drops are counted and printed. Repeats are interleaved
 (untraced, traced, untraced, ...) so drift affects both sides alike; the
 median of the repeats is reported. On the tracepoint tier the header line
 names how the syscall arguments reached the exit programs (``--syscall-args``
-chooses; see tracers/tracepoint.py).
+chooses; see tracers/tracepoint.py). ``--coalesce-ns 0`` turns the tracepoint
+tier's in-kernel folding of identical repeated failures off, to measure it
+alone. The loops report their own CPU time per call (user + kernel, where the
+BPF programs run; ``--wall`` for wall time): other work on a shared machine
+inflates wall time far more.
 """
 
 import argparse
@@ -36,6 +40,9 @@ def main():
     ap.add_argument("--small", action="store_true", help="CI size: 50k calls, 1 repeat")
     ap.add_argument("--syscall-args", default="auto", choices=("auto", "regs", "map"),
                     help="tracepoint tier: syscall arguments from saved registers at exit, or kept from enter in a map")
+    ap.add_argument("--coalesce-ns", type=int, default=None,
+                    help="tracepoint tier: window for folding identical repeated failures (0: off; default the tier's)")
+    ap.add_argument("--wall", action="store_true", help="time the loops in wall time, not their CPU time")
     a = ap.parse_args()
     if a.small:
         a.calls, a.repeats = 50_000, 1
@@ -53,7 +60,11 @@ def main():
     open(hit, "w").close()
     miss = os.path.join(work, "absent")
     choice = choose_tier(a.tier)
-    tracer = make_tracer(choice, TraceOptions(extra={"syscall_args": a.syscall_args}))
+    extra = {"syscall_args": a.syscall_args}
+    if a.coalesce_ns is not None:
+        extra["coalesce_ns"] = a.coalesce_ns
+    tracer = make_tracer(choice, TraceOptions(extra=extra))
+    cpu = not a.wall
     res = {(p, t): [] for p in ("enoent", "hit") for t in ("untraced", "traced")}
     got = lost = 0
     try:
@@ -61,7 +72,7 @@ def main():
             gen.run(path, a.calls // 10)  # warm the dcache (negative dentry for the miss)
         for _ in range(a.repeats):
             for p, path in (("enoent", miss), ("hit", hit)):
-                res[(p, "untraced")].append(gen.run(path, a.calls)["ns_per_call"])
+                res[(p, "untraced")].append(gen.run(path, a.calls, cpu_time=cpu)["ns_per_call"])
             tracer.load()
             stop = threading.Event()
             # Drained as `record` drains: the recorder numbers the events and
@@ -76,7 +87,7 @@ def main():
             th = threading.Thread(target=drain, args=(stop, rec))
             th.start()
             for p, path in (("enoent", miss), ("hit", hit)):
-                res[(p, "traced")].append(gen.run(path, a.calls)["ns_per_call"])
+                res[(p, "traced")].append(gen.run(path, a.calls, cpu_time=cpu)["ns_per_call"])
             stop.set()
             th.join()
             got += rec.events - rec.kind_counts.get("lost", 0)
@@ -90,7 +101,9 @@ def main():
         os.rmdir(work)
     med = {k: statistics.median(v) for k, v in res.items()}
     how = f"   syscall args: {mode}" if mode else ""
-    print(f"tier: {choice.tier}{how}   kernel: {choice.kernel_release}   calls per run: {a.calls}   repeats: {a.repeats}")
+    fold = f"   coalesce_ns: {tracer.coalesce_ns}" if hasattr(tracer, "coalesce_ns") else ""
+    print(f"tier: {choice.tier}{how}{fold}   kernel: {choice.kernel_release}   calls per run: {a.calls}   "
+          f"repeats: {a.repeats}   ns: {'wall' if a.wall else 'CPU'} time")
     print(f"{'path':<8} {'untraced ns':>12} {'traced ns':>10} {'ratio':>6} {'added ns':>9}")
     for p in ("enoent", "hit"):
         u, t = med[(p, "untraced")], med[(p, "traced")]

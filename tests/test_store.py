@@ -48,6 +48,7 @@ def make_frame(n, seed=0, ids=False):
             "seq2": rng.integers(0, 2**32, n).astype(np.uint32),
             "ret": rng.integers(-4096, 4096, n).astype(np.int64),
             "flags": rng.integers(0, 64, n).astype(np.uint32),
+            "count": rng.integers(1, 2**32, n).astype(np.uint32),
         }
     )
     return df

@@ -209,9 +209,10 @@ def test_exit_only_argument_indexes_match_the_syscalls():
     import re
 
     need_tracing()
+    from bpf import source
     from tracers.tracepoint import SOURCE, tracepoint_format
 
-    src = SOURCE.read_text()
+    src = source(SOURCE)
     table = re.findall(r"^PATH1\((\w+), \w+, \w+, (\w+), (\d)\)$", src, re.M)
     table += [(sc, f, i) for sc, f1, i1, f2, i2 in
               re.findall(r"^PATH2\((\w+), \w+, \w+, (\w+), (\d), (\w+), (\d)\)$", src, re.M)

@@ -6,19 +6,19 @@ import numpy as np
 import pyarrow as pa
 
 from vfstrace.errors import VfstraceError
-from vfstrace.events import ARROW_SCHEMA, COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
+from vfstrace.events import ARROW_SCHEMA, COLUMN_DEFAULTS, COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
 
 
 def _default_column(name: str, n: int) -> np.ndarray:
     if name in STRING_COLUMNS:
         return np.full(n, "", dtype=object)
-    return np.zeros(n, dtype=NUMPY_DTYPES[name])
+    return np.full(n, COLUMN_DEFAULTS.get(name, 0), dtype=NUMPY_DTYPES[name])
 
 
 def to_table(data) -> pa.Table:
     """A pyarrow Table in ARROW_SCHEMA from a DataFrame, Table or dict of arrays.
 
-    Missing columns are filled with 0 / "" and extra columns are dropped;
+    Missing columns are filled with 0 / "" (or events.COLUMN_DEFAULTS) and extra columns are dropped;
     null strings become "". Raises VfstraceError when a value does not fit
     its column (e.g. a negative inode number).
     """
