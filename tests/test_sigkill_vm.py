@@ -51,7 +51,7 @@ def test_sigkill_kprobe_recorder_leaves_nothing_in_guest():
     need(is_root(), "qemu with 9p passthrough of / needs root")
     out = ROOT / ".cache" / "sigkill-vm" / kernel
     shutil.rmtree(out, ignore_errors=True)
-    res = vm.run(kernel, [PY, str(CHECK), vm.GUEST_OUT, "--tier", "kprobe"], timeout=1800, out_dir=out, cwd=ROOT)
+    res = vm.run(kernel, [PY, str(CHECK), vm.GUEST_OUT, "--tier", "kprobe"], timeout=2400, out_dir=out, cwd=ROOT)
     try:
         r = json.loads((out / "sigkill-kprobe.json").read_text())
     except (OSError, ValueError):

@@ -84,7 +84,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--tier", required=True)
     ap.add_argument("--settle", type=float, default=20.0)
-    ap.add_argument("--attach-timeout", type=float, default=600.0)
+    ap.add_argument("--attach-timeout", type=float, default=1500.0)  # BCC compiles for minutes under a busy TCG
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
