@@ -104,12 +104,14 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
     }
 
 
-def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None, workdir: str) -> dict:
+def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None, workdir: str,
+             files: int, pressure: str) -> dict:
     from vfstrace.vm import groundtruth
 
     trace = out / f"{tier}.vft"
     stress_out = out / f"stress-{tier}.json"
-    stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json"]
+    stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json",
+                         "--files", str(files), "--pressure", pressure]
     if share:
         stress += ["--widen-share", share]
     groundtruth.clear()
@@ -159,6 +161,10 @@ def main():
     ap.add_argument("--widen", default="200us")
     ap.add_argument("--widen-share", default=None)
     ap.add_argument("--selftest-seconds", type=float, default=0)
+    # A tree cp copies in seconds under TCG, and drop_caches passes: prunes of
+    # the very dentries cp and the statter look up, every half second.
+    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--pressure", default="drop_caches")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +175,7 @@ def main():
     workdir = "/var/tmp/vt-prepatch"  # on the overlay over 9p: its dentries can be pruned (tmpfs ones cannot)
     os.makedirs(workdir, exist_ok=True)
     for tier in [t for t in a.tiers.split(",") if t]:
-        summary["runs"][tier] = tier_run(out, tier, a.seconds, a.widen, a.widen_share, workdir)
+        summary["runs"][tier] = tier_run(out, tier, a.seconds, a.widen, a.widen_share, workdir, a.files, a.pressure)
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if a.selftest_seconds > 0:
         summary["selftest"] = selftest(out, a.selftest_seconds)
