@@ -2,7 +2,8 @@
 """ns per stat() call, untraced vs traced, ENOENT and hit paths, side by side in one run.
 
     sudo .venv/bin/python bench/overhead.py [--calls N] [--tier auto|tracepoint|kprobe|fentry] [--small]
-                                            [--syscall-args auto|regs|map] [--coalesce-ns NS] [--wall]
+                                            [--syscall-args auto|regs|map] [--coalesce-ns NS]
+                                            [--kmem-probe auto|raw|tracepoint] [--wall]
 
 Every traced ENOENT call streams one event (a PATH_SYSCALL record on the
 tracepoint tier), so "added ns per streamed event" is traced minus
@@ -42,6 +43,8 @@ def main():
                     help="tracepoint tier: syscall arguments from saved registers at exit, or kept from enter in a map")
     ap.add_argument("--coalesce-ns", type=int, default=None,
                     help="tracepoint tier: window for folding identical repeated failures (0: off; default the tier's)")
+    ap.add_argument("--kmem-probe", default=None, choices=("auto", "raw", "tracepoint"),
+                    help="tracepoint tier: dentry-cache probes as raw tracepoints (a pointer compare) or classic ones")
     ap.add_argument("--wall", action="store_true", help="time the loops in wall time, not their CPU time")
     a = ap.parse_args()
     if a.small:
@@ -63,6 +66,8 @@ def main():
     extra = {"syscall_args": a.syscall_args}
     if a.coalesce_ns is not None:
         extra["coalesce_ns"] = a.coalesce_ns
+    if a.kmem_probe is not None:
+        extra["kmem_probe"] = a.kmem_probe
     tracer = make_tracer(choice, TraceOptions(extra=extra))
     cpu = not a.wall
     res = {(p, t): [] for p in ("enoent", "hit") for t in ("untraced", "traced")}
@@ -101,7 +106,7 @@ def main():
         os.rmdir(work)
     med = {k: statistics.median(v) for k, v in res.items()}
     how = f"   syscall args: {mode}" if mode else ""
-    fold = f"   coalesce_ns: {tracer.coalesce_ns}" if hasattr(tracer, "coalesce_ns") else ""
+    fold = f"   coalesce_ns: {tracer.coalesce_ns}   kmem: {tracer.kmem_probe}" if hasattr(tracer, "coalesce_ns") else ""
     print(f"tier: {choice.tier}{how}{fold}   kernel: {choice.kernel_release}   calls per run: {a.calls}   "
           f"repeats: {a.repeats}   ns: {'wall' if a.wall else 'CPU'} time")
     print(f"{'path':<8} {'untraced ns':>12} {'traced ns':>10} {'ratio':>6} {'added ns':>9}")

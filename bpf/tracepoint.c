@@ -465,37 +465,95 @@ static __always_inline int is_dentry_cache(void *args, u32 loc)
 	return s == DENTRY_NAME_LE;
 }
 
-/* A kmem_cache_free/alloc: counted and (VFS_STREAM_DENTRY) streamed when
- * it is the dentry cache's. */
-static __always_inline int on_dentry_cache(void *args, u32 loc, u16 kind, int slot, u64 ptr)
+/* One D_FREE / D_ALLOC record for the dentry at `ptr`. */
+static __always_inline int emit_dentry(void *ctx, u16 kind, u64 ptr)
 {
-	if (!is_dentry_cache(args, loc))
-		return 0;
-	vfs_count(slot);
-	if (!VFS_STREAM_DENTRY)
-		return 0;
 	struct vfs_event *e = vfs_ev_reserve();
 	if (!e)
 		return 0;
 	vfs_fill(e, bpf_get_current_pid_tgid(), kind, VFS_OP_NONE);
 	e->dentry = ptr;
-	vfs_ev_submit(args, e);
+	vfs_ev_submit(ctx, e);
 	return 0;
 }
 
+/* A kmem_cache_free/alloc: counted and (VFS_STREAM_DENTRY) streamed when
+ * it is the dentry cache's (`is_dcache`, decided by the probe's own test). */
+static __always_inline int on_dentry_cache(void *ctx, int is_dcache, u16 kind, int slot, u64 ptr)
+{
+	if (!is_dcache)
+		return 0;
+	vfs_count(slot);
+	if (!VFS_STREAM_DENTRY)
+		return 0;
+	return emit_dentry(ctx, kind, ptr);
+}
+
+#ifdef VFS_RAW_KMEM
+/*
+ * Raw tracepoints (tracers/tracepoint.py raw_kmem_plan() says where the
+ * cache argument is): no record is built, and after the first dentry-cache
+ * event the test is one compare with the cache's pointer, learned here by
+ * reading its name once (VFS_KMEM_ARG_CACHE: the argument is the struct
+ * kmem_cache, whose `name` is at VFS_OFF_KMEM_CACHE_NAME; else it is the
+ * name string itself, as constant per cache).
+ */
+BPF_ARRAY(dentry_cachep, u64, 1);
+
+static __always_inline int is_dentry_cache_arg(u64 c)
+{
+	int z = 0;
+	u64 *known = dentry_cachep.lookup(&z);
+	if (!known || !c)
+		return 0;
+	if (*known)
+		return *known == c;
+	u64 name = c;
+#ifdef VFS_KMEM_ARG_CACHE
+	name = 0;
+	bpf_probe_read_kernel(&name, sizeof(name), (void *)(c + VFS_OFF_KMEM_CACHE_NAME));
+#endif
+	u64 s = 0;
+	if (!name || bpf_probe_read_kernel(&s, 7, (void *)name))
+		return 0;
+	if (s != DENTRY_NAME_LE)
+		return 0;
+	*known = c;
+	return 1;
+}
+
+#ifdef VFS_RAW_KMEM_CACHE_FREE_ARG
+RAW_TRACEPOINT_PROBE(kmem_cache_free)
+{
+	return on_dentry_cache(ctx, is_dentry_cache_arg(ctx->args[VFS_RAW_KMEM_CACHE_FREE_ARG]), VFS_K_D_FREE,
+			       VFS_C_DENTRY_FREES, ctx->args[1]);
+}
+#endif
+#ifdef VFS_RAW_KMEM_CACHE_ALLOC_ARG
+RAW_TRACEPOINT_PROBE(kmem_cache_alloc)
+{
+	return on_dentry_cache(ctx, is_dentry_cache_arg(ctx->args[VFS_RAW_KMEM_CACHE_ALLOC_ARG]), VFS_K_D_ALLOC,
+			       VFS_C_DENTRY_ALLOCS, ctx->args[1]);
+}
+#endif
+
+#else /* classic tracepoints */
 #ifdef VFS_HAVE_kmem_cache_free
 TRACEPOINT_PROBE(kmem, kmem_cache_free)
 {
-	return on_dentry_cache(args, args->data_loc_name, VFS_K_D_FREE, VFS_C_DENTRY_FREES, (u64)args->ptr);
+	return on_dentry_cache(args, is_dentry_cache(args, args->data_loc_name), VFS_K_D_FREE, VFS_C_DENTRY_FREES,
+			       (u64)args->ptr);
 }
 #endif
 
 #ifdef VFS_HAVE_kmem_cache_alloc
 TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
 {
-	return on_dentry_cache(args, args->data_loc_name, VFS_K_D_ALLOC, VFS_C_DENTRY_ALLOCS, (u64)args->ptr);
+	return on_dentry_cache(args, is_dentry_cache(args, args->data_loc_name), VFS_K_D_ALLOC, VFS_C_DENTRY_ALLOCS,
+			       (u64)args->ptr);
 }
 #endif
+#endif /* VFS_RAW_KMEM */
 
 /* A shrinker run's start or end; `shr` (the shrinker) pairs them. */
 static __always_inline int emit_shrink(void *ctx, u16 kind, s64 ret, u64 shr)

@@ -351,3 +351,52 @@ def test_bad_coalesce_window_is_one_clear_error():
     for bad in ("soon", -1, 2_000_000_000):
         with pytest.raises(VfstraceError, match="coalesce_ns"):
             TracepointTracer(TraceOptions(extra={"coalesce_ns": bad}))
+
+
+def test_dentry_cache_probes_are_raw_where_btf_describes_the_cache_argument():
+    """This kernel's kmem tracepoints pass the struct kmem_cache (BTF says so):
+    the plan puts the probes on raw tracepoints, at that argument, with the
+    offset of the cache's name from BTF; the tracer attaches them and counts
+    dentry frees through them (drop_caches frees dentries)."""
+    need_tracing()
+    from tracers.btf import Btf, tracepoint_arg_pointees
+    from tracers.tracepoint import TracepointTracer, raw_kmem_plan
+    from vfstrace.options import TraceOptions
+
+    btf = Btf.from_file()
+    args = tracepoint_arg_pointees(btf, "kmem_cache_free")
+    need(args is not None and "struct kmem_cache" in args, f"kmem_cache_free here does not pass the cache: {args}")
+    plan = raw_kmem_plan(btf)
+    assert plan["VFS_RAW_KMEM_CACHE_FREE_ARG"] == str(args.index("struct kmem_cache"))
+    assert plan["VFS_OFF_KMEM_CACHE_NAME"] == str(btf.offsetof("kmem_cache", "name"))
+    t = TracepointTracer(TraceOptions(extra={"recheck": False}))
+    t.load()
+    try:
+        assert "raw_tracepoint:kmem_cache_free" in t.attached()
+        d = f"/var/tmp/vfstrace-raw-{uuid.uuid4().hex}"
+        os.mkdir(d)
+        for i in range(200):
+            try:
+                os.stat(os.path.join(d, f"n{i}"))  # negative dentries, to be freed
+            except FileNotFoundError:
+                pass
+        os.rmdir(d)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        df = t.poll(200)
+        c = t.counters()
+        assert c["dentry_allocs"] >= 200 and c["dentry_frees"] >= 200, c
+        from vfstrace.events import Kind
+
+        assert (df["kind"] == int(Kind.D_FREE)).sum() >= 1  # D_FREE records with their addresses
+    finally:
+        t.close()
+
+
+def test_bad_kmem_probe_is_one_clear_error():
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.errors import VfstraceError
+    from vfstrace.options import TraceOptions
+
+    with pytest.raises(VfstraceError, match="kmem_probe"):
+        TracepointTracer(TraceOptions(extra={"kmem_probe": "fast"}))

@@ -174,3 +174,38 @@ class Btf:
         if proto.kind != FUNC_PROTO:
             return None
         return proto.vlen
+
+
+def tracepoint_arg_pointees(btf: Btf, event: str) -> list[str] | None:
+    """What each argument of tracepoint ``event`` points to, as a raw
+    tracepoint program sees them (``ctx->args[i]``): "struct NAME", "char",
+    "void", or "" for a non-pointer; None when BTF has no such tracepoint.
+
+    From the ``btf_trace_<event>`` typedef the kernel emits for every
+    tracepoint (a pointer to a FUNC_PROTO whose first parameter is the
+    probe's private ``void *__data``, the rest are the TP_PROTO arguments).
+    """
+    tid = btf._by_name.get((TYPEDEF, f"btf_trace_{event}"))
+    if tid is None:
+        return None
+    ptr = btf._resolve(btf.types[tid].size_or_type)
+    if btf.types[ptr].kind != PTR:
+        return None
+    proto = btf._resolve(btf.types[ptr].size_or_type)
+    p = btf.types[proto]
+    if p.kind != FUNC_PROTO:
+        return None
+    out = []
+    for i in range(p.vlen):
+        _name_off, ptype = struct.unpack_from("<II", btf._blob, p.data_off + 8 * i)
+        t = btf._resolve(ptype)
+        if not t or btf.types[t].kind != PTR:
+            out.append("")
+            continue
+        inner = btf._resolve(btf.types[t].size_or_type)
+        if not inner:
+            out.append("void")
+        else:
+            it = btf.types[inner]
+            out.append(f"struct {it.name}" if it.kind in (STRUCT, UNION) else it.name)
+    return out[1:]

@@ -119,6 +119,53 @@ def available_tracepoints(root: Path | None = None) -> dict[str, bool]:
     return have
 
 
+KMEM_EVENTS = ("kmem_cache_free", "kmem_cache_alloc")
+KMEM_PROBES = ("auto", "raw", "tracepoint")
+
+
+def raw_kmem_plan(btf=None) -> dict[str, str]:
+    """-D defines for the raw-tracepoint dentry-cache probes (bpf/tracepoint.c), or {}.
+
+    A classic kmem tracepoint builds its whole record, the cache's name
+    string copied in, before the BPF program looks at it, on every slab
+    free and allocation of the machine (two per path syscall: getname()).
+    A raw tracepoint hands the program the TP_PROTO arguments as they are,
+    and the dentry cache is then one pointer compare: its `struct
+    kmem_cache *` (6.2+: "mm/slab_common: unify NUMA and UMA version of
+    tracepoints" passes the cache itself) or, 5.12 to 6.1, its `const char
+    *name`, which is as constant per cache ("mm, tracing: record slab name
+    for kmem_cache_free()"). Which one this kernel passes, and where, is
+    read from the tracepoint's BTF prototype, never assumed.
+    """
+    from tracers.btf import Btf, BtfError, tracepoint_arg_pointees
+
+    try:
+        btf = btf or Btf.from_file()
+    except (BtfError, VfstraceError):
+        return {}
+    d: dict[str, str] = {}
+    how = None
+    for ev in KMEM_EVENTS:
+        args = tracepoint_arg_pointees(btf, ev)
+        if not args or len(args) < 3 or args[1] != "void":
+            continue  # no BTF prototype, or ptr is not the second argument
+        kind = "struct kmem_cache" if "struct kmem_cache" in args else ("char" if "char" in args else None)
+        if kind is None or how not in (None, kind):
+            continue
+        how = kind
+        d[f"VFS_RAW_{ev.upper()}_ARG"] = str(args.index(kind))
+    if not d:
+        return {}
+    if how == "struct kmem_cache":
+        try:
+            d["VFS_OFF_KMEM_CACHE_NAME"] = str(btf.offsetof("kmem_cache", "name"))
+        except (BtfError, VfstraceError):
+            return {}
+        d["VFS_KMEM_ARG_CACHE"] = "1"
+    d["VFS_RAW_KMEM"] = "1"
+    return d
+
+
 def regs_unavailable() -> str | None:
     """Why the "regs" mode cannot work on this host, or None if it may (the
     verifier has the last word: load() falls back when it rejects it)."""
@@ -229,6 +276,10 @@ class TracepointTracer(Tracer):
         if not 0 <= self.coalesce_ns <= 1_000_000_000:
             raise VfstraceError(f"coalesce_ns must be between 0 (off) and 1 s, not {self.coalesce_ns}")
         self._flushed_at = 0.0
+        self.kmem_probe = str(self.options.extra.get("kmem_probe", "auto"))
+        if self.kmem_probe not in KMEM_PROBES:
+            raise VfstraceError(f"kmem_probe must be one of {', '.join(KMEM_PROBES)}, not {self.kmem_probe!r}")
+        self._raw_kmem: dict[str, str] | None = None
 
     # -- program -----------------------------------------------------------
     def _defines(self) -> list[str]:
@@ -252,7 +303,18 @@ class TracepointTracer(Tracer):
             d.append("VFS_EXIT_ONLY=1")
         have = self._have if self._have is not None else {}
         d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v]
+        d += [f"{k}={v}" for k, v in sorted(self._raw_kmem_defines().items())]
         return d
+
+    def _raw_kmem_defines(self) -> dict[str, str]:
+        """The raw-tracepoint plan (raw_kmem_plan) unless kmem_probe says tracepoint."""
+        if self.kmem_probe == "tracepoint":
+            return {}
+        if self._raw_kmem is None:
+            self._raw_kmem = raw_kmem_plan()
+            if not self._raw_kmem and self.kmem_probe == "raw":
+                raise TierUnavailable("kmem_probe=raw: this kernel's BTF does not describe the kmem tracepoints' cache argument")
+        return self._raw_kmem
 
     def _first_mode(self) -> str:
         if self.syscall_args == "auto":
@@ -320,7 +382,9 @@ class TracepointTracer(Tracer):
         self._attached = [
             f"tracepoint:syscalls:sys_{p}_{sc}" for sc in PATH_SYSCALLS + NS_SYSCALLS if self._have.get(sc) for p in phases
         ]
-        self._attached += [f"tracepoint:kmem:{e}" for e in ("kmem_cache_free", "kmem_cache_alloc") if self._have.get(e)]
+        raw = self._raw_kmem_defines()
+        self._attached += [f"raw_tracepoint:{e}" if f"VFS_RAW_{e.upper()}_ARG" in raw else f"tracepoint:kmem:{e}"
+                           for e in KMEM_EVENTS if self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw]
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
         if self.options.path_prefix is not None:
             self._set_prefix(self.options.path_prefix.encode())
