@@ -28,6 +28,21 @@ pointers per task in a map: same records, about twice the cost per call.
 ``options.extra["syscall_args"]`` ("auto", "regs", "map") forces a mode;
 :attr:`TracepointTracer.mode` is the one loaded.
 
+Failure storms: identical repeated failures (same task, syscall, errno and
+path within ``coalesce_ns``, default 1 ms) are folded in the kernel into
+one record whose ``count`` says how many it stands for (flag COALESCED):
+every failed lookup is accounted for without a record each. The kernel
+reports a folded count when a different failure comes on that CPU, or
+when this process makes a traced syscall there: :meth:`TracepointTracer.flush_repeats`
+does, on every CPU, on each drain (``poll(0)``) and every FLUSH_EVERY_S.
+``coalesce_ns`` 0 turns it off.
+
+Dentry-cache frees and allocations: on raw tracepoints where the kernel's
+BTF describes the kmem tracepoints' cache argument (:func:`raw_kmem_plan`),
+so the test for the dentry cache is a pointer compare and no trace record
+is built for every other slab operation of the machine; classic
+tracepoints otherwise (``kmem_probe``: auto, raw, tracepoint).
+
 Kernel headers: tracepoint programs read tracepoint argument records, whose
 layout BCC takes from the format files, and (in "regs" mode) x86-64
 ``struct pt_regs``, whose layout is the user ABI, so mismatched headers are
