@@ -177,7 +177,14 @@ class Pressure:
         self._thread = None
         self.notice = None
 
-    def start(self) -> None:
+    def start(self, loop: bool = True) -> None:
+        """Set the pressure up; ``loop=False`` leaves a drop_caches loop to :meth:`begin`.
+
+        A drop_caches pass during BCC's first compile on a kernel whose
+        headers are /sys/kernel/kheaders.tar.xz breaks their extraction on
+        an overlayfs /tmp (tar sees the directories it just made change
+        identity once their inodes are evicted), so --widen compiles first.
+        """
         mode = self.requested
         if mode == "none":
             return
@@ -195,8 +202,14 @@ class Pressure:
             if mode == "cgroup":
                 raise VfstraceError("--pressure cgroup: no cgroup v2 hierarchy with the memory controller here")
         self.mode = "drop_caches"
-        self._thread = threading.Thread(target=self._drop_loop, name="drop-caches", daemon=True)
-        self._thread.start()
+        if loop:
+            self.begin()
+
+    def begin(self) -> None:
+        """Start the drop_caches loop (once; nothing in the other modes)."""
+        if self.mode == "drop_caches" and self._thread is None:
+            self._thread = threading.Thread(target=self._drop_loop, name="drop-caches", daemon=True)
+            self._thread.start()
 
     def _join_cgroup(self, root: Path) -> None:
         try:
@@ -461,11 +474,12 @@ class Stress:
                 if self.tree:
                     raise VfstraceError("--churn modifies the source tree: use it with the generated tree (no --tree)")
                 threads.append(threading.Thread(target=self._churn_loop, args=(src / "churn",), daemon=True))
-            self.pressure.start()
+            self.pressure.start(loop=self.widener is None)
             if self.pressure.notice:
                 self.out(f"vfstrace stress: notice: {self.pressure.notice}")
             if self.widener is not None:
                 self._start_widen()
+                self.pressure.begin()
             statter = self._statter(list_files(src, 5000))
             fast = self._fast_statter(src)
             threads += [threading.Thread(target=self._copy_loop, args=(i, src, nfiles), daemon=True) for i in range(self.copies)]
