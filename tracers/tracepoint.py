@@ -1,7 +1,10 @@
 """Tracepoint tier: live tracing on kernels that allow BPF on tracepoints only.
 
-This is the tier that runs on kernels built without kprobes or fentry (this
-project's own CI host: 6.18 without CONFIG_KPROBES / CONFIG_FPROBE). It sees
+Kept as one module because the syscall, namespace and dentry-cache probes
+share one program, one set of defines and one drain: the tier's whole kernel edge.
+
+This is the tier that runs on kernels built without kprobes or fentry
+(CONFIG_KPROBES and CONFIG_FPROBE unset, as on many production kernels). It sees
 syscall results, namespace operations, dentry-cache frees/allocations and
 shrinker runs (bpf/tracepoint.c says exactly what crosses to user space), so
 its verdicts are of lower resolution than the kprobe tier: it cannot see the
