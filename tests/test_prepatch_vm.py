@@ -55,8 +55,8 @@ def _boot(kernel: str) -> dict:
     k = summary["runs"]["kprobe"]
     st = k.get("stress") or {}
     sel = (summary.get("selftest") or {}).get("result") or {}
-    print(f"{kernel} ({summary['kernel_release']}): cp ENOENT {st.get('cp_enoent')} in {st.get('copy_rounds')} "
-          f"rounds, spurious ENOENT (kernel) {k.get('truth_count')}, race {k.get('suspects')} "
+    print(f"{kernel} ({summary['kernel_release']}): cp ENOENT {st.get('cp_enoent')}, {st.get('files_copied')} files "
+          f"copied in {st.get('copy_rounds')} full rounds, spurious ENOENT (kernel) {k.get('truth_count')}, race {k.get('suspects')} "
           f"(matched {k.get('matched')}), verdicts {k.get('verdicts')}, selftest {sel.get('verdict')}; "
           f"boot+run {res.duration_s:.0f} s")
     return summary
@@ -73,8 +73,8 @@ def _kprobe(kernel):
 def test_prepatch_cp_fails_on_existing_files_and_the_kernel_counts_it():
     r = _kprobe("6.1-prepatch")
     st = r["stress"]
-    assert st["copy_rounds"] > 0, "cp made no copy round: widening stalls it"
-    assert st["cp_enoent"] > 0, f"no cp ENOENT in {st['copy_rounds']} rounds"
+    assert st["files_copied"] > 0, "cp copied nothing: widening stalls it"
+    assert st["cp_enoent"] > 0, f"no cp ENOENT ({st['files_copied']} files copied, {st['copy_rounds']} rounds)"
     # the paths cp named exist in the source tree (they vanished only for a lookup)
     assert all("/src/" in p or "/copy" in p for p in st["cp_enoent_paths"])
     assert r["truth_count"] > 0 and r["truth_logged"] > 0
@@ -93,7 +93,7 @@ def test_control_has_no_cp_error_no_race_and_no_ground_truth():
     s = _boot("6.1-control")
     r = _kprobe("6.1-control")
     assert s["ground_truth_available"] is False
-    assert r["stress"]["copy_rounds"] > 0
+    assert r["stress"]["files_copied"] > 0
     assert r["stress"]["cp_enoent"] == 0, r["stress"]["cp_enoent_paths"]
     assert r["verdicts"].get("race", 0) == 0, r["suspect_rows"][:3]
 

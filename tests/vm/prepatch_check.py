@@ -34,8 +34,11 @@ VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 SUSPECT = {"kprobe": "race", "fentry": "race", "tracepoint": "transient"}
 # A verdict and its ground-truth line are the same lookup seen twice: the
 # kernel stamps it in step_into(), the kprobe/fentry tiers at walk_component's
-# return (microseconds later), the tracepoint tier at the syscall's exit.
-MATCH_TOL_NS = {"kprobe": 5_000_000, "fentry": 5_000_000, "tracepoint": 50_000_000}
+# return, the tracepoint tier at the syscall's exit. Microseconds apart on
+# hardware; a TCG vCPU on a busy host stalls for milliseconds between the
+# two (5.9 ms seen). Task and dentry must be equal; the time only tells
+# repeated failures of one lookup apart (matching is one to one, nearest).
+MATCH_TOL_NS = {"kprobe": 50_000_000, "fentry": 50_000_000, "tracepoint": 100_000_000}
 
 
 def run(argv, **kw):
@@ -163,7 +166,7 @@ def main():
     ap.add_argument("--selftest-seconds", type=float, default=0)
     # A tree cp copies in seconds under TCG, and drop_caches passes: prunes of
     # the very dentries cp and the statter look up, every half second.
-    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--pressure", default="drop_caches")
     a = ap.parse_args()
     out = Path(a.out)

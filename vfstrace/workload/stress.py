@@ -131,6 +131,11 @@ def generate_tree(root: Path, files: int, depth: int, size: int) -> int:
     return made
 
 
+def _copied(dst: Path) -> int:
+    """Files an interrupted copy had written."""
+    return sum(len(fn) for _, _, fn in os.walk(dst))
+
+
 def list_files(root: Path, limit: int = 20000) -> list[str]:
     out = []
     for dp, dn, fn in os.walk(root):
@@ -372,8 +377,6 @@ class Stress:
             p = self._popen(["cp", "-a", str(src), str(dst)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
             _, err = p.communicate()
             self._reap(p)
-            if self.stop_ev.is_set() and p.returncode < 0:
-                break  # killed at the end, not a failure of the copy
             enoent = []
             other = 0
             for line in err.splitlines():
@@ -382,6 +385,13 @@ class Stress:
                     enoent.append(m.group("path"))
                 elif line.strip():
                     other += 1
+            if self.stop_ev.is_set() and p.returncode < 0:
+                # Killed at the end: not a round, nor a failure of the copy;
+                # but what it said before (a file that vanished) still counts.
+                with self.lock:
+                    self.cp_enoent += enoent
+                    self.files_copied += _copied(dst)
+                break
             with self.lock:
                 self.rounds += 1
                 self.files_copied += max(0, nfiles - len(enoent))
