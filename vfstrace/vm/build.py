@@ -25,6 +25,10 @@ second build returns in seconds.
 
 Nothing the user types reaches a shell or the kernel source: the kernel name
 is checked against a fixed list, and make, patch and tar get argv lists.
+
+Kept as one module because the source, the shared tree, the patch state and
+the cache key are one build recipe: split, each part would have to know the
+order of the others.
 """
 
 from __future__ import annotations
