@@ -18,7 +18,7 @@ demo: setup
 test: setup
 	$(VFSTRACE) vm fetch --kernel all
 	$(VFSTRACE) vm build --kernel all
-	$(PY) -m pytest -v $(PYTEST_ARGS)
+	$(PY) -m pytest -v --durations=25 $(PYTEST_ARGS)
 
 # Unit and recorded-trace tests only (no root, no VM).
 test-fast: setup
