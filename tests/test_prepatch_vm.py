@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ROOT, is_root, need
 
-SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "40"))
+SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "60"))
 SELFTEST_SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SELFTEST_SECONDS", "20"))
 _runs: dict[str, dict] = {}
 

@@ -114,7 +114,7 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
     trace = out / f"{tier}.vft"
     stress_out = out / f"stress-{tier}.json"
     stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json",
-                         "--files", str(files), "--pressure", pressure]
+                         "--files", str(files), "--pressure", pressure, "--drop-interval", "0.1"]
     if share:
         stress += ["--widen-share", share]
     groundtruth.clear()
@@ -165,7 +165,7 @@ def main():
     ap.add_argument("--widen-share", default=None)
     ap.add_argument("--selftest-seconds", type=float, default=0)
     # A tree cp copies in seconds under TCG, and drop_caches passes: prunes of
-    # the very dentries cp and the statter look up, every half second.
+    # the very dentries cp and the statter look up, ten times a second.
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--pressure", default="drop_caches")
     a = ap.parse_args()

@@ -272,7 +272,8 @@ class Pressure:
 
 class Stress:
     def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
-                 churn=False, pressure="auto", workdir=None, out=None, widen_ns=None, widen_share=WIDEN_SHARE):
+                 churn=False, pressure="auto", workdir=None, out=None, widen_ns=None, widen_share=WIDEN_SHARE,
+                 drop_interval=0.5):
         if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
             raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
         self.duration = float(duration)
@@ -281,7 +282,7 @@ class Stress:
         self.copies, self.stagger = copies, stagger
         self.churn = churn
         self.stop_ev = threading.Event()
-        self.pressure = Pressure(pressure, self.stop_ev)
+        self.pressure = Pressure(pressure, self.stop_ev, interval=drop_interval)
         self.workdir_req = workdir
         self.out = out or (lambda s: click.echo(s, err=True))
         self.lock = threading.Lock()
@@ -619,14 +620,16 @@ def render(r: dict) -> str:
 @click.option("--stagger", type=Duration(0, min_open=False), default=0.05, show_default=True, help="Seconds between starting copies.")
 @click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
 @click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
+@click.option("--drop-interval", type=Duration(0.01, min_open=False), default=0.5, show_default=True,
+              help="With --pressure drop_caches: seconds between passes (more passes, more prunes of looked-up dentries).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
 @click.option("--widen", "widen", metavar="DELAY",
               help="Hold the workload's RCU lookups DELAY (e.g. 200us, at most 1ms) at the race window; kprobes only.")
 @click.option("--widen-share", "widen_share", metavar="SHARE", default=str(WIDEN_SHARE), show_default=True,
               help="With --widen: the share of lookups held (0-1 or a percentage); 1 holds every one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen, widen_share,
-               as_json):
+def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, drop_interval, workdir, widen,
+               widen_share, as_json):
     """Run the 2011 reproducer: staggered parallel `cp -a` under memory pressure.
 
     \b
@@ -646,6 +649,6 @@ def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, press
 
         widen_ns, share = parse_delay(widen), parse_share(widen_share)
     r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen_ns=widen_ns,
-               widen_share=share).run()
+               widen_share=share, drop_interval=drop_interval).run()
     click.echo(json.dumps(r) if as_json else render(r))
     return 0
