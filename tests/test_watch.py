@@ -53,7 +53,9 @@ def test_auto_falls_back_to_tracepoint_dry_run():
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["tier"] == "tracepoint"
     assert "tracepoint:syscalls:sys_exit_newfstatat" in d["attached"]
-    assert "tracepoint:kmem:kmem_cache_free" in d["attached"]
+    # The dentry-cache frees: a raw tracepoint where BTF describes the cache
+    # argument, the classic tracepoint otherwise.
+    assert any(a.endswith("kmem_cache_free") for a in d["attached"]), d["attached"]
 
 
 @pytest.mark.live
@@ -81,7 +83,9 @@ def test_record_command_traces_its_enoent(tmp_path):
     assert any("sys_exit_newfstatat" in p for p in meta["probes"])
     df = load(trace)
     hits = df[df.path == missing]
-    assert len(hits) == 5
+    # Five failed stat()s: identical repeats may be folded into one record
+    # carrying their count, so the counts add up to five.
+    assert int(hits["count"].sum()) == 5
     assert set(hits.ret) == {-2} and set(hits.pid) == {child_pid}
 
 
