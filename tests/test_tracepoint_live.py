@@ -383,11 +383,20 @@ def test_dentry_cache_probes_are_raw_where_btf_describes_the_cache_argument():
         os.rmdir(d)
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("2\n")
-        df = t.poll(200)
-        c = t.counters()
-        assert c["dentry_allocs"] >= 200 and c["dentry_frees"] >= 200, c
+        # Dentries are freed a grace period after drop_caches kills them
+        # (d_free -> call_rcu), so poll until the frees have arrived.
+        import pandas as pd
+
         from vfstrace.events import Kind
 
+        frames, deadline = [], time.monotonic() + 10
+        while True:
+            frames.append(t.poll(200))
+            c = t.counters()
+            if (c["dentry_frees"] >= 200 and c["dentry_allocs"] >= 200) or time.monotonic() > deadline:
+                break
+        df = pd.concat(frames, ignore_index=True)
+        assert c["dentry_allocs"] >= 200 and c["dentry_frees"] >= 200, c
         assert (df["kind"] == int(Kind.D_FREE)).sum() >= 1  # D_FREE records with their addresses
     finally:
         t.close()
