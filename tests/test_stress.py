@@ -74,3 +74,26 @@ def test_stress_20s_leaves_nothing_behind(tmp_path):
     for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
         if os.path.isdir(root):
             assert not [p for p in os.listdir(root) if p.startswith("vfstrace-stress-")]
+
+
+def test_sigterm_while_the_tree_is_generated_still_cleans_up(tmp_path):
+    """An orphaned stress run is sent SIGTERM at any moment, even before its tree is complete."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "vfstrace.cli", "stress", "-d", "60", "--files", "200000",
+                          "--pressure", "none", "--workdir", str(tmp_path)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    src = None
+    while time.monotonic() < end and src is None:
+        src = next((d / "src" for d in tmp_path.iterdir() if (d / "src").is_dir()), None)
+        time.sleep(0.05)
+    assert src is not None, "stress never started its tree"
+    while time.monotonic() < end and not any(src.iterdir()):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)  # 200,000 files take far longer than this to write
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "SIGTERM" in out
+    assert list(tmp_path.iterdir()) == []

@@ -113,13 +113,19 @@ def pick_workdir(requested: str | None) -> tuple[str, str | None]:
     return d, f"only tmpfs is writable ({d}): tmpfs dentries are never pruned, so pressure cannot prune them"
 
 
-def generate_tree(root: Path, files: int, depth: int, size: int) -> int:
-    """A synthetic source tree: ``files`` files spread over ``depth`` levels of directories."""
+def generate_tree(root: Path, files: int, depth: int, size: int, stop: threading.Event | None = None) -> int:
+    """A synthetic source tree: ``files`` files spread over ``depth`` levels of directories.
+
+    Stops early once ``stop`` is set (a signal during generation), so a
+    large tree does not hold up the cleanup that follows.
+    """
     root.mkdir(parents=True, exist_ok=True)
     fanout = max(2, int(round(files ** (1.0 / max(1, depth + 1)))))
     blob = (b"vfstrace-stress\n" * (size // 16 + 1))[:size]
     made = 0
     for i in range(files):
+        if stop is not None and stop.is_set():
+            break
         parts, x = [], i // fanout
         for _ in range(depth):
             parts.append(f"d{x % fanout:03d}")
@@ -464,6 +470,13 @@ class Stress:
 
     # -- run ---------------------------------------------------------------
     def run(self) -> dict:
+        # SIGINT/SIGTERM are caught before the session directory exists: a
+        # signal while the tree is still being generated (an orphaned run is
+        # sent SIGTERM at any moment) ends the run through the same cleanup.
+        with _Signals(self.stop_ev) as sigs:
+            return self._run(sigs)
+
+    def _run(self, sigs: "_Signals") -> dict:
         workdir, notice = pick_workdir(self.workdir_req)
         if notice:
             self.notices.append(notice)
@@ -480,7 +493,7 @@ class Stress:
                 nfiles = len(list_files(src, 10**7))
             else:
                 src = self.session / "src"
-                nfiles = generate_tree(src, self.files, self.depth, self.size)
+                nfiles = generate_tree(src, self.files, self.depth, self.size, self.stop_ev)
             if self.churn:
                 if self.tree:
                     raise VfstraceError("--churn modifies the source tree: use it with the generated tree (no --tree)")
@@ -496,9 +509,8 @@ class Stress:
             threads += [threading.Thread(target=self._copy_loop, args=(i, src, nfiles), daemon=True) for i in range(self.copies)]
             for t in threads:
                 t.start()
-            with _Signals(self.stop_ev) as sigs:
-                self.stop_ev.wait(self.duration)
-                self.stop_reason = sigs.reason or "duration"
+            self.stop_ev.wait(self.duration)
+            self.stop_reason = sigs.reason or "duration"
         finally:
             self.stop_ev.set()
             with self.lock:
@@ -508,6 +520,14 @@ class Stress:
                     p.terminate()
             for t in threads:
                 t.join(timeout=10)
+            # A copy loop that passed its stop check just before stop was set
+            # may have started one more cp after the sweep above: end it before
+            # the trees it writes into are removed.
+            with self.lock:
+                late = [p for p in self._procs if p is not statter and p is not fast and p.poll() is None]
+            for p in late:
+                p.kill()
+                p.wait()
             if fast is not None:
                 try:
                     out, _ = fast.communicate(timeout=10)
