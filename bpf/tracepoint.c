@@ -83,11 +83,14 @@ static __always_inline int result_wanted(u16 kind, long ret)
 		vfs_count(VFS_C_NS_OPS);
 		return 1;
 	}
-	vfs_count(VFS_C_PATH_SYSCALLS);
+	/* One counter update per path syscall: the hit path (a success nobody
+	 * streams) is the hottest there is. VFS_C_PATH_SYSCALLS counts the kept
+	 * ones; the tracer adds the two not-streamed slots to report all. */
 	if (ret != VFS_ENOENT && (!VFS_STREAM_SUCCESS || ret < 0)) {
 		vfs_count(ret < 0 ? VFS_C_PATH_OTHER_ERRNO_NOT_STREAMED : VFS_C_PATH_OK_NOT_STREAMED);
 		return 0;
 	}
+	vfs_count(VFS_C_PATH_SYSCALLS);
 	return 1;
 }
 

@@ -333,6 +333,11 @@ def test_a_storm_of_identical_failures_is_folded_and_every_one_accounted_for(tmp
         assert rows["ts_ns"].is_monotonic_increasing or len(rows.cpu.unique()) > 1
     assert ra.ts_ns.max() < rb.ts_ns.min()  # all of a before all of b, as the child ran them
     assert c["coalesced"] >= 2 * n - len(ra) - len(rb)
+    # Every path syscall that returned is counted once, by its outcome: the 2n
+    # failures (kept, folded or not), and the successes and other errors
+    # (the child's own start-up makes some) that nobody streams.
+    assert c["path_ok_not_streamed"] > 0
+    assert c["path_syscalls"] >= 2 * n + c["path_ok_not_streamed"] + c["path_other_errno_not_streamed"]
 
 
 def test_coalescing_off_streams_every_failure_as_its_own_record(tmp_path):

@@ -527,6 +527,10 @@ class TracepointTracer(Tracer):
                 out[name] = int(sum(t[ctypes.c_int(i)]))
             except KeyError:
                 out[name] = 0
+        # The kernel counts each path syscall once, in the slot of its outcome
+        # (bpf/tracepoint.c result_wanted): the total is their sum.
+        if "path_syscalls" in out:
+            out["path_syscalls"] += out.get("path_ok_not_streamed", 0) + out.get("path_other_errno_not_streamed", 0)
         return out
 
     def attached(self) -> list[str]:

@@ -21,7 +21,10 @@ WALK_RETURN / LOOKUP_RETURN
     the dentry, ``seq2`` the dentry's d_seq read at return, ``ret`` 0, -ENOENT,
     -ECHILD (RCU walk gave up and will retry in ref-walk) or another -errno.
     ``flags`` carries RCU, NEGATIVE (d_inode NULL at return) and SEQ_CHANGED
-    (seq != seq2, judged in the kernel at the moment of return).
+    (seq != seq2, judged in the kernel at the moment of return); STEP when
+    it is step_into()'s return outside walk_component() (an open()'s last
+    component: open_last_lookups() calls step_into() itself), judged the
+    same way.
 SEQ_CHECK
     A d_seq re-check site ran on ``tid`` (``op`` names the site, e.g.
     try_to_unlazy). ``ret`` 0: the sampled sequence still held; -ECHILD: it
@@ -144,6 +147,7 @@ class Flag(enum.IntFlag):
     EXISTS_AFTER = 64  # ENOENT path re-checked from user space right after: present (tracepoint tier)
     IN_WALK = 128  # SEQ_CHECK: ran inside a walk_component() call (the tracer held that walk's state)
     COALESCED = 256  # PATH_SYSCALL: stands for ``count`` identical repeats folded in the kernel (tracepoint tier)
+    STEP = 512  # WALK_RETURN: step_into()'s return outside walk_component() (an open()'s last component)
 
 
 # Column order is part of the format; see docs/trace-format.md.
@@ -268,7 +272,7 @@ class TracepointCounter(enum.IntEnum):
 
     DROPPED_EVENTS = 0  # struct vfs_event stream full: record lost
     DROPPED_PATH_EVENTS = 1  # struct vfs_path_event stream full: record lost
-    PATH_SYSCALLS = 2  # path syscalls that returned
+    PATH_SYSCALLS = 2  # path syscalls that returned (the kernel slot counts kept ones; the tracer adds slots 3 and 4)
     PATH_OK_NOT_STREAMED = 3  # ... succeeded and were not streamed
     PATH_OTHER_ERRNO_NOT_STREAMED = 4  # ... failed with another errno, not streamed
     FILTERED_TASK = 5  # path syscalls dropped by the pid/comm filter
@@ -305,6 +309,7 @@ class KprobeCounter(enum.IntEnum):
     INFLIGHT_STALE = 18
     PRUNE_SIDE_QUIET = 19
     NS_OP = 20
+    STEP = 21  # step_into() calls outside walk_component() (the open() last component site)
 
 
 class WidenCounter(enum.IntEnum):
@@ -319,12 +324,17 @@ class WidenCounter(enum.IntEnum):
     NOT_SAMPLED = 6  # armed, but outside the sampled share: not held
 
 
+class EmptyCounter(enum.IntEnum):
+    """bpf/empty.c counts nothing: it is the cost of a program that does nothing."""
+
+
 # Per program: its counters, and the slots counting records a full stream
 # dropped (bpf/common.h's VFS_C_LOST_EV / VFS_C_LOST_PATH).
 PROGRAM_COUNTERS = {
     "tracepoint.c": (TracepointCounter, TracepointCounter.DROPPED_EVENTS, TracepointCounter.DROPPED_PATH_EVENTS),
     "kprobe.c": (KprobeCounter, KprobeCounter.LOST, None),
     "widen.c": (WidenCounter, None, None),
+    "empty.c": (EmptyCounter, None, None),
 }
 
 
