@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * vfstrace: what every kernel-side program shares (tracepoint.c, kprobe.c,
- * widen.c), in the manner of libbpf-tools' compat.bpf.h: one place for the
+ * widen.c, empty.c), in the manner of libbpf-tools' compat.bpf.h: one place for the
  * output streams (BPF ring buffer or perf buffer behind one
  * reserve/submit/output), the task filters, the per-CPU counters and the
  * name macros, so no program writes them again.
@@ -40,7 +40,10 @@
 #define VFS_KRETFUNC(fn) VFS_XCAT(kretfunc__, fn)
 
 /* ---- counters --------------------------------------------------------------- */
-/* Per-CPU, summed by the tracer; slot names come from vfstrace/events.py. */
+/* Per-CPU, summed by the tracer; slot names come from vfstrace/events.py.
+ * A program with no slots (bpf/empty.c, the floor the benches measure
+ * against) has no map at all: an array of 0 entries is refused at creation. */
+#if VFS_NCOUNTERS > 0
 BPF_PERCPU_ARRAY(counts, u64, VFS_NCOUNTERS);
 
 static __always_inline void vfs_count_add(int slot, u64 by)
@@ -54,6 +57,7 @@ static __always_inline void vfs_count(int slot)
 {
 	vfs_count_add(slot, 1);
 }
+#endif /* VFS_NCOUNTERS > 0 */
 
 /* ---- task filters ------------------------------------------------------------ */
 /*

@@ -214,3 +214,41 @@ def test_verifier_error_is_one_line(btf, monkeypatch):
         t.verify()
     assert "\n" not in str(ei.value) and "could not build" in str(ei.value)
     t.close()
+
+
+def test_the_empty_program_is_planned_on_the_tiers_own_attach_points(btf):
+    """bench/probe_cost.py's floor: the same symbols, modes and defines as the tier, in both modes."""
+    from tracers.kprobe import EmptyKprobeTracer, KprobeTracer
+
+    for tier in ("kprobe", "fentry"):
+        real = KprobeTracer(TraceOptions(), _choice(tier=tier, lookup="lookup_fast.constprop.0"))
+        empty = EmptyKprobeTracer(TraceOptions(), _choice(tier=tier, lookup="lookup_fast.constprop.0"))
+        assert empty.cflags() == real.cflags()
+        assert empty.attached() == real.attached()
+        assert empty.kfunc_names() == real.kfunc_names()
+    # fentry: one program per probe, named as BCC attaches them; the clone stays a kretprobe
+    assert b"kfunc__walk_component" in empty.kfunc_names() and b"kretfunc__walk_component" in empty.kfunc_names()
+    assert not any(b"lookup_fast" in n for n in empty.kfunc_names())
+    assert empty.kprobe_functions() == ["vt_empty"]
+
+
+@pytest.mark.live
+def test_real_verifier_accepts_the_empty_program(btf, monkeypatch):
+    need(is_root(), "loading BPF programs needs root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
+    from tracers.kprobe import EmptyKprobeTracer
+    from tracers.tracepoint import bcc_kernel_source
+
+    c = _choice()
+    need(c.headers is not None, "no kernel headers at all (apt-get install linux-headers-amd64)")
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
+    t = EmptyKprobeTracer(TraceOptions(), c)
+    try:
+        assert t.verify() == ["vt_empty"]
+        assert t.bpf.funcs[b"vt_empty"].fd > 0
+        assert t.counters() == {} and t.poll() == []
+    finally:
+        t.close()

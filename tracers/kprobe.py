@@ -19,6 +19,11 @@ turns a :class:`vfstrace.doctor.TierChoice` into that program:
   so that probe falls back to a kprobe and :attr:`KprobeTracer.notes` says so;
 * events travel through tracers/stream.py (BPF ring buffer on 5.8+, perf
   buffer otherwise); failed submissions are counted per CPU in the kernel.
+
+:class:`EmptyKprobeTracer` is the same plan running bpf/empty.c: empty
+programs on exactly these attach points, the floor bench/probe_cost.py
+measures the tier's own cost against. It lives here because "the same
+attach points" is this module's planning, not a copy of it.
 """
 
 from __future__ import annotations
@@ -128,6 +133,8 @@ class Probe:
 
 class KprobeTracer(Tracer):
     """fentry/kprobe tier; ``choice.tier`` picks fentry or kprobe."""
+
+    source = SOURCE
 
     def __init__(self, options, choice=None):
         super().__init__(options, choice)
@@ -272,7 +279,7 @@ class KprobeTracer(Tracer):
     def program_text(self) -> str:
         """The program as compiled: enum #defines, the -D values as comments, the source."""
         flags = "\n".join(f"/* {f} */" for f in self.cflags())
-        return flags + "\n" + program(SOURCE)
+        return flags + "\n" + program(self.source)
 
     # -- compile / load / attach ------------------------------------------
 
@@ -301,7 +308,7 @@ class KprobeTracer(Tracer):
         """Compile bpf/kprobe.c with BCC (fentry programs attach at this point)."""
         bcc = import_bcc()
         self._headers_env(verify_only)
-        text = program(SOURCE)
+        text = program(self.source)
         cflags = self.cflags()
         from tracers import BuildError, build_bpf
 
@@ -348,32 +355,79 @@ class KprobeTracer(Tracer):
         self.compile()
         for n in self.notes:
             log.info(f"note: {n}")
-        b = self.bpf
         try:
             self._remove_stale_kprobes()
-            for p in self.probes:
-                if p.mode != "kprobe":
-                    continue
-                if p.entry:
-                    self._attach(b.attach_kprobe, p, p.entry)
-                if p.ret:
-                    # No maxactive: libbcc then attaches through the kprobe
-                    # PMU, whose probes the kernel removes with the process
-                    # (tracers/kprobe_events.py). Each kretprobe gets the
-                    # kernel's default instances, max(10, 2 * possible CPUs)
-                    # (kernel/kprobes.c register_kretprobe()).
-                    self._attach(b.attach_kretprobe, p, p.ret)
-            from tracers.stream import PerfStream, RingStream
-
-            if self.choice.ringbuf:
-                self._stream = RingStream.from_bcc(b["events"], BPF_EVENT_DTYPE, self.ring_pages() * 4096,
-                                                   drops=b["counts"], drop_index=C_LOST)
-            else:
-                self._stream = PerfStream(b, "events", BPF_EVENT_DTYPE, page_cnt=self.options.ring_pages,
-                                          drops=b["counts"], drop_index=C_LOST)
+            self._attach_kprobes()
+            self._open_stream()
         except BaseException:
             self.close()
             raise
+
+    def _attach_kprobes(self) -> None:
+        b = self.bpf
+        for p in self.probes:
+            if p.mode != "kprobe":
+                continue
+            if p.entry:
+                self._attach(b.attach_kprobe, p, self._kprobe_fn(p.entry))
+            if p.ret:
+                # No maxactive: libbcc then attaches through the kprobe
+                # PMU, whose probes the kernel removes with the process
+                # (tracers/kprobe_events.py). Each kretprobe gets the
+                # kernel's default instances, max(10, 2 * possible CPUs)
+                # (kernel/kprobes.c register_kretprobe()).
+                self._attach(b.attach_kretprobe, p, self._kprobe_fn(p.ret), ret=True)
+
+    def _kprobe_fn(self, fn: str) -> str:
+        """The program attached where bpf/kprobe.c's ``fn`` goes."""
+        return fn
+
+    def kfunc_names(self) -> set[bytes]:
+        """BCC's names (kfunc__<fn>, kretfunc__<fn>) of the fentry/fexit programs the plan attaches."""
+        out = set()
+        for p in self.probes:
+            if p.mode == "fentry":
+                if p.entry and p.fentry_entry:
+                    out.add(f"kfunc__{p.symbol}".encode())
+                if p.ret:
+                    out.add(f"kretfunc__{p.symbol}".encode())
+        return out
+
+    def detach_probes(self) -> None:
+        """Detach every probe, keeping the compiled program, its maps and the stream.
+
+        A bench that interleaves traced and untraced rounds would otherwise
+        compile the program once per round: minutes under emulation.
+        """
+        b = self.bpf
+        for p in self.probes:
+            if p.mode == "kprobe":
+                if p.entry:
+                    b.detach_kprobe(event=p.symbol.encode())
+                if p.ret:
+                    b.detach_kretprobe(event=p.symbol.encode())
+        for name in list(b.kfunc_entry_fds):
+            b.detach_kfunc(fn_name=name)
+        for name in list(b.kfunc_exit_fds):
+            b.detach_kretfunc(fn_name=name)
+
+    def attach_probes(self) -> None:
+        """Attach again what :meth:`detach_probes` detached."""
+        b = self.bpf
+        self._attach_kprobes()
+        for name in sorted(self.kfunc_names()):
+            (b.attach_kfunc if name.startswith(b"kfunc__") else b.attach_kretfunc)(fn_name=name)
+
+    def _open_stream(self) -> None:
+        b = self.bpf
+        from tracers.stream import PerfStream, RingStream
+
+        if self.choice.ringbuf:
+            self._stream = RingStream.from_bcc(b["events"], BPF_EVENT_DTYPE, self.ring_pages() * 4096,
+                                               drops=b["counts"], drop_index=C_LOST)
+        else:
+            self._stream = PerfStream(b, "events", BPF_EVENT_DTYPE, page_cnt=self.options.ring_pages,
+                                      drops=b["counts"], drop_index=C_LOST)
 
     def _remove_stale_kprobes(self) -> None:
         """Remove kprobe events a killed recorder left on these functions; say so in one line."""
@@ -395,12 +449,12 @@ class KprobeTracer(Tracer):
         if left:
             log.warning(f"stale kprobe event(s) still in use, left: {', '.join(left)}")
 
-    def _attach(self, how, p: Probe, fn: str, **kw) -> None:
+    def _attach(self, how, p: Probe, fn: str, ret: bool = False) -> None:
         try:
-            how(event=p.symbol.encode(), fn_name=fn.encode(), **kw)
+            how(event=p.symbol.encode(), fn_name=fn.encode())
         except Exception as e:
             raise TierUnavailable(
-                f"cannot attach {'kretprobe' if 'ret' in fn else 'kprobe'} to {p.symbol} "
+                f"cannot attach {'kretprobe' if ret else 'kprobe'} to {p.symbol} "
                 f"({p.role} role) on kernel {self.release}: {str(e).splitlines()[0]}"
             ) from None
 
@@ -436,3 +490,33 @@ class KprobeTracer(Tracer):
         if self.bpf is not None:
             b, self.bpf = self.bpf, None
             b.cleanup()
+
+
+class EmptyKprobeTracer(KprobeTracer):
+    """The tier's plan with bpf/empty.c: every probe runs a program that returns at once.
+
+    Same symbols, same kprobe/fentry choice per probe, same attach calls; no
+    events and no counters. What vfstrace costs beyond this is what its own
+    programs do (bench/probe_cost.py).
+    """
+
+    source = "empty.c"
+
+    def _kprobe_fn(self, fn: str) -> str:
+        return "vt_empty"
+
+    def kprobe_functions(self) -> list[str]:
+        return ["vt_empty"] if any(p.mode == "kprobe" for p in self.probes) else []
+
+    def _open_stream(self) -> None:
+        got = set(self.bpf.kfunc_entry_fds) | set(self.bpf.kfunc_exit_fds)
+        if got != self.kfunc_names():
+            want = sorted(n.decode() for n in self.kfunc_names())
+            raise VfstraceError(f"bpf/empty.c attached {sorted(n.decode() for n in got)}, the plan is {want}: "
+                                "a probe of bpf/kprobe.c has no empty counterpart")
+
+    def poll(self, timeout_ms: int = 100):
+        return []
+
+    def counters(self) -> dict[str, int]:
+        return {}

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""The kprobe/fentry tier's own cost, per kernel: vfstrace's added ns per stat() over an empty program's.
+
+    .venv/bin/python bench/probe_cost.py --kernel all            # 5.10, 6.1, 6.12: one guest each
+    .venv/bin/python bench/probe_cost.py --small                 # CI size: one kernel (6.12), fewer calls
+    .venv/bin/python bench/probe_cost.py --inside OUT [--calls N --rounds R]   # on this kernel (needs kprobes)
+
+Each kernel boots one guest (`vfstrace vm run`); inside, in one process, a
+C loop of N stat() calls (bench/_statgen.py) runs on a hit path (a file
+that exists: every walk returns 0 and vfstrace streams nothing) and an
+ENOENT path, under, interleaved round by round (the order rotating):
+
+  untraced          no program attached
+  empty kprobe      bpf/empty.c on exactly the attach points of the kprobe
+                    tier (tracers/kprobe.py EmptyKprobeTracer: the same
+                    symbols, the same kprobe/kretprobe per probe)
+  vfstrace kprobe   the kprobe tier itself (bpf/kprobe.c), its events drained
+                    by vfstrace.recorder.Recorder as `record` drains them
+  empty fentry, vfstrace fentry   the same in fentry mode, where the kernel has it
+
+Every program is compiled once and detached between its rounds
+(KprobeTracer.detach_probes/attach_probes): BCC takes tens of seconds per
+compile under emulation. Both files live on the guest's tmpfs /tmp: the
+root is 9p, where every getattr is a round trip to the host that would
+bury what a probe costs. On tmpfs a missing name leaves no negative dentry
+(simple_lookup's always-delete dentry operations), so each ENOENT stat()
+also allocates and kills one dentry: the prune-side probes fire too, and
+vfstrace streams a WALK_RETURN and a PRUNE for it.
+
+Printed per kernel: ns per stat() (median over rounds, the loop's own CPU
+time, with min-max), added ns over untraced, walk_component calls per
+stat() (from the tier's own counter), and ratio = vfstrace added / empty
+added of the same mode, computed per round against that round's untraced
+run (median and min-max over rounds). Guests run under TCG software
+emulation: absolute numbers are slow, the ratios are what compare. Numbers
+only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+PY = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
+PATHS = ("hit", "enoent")
+FULL = {"calls": 20_000, "rounds": 7}
+SMALL = {"calls": 4_000, "rounds": 3}
+
+
+class Config:
+    """One way of running the loop: a tracer (None: untraced), attached only during its runs."""
+
+    def __init__(self, name: str, tracer=None, streams: bool = False):
+        self.name = name
+        self.tracer = tracer
+        self.streams = streams
+        self.rec = None
+        self._stop = None
+        self._thread = None
+
+    def on(self):
+        if self.tracer is None:
+            return
+        self.tracer.attach_probes()
+        if self.streams:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._drain, daemon=True)
+            self._thread.start()
+
+    def _drain(self):
+        while not self._stop.is_set():
+            self.rec.poll(50)
+        self.rec.drain()
+
+    def off(self):
+        if self.tracer is None:
+            return
+        self.tracer.detach_probes()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def walks(self) -> int | None:
+        c = self.tracer.counters() if self.tracer is not None else {}
+        return c.get("walk")
+
+
+def inside(out: Path, calls: int, rounds: int) -> dict:
+    """Run every configuration on this kernel; the result also goes to OUT/probe_cost.json."""
+    from _statgen import StatGen
+    from tracers import make_tracer
+    from tracers.kprobe import EmptyKprobeTracer
+    from vfstrace.kernel.doctor import choose_tier
+    from vfstrace.options import TraceOptions
+    from vfstrace.recorder import Recorder
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path("/tmp/vt-probe-cost")
+    work.mkdir(mode=0o700, exist_ok=True)
+    paths = {"hit": str(work / "present"), "enoent": str(work / "absent")}
+    Path(paths["hit"]).touch()
+    kchoice = choose_tier("kprobe")
+    modes = ["kprobe"] + (["fentry"] if kchoice.kfunc else [])
+    configs = [Config("untraced")]
+    notes: list[str] = []
+    t0 = time.monotonic()
+    try:
+        for mode in modes:
+            choice = kchoice if mode == "kprobe" else choose_tier("fentry")
+            empty = EmptyKprobeTracer(TraceOptions(), choice)
+            real = make_tracer(choice, TraceOptions())
+            for name, tr, streams in ((f"empty {mode}", empty, False), (f"vfstrace {mode}", real, True)):
+                tr.load()
+                tr.detach_probes()
+                c = Config(name, tr, streams)
+                if streams:
+                    c.rec = Recorder(tr)
+                configs.append(c)
+            notes += [f"{mode}: {n}" for n in real.notes]
+            notes.append(f"{mode} attach points: {', '.join(real.attached())}")
+        compile_s = time.monotonic() - t0
+        gen = StatGen()
+        for p in PATHS:
+            gen.run(paths[p], calls // 10)  # warm the dcache and the loop's pages
+        ns = {(c.name, p): [] for c in configs for p in PATHS}
+        walks = {(c.name, p): [] for c in configs for p in PATHS}
+        for r in range(rounds):
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            for c in order:
+                c.on()
+                try:
+                    for p in PATHS:
+                        w0 = c.walks()
+                        ns[(c.name, p)].append(gen.run(paths[p], calls, cpu_time=True)["ns_per_call"])
+                        if w0 is not None:
+                            walks[(c.name, p)].append((c.walks() - w0) / calls)
+                finally:
+                    c.off()
+        gen.close()
+        events = {c.name: {"events": c.rec.events, "lost": c.rec.lost_total} for c in configs if c.rec}
+    finally:
+        for c in configs:
+            if c.tracer is not None:
+                c.tracer.close()
+        os.unlink(paths["hit"])
+    res = {"kernel_release": os.uname().release, "calls": calls, "rounds": rounds, "modes": modes,
+           "configs": [c.name for c in configs], "compile_s": round(compile_s, 1), "notes": notes,
+           "ns": {f"{k[0]}|{k[1]}": v for k, v in ns.items()},
+           "walks_per_stat": {f"{k[0]}|{k[1]}": v for k, v in walks.items() if v}, "events": events}
+    (out / "probe_cost.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _spread(v: list[float]) -> str:
+    return f"{statistics.median(v):.0f} [{min(v):.0f}-{max(v):.0f}]"
+
+
+def ratios(res: dict, path: str, mode: str) -> list[float]:
+    """vfstrace added / empty added per round, each against that round's untraced run."""
+    ns = res["ns"]
+    u, e, v = ns[f"untraced|{path}"], ns[f"empty {mode}|{path}"], ns[f"vfstrace {mode}|{path}"]
+    return [(vi - ui) / (ei - ui) if ei > ui else float("inf") for ui, ei, vi in zip(u, e, v)]
+
+
+def table(res: dict) -> str:
+    from tabulate import tabulate
+
+    ns = res["ns"]
+    rows = []
+    for p in PATHS:
+        base = statistics.median(ns[f"untraced|{p}"])
+        for name in res["configs"]:
+            v = ns[f"{name}|{p}"]
+            added = statistics.median(v) - base
+            w = res["walks_per_stat"].get(f"{name}|{p}")
+            wps = statistics.median(w) if w else None
+            ratio = "-"
+            if name.startswith("vfstrace "):
+                rr = ratios(res, p, name.split()[1])
+                ratio = f"{statistics.median(rr):.2f} [{min(rr):.2f}-{max(rr):.2f}]"
+            rows.append([p, name, _spread(v), "-" if name == "untraced" else f"{added:.0f}",
+                         f"{wps:.2f}" if wps else "-",
+                         f"{added / wps:.0f}" if wps else "-", ratio])
+    head = ["path", "config", "ns/stat median [min-max]", "added ns", "walks/stat", "added ns/walk",
+            "ratio vfstrace/empty added, median [min-max]"]
+    ev = "   ".join(f"{k}: {v['events']} events, {v['lost']} lost" for k, v in res["events"].items())
+    return (f"kernel {res['kernel_release']}   calls per run: {res['calls']}   rounds: {res['rounds']}   "
+            f"ns: the loop's CPU time   compile+attach: {res['compile_s']} s\n"
+            + tabulate(rows, headers=head, disable_numparse=True) + f"\n{ev}")
+
+
+def summary(results: dict[str, dict]) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for kernel, res in results.items():
+        if "ns" not in res:
+            rows.append([kernel, res.get("error", "no result")] + ["-"] * 4)
+            continue
+        row = [kernel, res["kernel_release"]]
+        for p in PATHS:
+            for mode in ("kprobe", "fentry"):
+                if mode in res["modes"]:
+                    rr = ratios(res, p, mode)
+                    row.append(f"{statistics.median(rr):.2f} [{min(rr):.2f}-{max(rr):.2f}]")
+                else:
+                    row.append("no fentry")
+        rows.append(row)
+    head = ["kernel", "release", "hit kprobe", "hit fentry", "enoent kprobe", "enoent fentry"]
+    return ("ratio = vfstrace's added ns per stat() / the empty program's, same attach points "
+            "(median [min-max] over rounds); goal on the hit path: <= 1.5\n"
+            + tabulate(rows, headers=head, disable_numparse=True))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", default=None, help="VM kernel: 5.10, 6.1, 6.12 or all (default all; 6.12 with --small)")
+    ap.add_argument("--calls", type=int, default=None, help=f"stat() calls per run (default {FULL['calls']})")
+    ap.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {FULL['rounds']})")
+    ap.add_argument("--small", action="store_true",
+                    help=f"CI size: one kernel, {SMALL['calls']} calls, {SMALL['rounds']} rounds")
+    ap.add_argument("--inside", metavar="OUT", help="run on this kernel, results in OUT")
+    ap.add_argument("--report", metavar="DIR", help="print the tables again from DIR/<kernel>/probe_cost.json")
+    a = ap.parse_args()
+    size = SMALL if a.small else FULL
+    calls = a.calls or size["calls"]
+    rounds = a.rounds or size["rounds"]
+    if calls < 100 or rounds < 1:
+        ap.error("--calls must be at least 100 and --rounds at least 1")
+    if a.inside:
+        from vfstrace.errors import VfstraceError
+
+        try:
+            res = inside(Path(a.inside), calls, rounds)
+        except VfstraceError as e:
+            raise SystemExit(f"bench/probe_cost.py: {e}")
+        print(table(res), flush=True)
+        return
+    if a.report:
+        results = {}
+        for d in sorted(Path(a.report).iterdir()):
+            try:
+                results[d.name] = json.loads((d / "probe_cost.json").read_text())
+            except (OSError, ValueError):
+                continue
+        for res in results.values():
+            print(table(res) + "\n")
+        print(summary(results))
+        return
+    from vfstrace import vm
+
+    kernel = a.kernel or ("6.12" if a.small else "all")
+    if kernel != "all" and kernel not in vm.SERIES:
+        ap.error(f"--kernel must be one of {', '.join(vm.SERIES)} or all")
+    results = {}
+    for k in (vm.SERIES if kernel == "all" else [kernel]):
+        out = ROOT / ".cache" / "probe_cost" / k
+        (out / "probe_cost.json").unlink(missing_ok=True)
+        argv = [PY, str(ROOT / "bench/probe_cost.py"), "--inside", vm.GUEST_OUT, "--calls", str(calls),
+                "--rounds", str(rounds)]
+        t0 = time.monotonic()
+        try:
+            r = vm.run(k, argv, timeout=1800, out_dir=out, cwd=str(ROOT))
+        except vm.VmError as e:
+            results[k] = {"error": f"no result: {e}"}
+            continue
+        try:
+            results[k] = json.loads((out / "probe_cost.json").read_text())
+        except (OSError, ValueError):
+            tail = (r.stderr or "").strip().splitlines()[-1:] or [f"guest exit {r.returncode}"]
+            results[k] = {"error": f"no probe_cost.json: {tail[0]}"}
+            continue
+        print(f"{k}: guest done in {time.monotonic() - t0:.0f} s", flush=True)
+        print(table(results[k]) + "\n", flush=True)
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()
