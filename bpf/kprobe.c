@@ -15,6 +15,16 @@
  *               the kernel, at the moment the walk returns.
  *   re-check sites (try_to_unlazy, try_to_unlazy_next, unlazy_walk, ...)
  *               return: SEQ_CHECK with ret 0 or -ECHILD.
+ *   step role   (step_into) outside walk_component only: the walk role for
+ *               lookups that never enter walk_component. open_last_lookups()
+ *               (an open()'s last component) calls lookup_fast() and then
+ *               step_into() itself, and step_into() is where an RCU walk
+ *               answers -ENOENT for a negative dentry. Entry: parent, name,
+ *               the dentry and its d_seq sample (VFS_STEP_SEQ: argument 5 on
+ *               5.10, nd->next_seq on 6.x); return: a WALK_RETURN with
+ *               VFS_F_STEP, judged like walk_component's. Inside
+ *               walk_component the walk role's state is there already and
+ *               its return reports: step_into does nothing.
  * Prune side: PRUNE (__dentry_kill), UNHASH, IPUT, D_FREE (__d_free and
  *   __d_free_external, the RCU callbacks that free a dentry).
  *
@@ -48,6 +58,8 @@ struct walk_state {
 	u32 seq;         /* d_seq sampled by __d_lookup_rcu */
 	u32 flags;       /* VFS_F_RCU, VFS_F_PRUNE_INFLIGHT */
 	u64 rc_dentry;   /* re-check site argument, between entry and return */
+	u32 step;        /* 1: opened by step_into (no walk_component around it) */
+	u32 pad;
 };
 
 BPF_HASH(walks, u32, struct walk_state, 16384);
@@ -166,6 +178,8 @@ static __always_inline int walk_exit(void *ctx, long ret)
 		e.ret = ret;
 		e.seq = s->seq;
 		e.flags |= flags;
+		if (s->step)
+			e.flags |= VFS_F_STEP;
 		if (d && s->rcu_dentry == d && (flags & VFS_F_RCU) && e.seq != e.seq2) {
 			e.flags |= VFS_F_SEQ_CHANGED;
 			vfs_count(VFS_C_SEQ_CHANGED);
@@ -176,6 +190,46 @@ static __always_inline int walk_exit(void *ctx, long ret)
 	}
 	walks.delete(&tid);
 	return 0;
+}
+
+/*
+ * step_into(nd, flags, dentry, ...) entry. seq: the d_seq the caller
+ * sampled for dentry (what step_into's re-check compares against).
+ */
+static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (s && !s->step)
+		return 0; /* inside walk_component: the walk role reports */
+	vfs_count(VFS_C_STEP);
+	if (!vfs_task_wanted(bpf_get_current_pid_tgid())) {
+		vfs_count(VFS_C_FILTERED);
+		return 0;
+	}
+	struct walk_state n = {};
+	n.nd = nd;
+	n.parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
+	n.name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
+	n.dentry = dentry;
+	n.step = 1;
+	if (rd32(nd + VFS_OFF_ND_FLAGS) & LOOKUP_RCU) {
+		n.flags |= VFS_F_RCU;
+		n.rcu_dentry = dentry;
+		n.seq = seq;
+	}
+	if (walks.update(&tid, &n))
+		vfs_count(VFS_C_STATE_FULL);
+	return 0;
+}
+
+static __always_inline int step_exit(void *ctx, long ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct walk_state *s = walks.lookup(&tid);
+	if (!s || !s->step)
+		return 0; /* inside walk_component, or not wanted */
+	return walk_exit(ctx, ret);
 }
 
 static __always_inline int rcu_lookup_enter(u64 seqp)
@@ -332,6 +386,26 @@ int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx))
 #elif VFS_MODE_WALK == 2
 int VFS_KFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_enter(ctx[0]); }
 int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NARGS_WALK]); }
+#endif
+
+/* VFS_STEP_SEQ: which argument carries the d_seq sample (5 on 5.10), or 0:
+ * nd->next_seq (6.x); tracers/kprobe.py STEP_SEQ_ARG cites the change. */
+#ifndef VFS_STEP_SEQ
+#define VFS_STEP_SEQ 0
+#endif
+#if VFS_STEP_SEQ == 5
+#define STEP_SEQ_KPROBE(ctx) ((u32)PT_REGS_PARM5(ctx))
+#define STEP_SEQ_FENTRY(ctx) ((u32)ctx[4])
+#else
+#define STEP_SEQ_KPROBE(ctx) rd32(PT_REGS_PARM1(ctx) + VFS_OFF_ND_NEXT_SEQ)
+#define STEP_SEQ_FENTRY(ctx) rd32(ctx[0] + VFS_OFF_ND_NEXT_SEQ)
+#endif
+#if VFS_MODE_STEP == 1
+int vt_step_enter(struct pt_regs *ctx) { return step_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), STEP_SEQ_KPROBE(ctx)); }
+int vt_step_return(struct pt_regs *ctx) { return step_exit(ctx, PT_REGS_RC(ctx)); }
+#elif VFS_MODE_STEP == 2
+int VFS_KFUNC(VFS_FN_STEP)(u64 *ctx) { return step_enter(ctx[0], ctx[2], STEP_SEQ_FENTRY(ctx)); }
+int VFS_KRETFUNC(VFS_FN_STEP)(u64 *ctx) { return step_exit(ctx, (long)ctx[VFS_NARGS_STEP]); }
 #endif
 
 #if VFS_MODE_RCU == 1

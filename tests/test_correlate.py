@@ -138,6 +138,43 @@ def test_return_without_enter_uses_the_earliest_event_or_a_window():
     assert verdict_of(trace(*prune(200 - 5_000 + 5_000 - 5_000 + 0), *[(5_200, Kind.WALK_RETURN, dict(dentry=D, parent=P, name="f", ret=ENOENT))])).verdict == "absent"
 
 
+def _open_last(t, ret=ENOENT, flags=0, dentry=D, name="f", tid=100):
+    """An open()'s last component as the kprobe tier records it.
+
+    open_last_lookups() calls lookup_fast() and then step_into() itself, not
+    walk_component(): the tracer holds no walk state during that lookup_fast
+    (no LOOKUP_RETURN) and step_into's return is the WALK_RETURN, with STEP.
+    """
+    return (t, Kind.WALK_RETURN, dict(dentry=dentry, parent=P, name=name, ret=ret, seq=4, seq2=6, tid=tid,
+                                      flags=RCU | int(Flag.STEP) | flags))
+
+
+def test_open_last_component_is_judged_like_a_walk():
+    neg = int(Flag.NEGATIVE)
+    inflight = neg | int(Flag.SEQ_CHANGED) | int(Flag.PRUNE_INFLIGHT)
+    # Pre-3.0 order (6.1-prepatch): step_into trusts the negative inode of a dentry whose
+    # prune made it negative (IPUT) before the d_seq re-check: -ENOENT for an existing file.
+    df = trace(*prune(103), _open_last(104, flags=inflight))
+    v = verdict_of(df)
+    assert v.verdict == "race"
+    assert set(df[df["kind"].isin([Kind.PRUNE, Kind.UNHASH, Kind.IPUT])]["event_id"]) <= set(v.evidence)
+    # The fixed kernel re-checks d_seq first: the unhash bumped it, so -ECHILD and a ref-walk retry.
+    assert verdict_of(trace(*prune(103), _open_last(104, ret=ECHILD, flags=inflight))).verdict == "retried"
+    # open() of a name that is not there: a negative dentry nobody pruned.
+    assert verdict_of(trace(_open_last(104, flags=neg))).verdict == "absent"
+
+
+def test_open_last_component_after_a_failed_walk_is_its_own_lookup():
+    # stat("/d/x") fails in walk_component, then the same task's open("/d/f") fails in
+    # step_into during f's prune: two judged lookups, each on its own dentry.
+    neg = int(Flag.NEGATIVE)
+    rows = [(90, Kind.WALK_RETURN, dict(dentry=D2, parent=P, name="x", ret=ENOENT, flags=RCU | neg))]
+    rows += prune(103) + [_open_last(104, flags=neg | int(Flag.SEQ_CHANGED) | int(Flag.PRUNE_INFLIGHT))]
+    v = correlate(trace(*by_time(rows)))
+    got = {int(r.dentry): r.verdict for r in v.itertuples()}
+    assert got == {D2: "absent", D: "race"}
+
+
 def test_clock_skew_tolerance():
     # The prune's events are stamped 15 us after the return (another CPU's clock): within skew.
     rows = walk(100) + prune(110 + 15)

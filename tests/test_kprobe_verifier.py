@@ -114,6 +114,65 @@ def test_isra_clone_whose_arguments_are_read_is_refused(btf):
         KprobeTracer(TraceOptions(), _choice(walk="walk_component.isra.0"))
 
 
+class _StepBtf:
+    """This kernel's BTF with step_into() and nameidata as another kernel's source declares them."""
+
+    def __init__(self, btf, nargs, next_seq):
+        self._btf, self._nargs, self._next_seq = btf, nargs, next_seq
+
+    def func_nargs(self, name):
+        return self._nargs if name == "step_into" else self._btf.func_nargs(name)
+
+    def has_member(self, struct, member):
+        return self._next_seq if (struct, member) == ("nameidata", "next_seq") else self._btf.has_member(struct, member)
+
+    def offsetof(self, struct, member):
+        assert (struct, member) != ("nameidata", "next_seq") or self._next_seq, "read a member the kernel lacks"
+        return self._btf.offsetof(struct, member)
+
+
+def _step_flags(btf, tier, nargs, next_seq):
+    from tracers.kprobe import KprobeTracer
+
+    t = KprobeTracer(TraceOptions(), _choice(tier=tier, step="step_into"))
+    t._btf = _StepBtf(btf, nargs, next_seq)
+    return t, t.cflags()
+
+
+@pytest.mark.parametrize("tier", ["kprobe", "fentry"])
+def test_step_into_signature_comes_from_btf(btf, tier):
+    # 5.10: step_into(nd, flags, dentry, inode, seq), the sample is argument 5;
+    # 6.x (a4f5b52167a8, 03fa86e9f79d): step_into(nd, flags, dentry), the sample in nd->next_seq.
+    t, flags = _step_flags(btf, tier, 5, False)
+    assert "-DVFS_STEP_SEQ=5" in flags and not any("NEXT_SEQ" in f for f in flags)
+    if tier == "fentry":
+        assert "-DVFS_MODE_STEP=2" in flags and "-DVFS_NARGS_STEP=5" in flags
+    t, flags = _step_flags(btf, tier, 3, True)
+    assert "-DVFS_STEP_SEQ=0" in flags
+    assert f"-DVFS_OFF_ND_NEXT_SEQ={btf.offsetof('nameidata', 'next_seq')}" in flags
+    assert f"-DVFS_MODE_STEP={2 if tier == 'fentry' else 1}" in flags
+    if tier == "kprobe":
+        # No BTF FUNC (a kprobe on a clone): next_seq, added by the same series, decides.
+        assert "-DVFS_STEP_SEQ=0" in _step_flags(btf, tier, None, True)[1]
+        assert "-DVFS_STEP_SEQ=5" in _step_flags(btf, tier, None, False)[1]
+
+
+def test_unknown_step_into_signature_is_not_probed_and_the_tier_still_runs(btf):
+    # 3 parameters but no next_seq to read the sample from: neither known shape.
+    t, flags = _step_flags(btf, "kprobe", 3, False)
+    assert not any("MODE_STEP" in f for f in flags)
+    assert "step" not in {p.role for p in t.probes}
+    assert any("open()'s last component is unwatched" in n for n in t.notes)
+
+
+def test_kernel_without_step_into_runs_and_says_open_is_unwatched(btf):
+    from tracers.kprobe import KprobeTracer
+
+    t = KprobeTracer(TraceOptions(), _choice(step=None))
+    assert "step" not in {p.role for p in t.probes}
+    assert any("step_into not found" in n and "open()'s last component is unwatched" in n for n in t.notes)
+
+
 def test_fentry_falls_back_to_kprobe_for_a_clone_and_says_so(btf):
     from tracers.kprobe import KprobeTracer
 
@@ -186,7 +245,8 @@ def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
         t.close()
     roles = {p.role for p in t.probes}
     assert {"walk", "lookup", "prune", "unhash", "iput", "rcu_lookup", "d_free", "recheck",
-            "ns_unlink", "ns_rename"} <= roles
+            "ns_unlink", "ns_rename", "step"} <= roles
+    assert {"vt_step_enter", "vt_step_return"} <= set(names)
     expected = {n for p in t.probes for n in (p.entry, p.ret) if n}
     assert set(names) == expected
     assert all(fd > 0 for fd in fds.values())

@@ -4,7 +4,8 @@ Kept as one module because symbol choice, BTF offsets and the program's
 defines are one decision per kernel: the tier's whole kernel edge.
 
 bpf/kprobe.c probes the path walk (walk_component, lookup_fast,
-__d_lookup_rcu, the d_seq re-check sites) and dentry teardown
+__d_lookup_rcu, the d_seq re-check sites, step_into for the lookups that
+do not go through walk_component: an open()'s last component) and dentry teardown
 (__dentry_kill, the unhash site, dentry_unlink_inode, __d_free). This module
 turns a :class:`vfstrace.doctor.TierChoice` into that program:
 
@@ -75,6 +76,15 @@ OFFSETS = {
     "OFF_I_INO": ("inode", "i_ino"),
 }
 
+# Where step_into() finds the d_seq its dentry was sampled with. Al Viro's
+# v6.0 namei series moved it into nameidata ("namei: stash the sampled
+# ->d_seq into nameidata", 03fa86e9f79d) and dropped the arguments
+# ("step_into(): lose inode argument", a4f5b52167a8): 5.10 has
+# step_into(nd, flags, dentry, inode, seq), 6.x step_into(nd, flags, dentry)
+# with the sample in nd->next_seq. -D VFS_STEP_SEQ: the argument number
+# holding it, 0 for nd->next_seq.
+STEP_SEQ_ARG = {5: 5, 3: 0}
+
 _SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(constprop|isra|part|cold)\.\d+)*$")
 _MODE = {"kprobe": 1, "fentry": 2}
 
@@ -143,6 +153,7 @@ class KprobeTracer(Tracer):
         self.tier = choice.tier
         self.release = choice.kernel_release or os.uname().release
         self.notes: list[str] = []
+        self.step_seq_arg = 0
         self.bpf = None
         self._stream = None
         self._btf = None
@@ -177,6 +188,12 @@ class KprobeTracer(Tracer):
                 self.notes.append(f"{base} not in /proc/kallsyms: no {role} events from it")
                 continue
             probes.append(Probe(role, sym, define, entry, ret, True))
+        if syms.get("step"):
+            probes.append(Probe("step", syms["step"], "STEP", "vt_step_enter", "vt_step_return", True))
+        else:
+            from vfstrace.kernel.tiers import OPTIONAL_ROLES
+
+            self.notes.append(f"step_into not found: {OPTIONAL_ROLES['step']}")
         slot = 0
         for sym in syms.get("recheck") or []:
             base = sym.split(".", 1)[0]
@@ -187,7 +204,14 @@ class KprobeTracer(Tracer):
                 continue
             probes.append(Probe("recheck", sym, f"RC{slot}", f"vt_rc{slot}_enter", f"vt_rc{slot}_return", True))
             slot += 1
-        for p in probes:
+        for p in list(probes):
+            if p.role == "step" and ".isra." in p.symbol:
+                from vfstrace.kernel.tiers import OPTIONAL_ROLES
+
+                probes.remove(p)  # optional: the tier runs without it
+                self.notes.append(f"step role resolved to {p.symbol}, an .isra clone whose arguments "
+                                  f"cannot be read reliably: not probed: {OPTIONAL_ROLES['step']}")
+                continue
             # An .isra clone may have had its parameters rewritten (scalar
             # replacement of aggregates): argument registers are not the
             # source's parameters. .constprop only drops constant ones, and
@@ -204,6 +228,25 @@ class KprobeTracer(Tracer):
         if self._btf is None:
             self._btf = Btf.from_file()
         return {name: self._btf.offsetof(s, m) for name, (s, m) in OFFSETS.items()}
+
+    def _step_signature(self) -> None:
+        """Which step_into() this kernel has (STEP_SEQ_ARG); drop the probe if neither."""
+        p = next((p for p in self.probes if p.define == "STEP"), None)
+        if p is None:
+            return
+        nargs = self._btf.func_nargs(p.symbol.split(".", 1)[0])
+        next_seq = self._btf.has_member("nameidata", "next_seq")
+        if nargs is None:  # no BTF FUNC (kprobe on a clone): the same series added next_seq
+            nargs = 3 if next_seq else 5
+        if nargs not in STEP_SEQ_ARG or (STEP_SEQ_ARG[nargs] == 0) != next_seq:
+            from vfstrace.kernel.tiers import OPTIONAL_ROLES
+
+            self.probes.remove(p)
+            self.notes.append(f"{p.symbol} has {nargs} parameters and nameidata "
+                              f"{'has' if next_seq else 'lacks'} next_seq: a signature vfstrace does not "
+                              f"know, not probed: {OPTIONAL_ROLES['step']}")
+            return
+        self.step_seq_arg = STEP_SEQ_ARG[nargs]
 
     def _choose_modes(self) -> None:
         want_fentry = self.tier == "fentry"
@@ -251,6 +294,7 @@ class KprobeTracer(Tracer):
         if self._defines is not None:
             return self._defines
         offs = self._offsets()
+        self._step_signature()
         self._choose_modes()
         # Options named as every program names them (bpf/common.h): VFS_*,
         # and only the ones that are on; unset modes default to 0 (absent).
@@ -263,6 +307,10 @@ class KprobeTracer(Tracer):
             words = self.options.comm_words()
             d.update(VFS_FILTER_COMM=1, VFS_COMM0=f"{words[0]}ULL", VFS_COMM1=f"{words[1]}ULL")
         d.update({f"VFS_{k}": v for k, v in offs.items()})
+        if any(p.define == "STEP" for p in self.probes):
+            d["VFS_STEP_SEQ"] = self.step_seq_arg
+            if self.step_seq_arg == 0:
+                d["VFS_OFF_ND_NEXT_SEQ"] = self._btf.offsetof("nameidata", "next_seq")
         for p in self.probes:
             d[f"VFS_MODE_{p.define}"] = _MODE[p.mode]
             if p.mode == "fentry":

@@ -19,7 +19,7 @@ import click
 
 from vfstrace.errors import PrivilegeError, TierUnavailable
 from vfstrace.kernel import symbols
-from vfstrace.kernel.tiers import probe_tier_blockers
+from vfstrace.kernel.tiers import optional_role_gaps, probe_tier_blockers
 from vfstrace.report.terminal import term
 from vfstrace.kernel.features import (
     _BPF_MAP_TYPE_ARRAY,
@@ -150,8 +150,10 @@ def diagnose(kallsyms: symbols.KernelSymbols | None = None, *, bpftrace: bool = 
 def _judge_tiers(c, roles, headers_match) -> dict[str, Check]:
     t: dict[str, Check] = {}
     base = [k for k in ("root", "bpf", "bcc") if not c[k].ok]
-    role_blockers = probe_tier_blockers({r: roles[r].symbol for r in roles},
-                                        {r: roles[r].reason for r in roles if roles[r].attachable is False})
+    found = {r: roles[r].symbol for r in roles}
+    refused = {r: roles[r].reason for r in roles if roles[r].attachable is False}
+    role_blockers = probe_tier_blockers(found, refused)
+    gaps = optional_role_gaps(found, refused)
 
     def kprobe_like(name, feature):
         why = []
@@ -162,7 +164,8 @@ def _judge_tiers(c, roles, headers_match) -> dict[str, Check]:
         if headers_match != "exact":
             why.append("no kernel headers matching this kernel (struct dentry layout unknown)")
         why += role_blockers
-        t[name] = Check(not why, "; ".join(why) if why else f"{feature} available, roles resolved, exact headers")
+        ok = f"{feature} available, roles resolved, exact headers" + "".join(f"; {g}" for g in gaps)
+        t[name] = Check(not why, "; ".join(why) if why else ok)
 
     kprobe_like("fentry", "fentry")
     kprobe_like("kprobe", "kprobes")

@@ -42,6 +42,14 @@ ROLES: dict[str, tuple[str, ...]] = {
     "unhash": ("___d_drop", "__d_drop"),
     # dentry_iput() was folded into dentry_unlink_inode() in v4.8 (Al Viro).
     "iput": ("dentry_unlink_inode", "dentry_iput"),
+    # Optional (vfstrace/kernel/tiers.py OPTIONAL_ROLES): the last component
+    # of an open() never goes through walk_component(): fs/namei.c
+    # open_last_lookups() (do_last() in older kernels) calls lookup_fast()
+    # and then step_into() itself, and step_into() is where an RCU walk
+    # answers -ENOENT for a negative dentry. A probe on the out-of-line
+    # step_into(), reporting only when it runs outside walk_component(), is
+    # the walk role for those lookups; without it they are unwatched.
+    "step": ("step_into",),
 }
 
 # Sites where an RCU walk re-checks a dentry's d_seq and drops to ref-walk.

@@ -15,6 +15,12 @@ from collections.abc import Mapping
 # with its two steps the race is about (the unhash that bumps d_seq, the
 # inode release that makes the dentry negative).
 PROBE_TIER_ROLES = ("walk", "lookup", "prune", "unhash", "iput")
+# Roles the tier uses where the kernel has them and runs without: role ->
+# what goes unwatched without it (doctor says so; the tracer notes it).
+OPTIONAL_ROLES = {
+    "step": "an open()'s last component is unwatched (open_last_lookups() calls step_into() "
+            "itself, not walk_component())",
+}
 
 
 def probe_tier_blockers(symbols: Mapping[str, str | None], refused: Mapping[str, str] | None = None) -> list[str]:
@@ -32,3 +38,14 @@ def probe_tier_blockers(symbols: Mapping[str, str | None], refused: Mapping[str,
     if blocked:
         why.append("not attachable: " + "; ".join(blocked))
     return why
+
+
+def optional_role_gaps(symbols: Mapping[str, str | None], refused: Mapping[str, str] | None = None) -> list[str]:
+    """What the fentry/kprobe tier leaves unwatched on this kernel: one line per optional role it lacks."""
+    out = []
+    for role, unwatched in OPTIONAL_ROLES.items():
+        if not symbols.get(role):
+            out.append(f"no {role} role symbol: {unwatched}")
+        elif role in (refused or {}):
+            out.append(f"{role} role not attachable ({refused[role]}): {unwatched}")
+    return out
