@@ -55,6 +55,22 @@ def test_a_kernel_without_its_unhash_step_is_refused_by_both():
     assert tracer_error is not None and "roles not found: unhash" in tracer_error
 
 
+@pytest.mark.parametrize("release", [k for k in KERNELS if not k.startswith("3.")])
+def test_step_into_is_optional_and_its_absence_is_said(release):
+    """Without step_into the tier still runs; doctor and the tracer say an open()'s last component is unwatched."""
+    ks = symbols.load_fixture(FIXTURES / "kallsyms" / release)
+    roles = symbols.resolve(ks)
+    assert roles["step"].symbol == "step_into"  # out of line on 5.10, 6.1, 6.12 and 6.18
+    tier, tracer_error = _doctor_and_tracer(roles)
+    assert tier.ok and tracer_error is None and "unwatched" not in tier.detail
+    text = {n: a for n, a in ks.text.items() if n.split(".")[0] != "step_into"}
+    roles = symbols.resolve(dataclasses.replace(ks, text=text))
+    assert roles["step"].symbol is None
+    tier, tracer_error = _doctor_and_tracer(roles)
+    assert tier.ok and tracer_error is None
+    assert "open()'s last component is unwatched" in tier.detail
+
+
 def test_blockers_name_missing_and_refused_roles():
     syms = {"walk": "walk_component", "lookup": "lookup_fast", "prune": "__dentry_kill", "unhash": None,
             "iput": "dentry_unlink_inode"}
