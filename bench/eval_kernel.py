@@ -11,7 +11,9 @@ boot per kernel (tests/vm/prepatch_check.py inside). Each suspect verdict
 to a ground-truth event by task, dentry (name on tracepoint) and time.
 
 Printed per kernel and tier: `precision P recall R` with the counts behind
-them (matched / suspects, matched / ground truth), the time from the start
+them (matched / suspects, matched / ground truth), on fentry/kprobe also
+with step_into's walk returns (an open()'s last component) left out, side
+by side, and the ground truth by step_into's caller; the time from the start
 of tracing to the first suspect and to the first spurious ENOENT, how many
 suspects cite a prune event of their own dentry, and cp's ENOENT errors.
 On the control every suspect is a false one (it has no such bug).
@@ -74,7 +76,20 @@ def line(kernel: str, tier: str, r: dict) -> str:
             f"({m} matched / {s} {r['suspect']} / {t} spurious ENOENT logged, kernel count {r.get('truth_count')}); "
             f"first {r['suspect']} {first}, first spurious ENOENT {first_t}; "
             f"{r['suspects_citing_prune']}/{s} cite their prune; "
-            f"cp ENOENT {st.get('cp_enoent')} in {st.get('copy_rounds')} rounds; lost {r['lost']}")
+            f"cp ENOENT {st.get('cp_enoent')} in {st.get('copy_rounds')} rounds; lost {r['lost']}"
+            + _step_part(r, m, s, t))
+
+
+def _step_part(r: dict, m: int, s: int, t: int) -> str:
+    """Side by side: the same trace judged with and without step_into's walk returns (the open() site)."""
+    wo = r.get("without_step_site")
+    if wo is None:
+        return ""
+    return (f"\n{'':24}spurious ENOENT by step_into caller {r.get('truth_by_caller')}, missed {r.get('missed_by_caller')}"
+            f"\n{'':24}walk_component site only: precision {_ratio(wo['matched'], wo['suspects'])} "
+            f"recall {_ratio(wo['matched'], t)} ({wo['matched']} / {wo['suspects']} / {t}), missed {wo['missed_by_caller']}"
+            f"\n{'':24}with the step_into site:  precision {_ratio(m, s)} recall {_ratio(m, t)} ({m} / {s} / {t}); "
+            f"{r.get('suspects_at_step_site')} {r['suspect']} at that site, {r.get('step_walk_returns')} step_into returns")
 
 
 def main(argv=None) -> int:

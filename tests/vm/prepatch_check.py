@@ -50,26 +50,30 @@ def _basename(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1] if p else ""
 
 
-def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
-    """Correlate the trace; match suspects to ground truth; check each race cites a prune of its dentry."""
-    import numpy as np
+def _caller(t: dict) -> str:
+    """step_into's caller of a ground-truth line, without its offset ("open_last_lookups")."""
+    return (t.get("caller") or "?").split("+", 1)[0]
 
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in items:
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def _score(tier: str, df, truth: list[dict]) -> dict:
+    """Correlate ``df``; its suspects matched to ``truth`` (pairs, lone suspects, missed truth)."""
     from vfstrace.correlate import correlate
-    from vfstrace.events import Kind
-    from vfstrace.store import load
+    from vfstrace.events import Flag, Kind
     from vfstrace.vm import groundtruth
 
-    df = load(trace)
-    meta = dict(df.attrs.get("meta") or {})
     v = correlate(df)
-    counts = {str(k): int(c) for k, c in v["verdict"].value_counts().items()} if len(v) else {}
-    t_start = int(df["ts_ns"].min()) if len(df) else 0
-    t_end = int(df["ts_ns"].max()) if len(df) else 0
-    truth = [t for t in truth if t_start <= t["ts_ns"] <= t_end]
     sus = v[v["verdict"] == SUSPECT[tier]] if len(v) else v
     rows = []
     kind_of = dict(zip(df["event_id"].tolist(), df["kind"].tolist()))
     dentry_of = dict(zip(df["event_id"].tolist(), df["dentry"].tolist()))
+    flags_of = dict(zip(df["event_id"].tolist(), df["flags"].tolist()))
     prune_kinds = {int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT)}
     for r in sus.to_dict("records"):
         ev = [int(e) for e in r["evidence"]]
@@ -79,6 +83,7 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
             "evidence": ev,
             "cites_prune": bool(r["dentry"]) and any(kind_of.get(e) in prune_kinds and dentry_of.get(e) == r["dentry"]
                                                      for e in ev),
+            "step_site": bool(int(flags_of.get(int(r["event_id"]), 0)) & int(Flag.STEP)),
         })
     if tier == "tracepoint":
         # no dentry at the syscall level: the name stands in for it
@@ -87,9 +92,32 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
     else:
         keyed_v, keyed_t = rows, truth
     pairs, lone_v, lone_t = groundtruth.match(keyed_v, keyed_t, MATCH_TOL_NS[tier])
+    return {"v": v, "rows": rows, "pairs": pairs, "lone_v": lone_v, "lone_t": lone_t}
+
+
+def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
+    """Correlate the trace; match suspects to ground truth; check each race cites a prune of its dentry.
+
+    On the kprobe/fentry tiers the same trace is scored a second time
+    without step_into's walk returns (Flag.STEP): what the walk_component
+    site alone sees, so one run shows what the open() site adds.
+    """
+    import numpy as np
+
+    from vfstrace.events import Flag, Kind
+    from vfstrace.store import load
+
+    df = load(trace)
+    meta = dict(df.attrs.get("meta") or {})
+    t_start = int(df["ts_ns"].min()) if len(df) else 0
+    t_end = int(df["ts_ns"].max()) if len(df) else 0
+    truth = [t for t in truth if t_start <= t["ts_ns"] <= t_end]
+    sc = _score(tier, df, truth)
+    v, rows, pairs = sc["v"], sc["rows"], sc["pairs"]
+    counts = {str(k): int(c) for k, c in v["verdict"].value_counts().items()} if len(v) else {}
     first_race = min((r["ts_ns"] for r in rows), default=None)
     first_truth = min((t["ts_ns"] for t in truth), default=None)
-    return {
+    out = {
         "events": int(len(df)),
         "lost": int(np.asarray(meta.get("lost_per_cpu") or [0]).sum()) if meta.get("lost_per_cpu") else 0,
         "verdicts": counts,
@@ -97,14 +125,28 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
         "suspects": len(rows),
         "truth": len(truth),
         "matched": len(pairs),
-        "false_suspects": [rows[i] for i in lone_v][:20],
-        "missed_truth": [truth[j] for j in lone_t][:20],
+        "false_suspects": [rows[i] for i in sc["lone_v"]][:20],
+        "missed_truth": [truth[j] for j in sc["lone_t"]][:20],
         "suspects_citing_prune": sum(r["cites_prune"] for r in rows),
         "suspect_rows": rows[:50],
         "first_suspect_s": round((first_race - t_start) / 1e9, 2) if first_race else None,
         "first_truth_s": round((first_truth - t_start) / 1e9, 2) if first_truth else None,
         "trace_seconds": round((t_end - t_start) / 1e9, 1),
+        # step_into's caller per ground-truth line: walk_component, open_last_lookups, ...
+        "truth_by_caller": _count(_caller(t) for t in truth),
+        "matched_by_caller": _count(_caller(truth[j]) for _, j in pairs),
+        "missed_by_caller": _count(_caller(truth[j]) for j in sc["lone_t"]),
     }
+    if tier != "tracepoint":
+        step = (df["kind"] == int(Kind.WALK_RETURN)) & ((df["flags"] & int(Flag.STEP)) != 0)
+        out["step_walk_returns"] = int(step.sum())
+        out["suspects_at_step_site"] = sum(r["step_site"] for r in rows)
+        wo = _score(tier, df[~step], truth)
+        out["without_step_site"] = {
+            "suspects": len(wo["rows"]), "matched": len(wo["pairs"]),
+            "missed_by_caller": _count(_caller(truth[j]) for j in wo["lone_t"]),
+        }
+    return out
 
 
 def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None, workdir: str,
