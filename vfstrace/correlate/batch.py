@@ -130,14 +130,19 @@ def unplaced_losses(df, lost_total=None) -> int:
     if lost_total is None:
         meta = getattr(df, "attrs", {}).get("meta") or {}
         lost_total = meta.get("lost_total")
+    if "kind" not in df.columns:
+        return unplaced(lost_total, 0)
+    placed = int(df.loc[df["kind"].to_numpy() == Kind.LOST, "ret"].clip(lower=0).sum()) if "ret" in df.columns else 0
+    return unplaced(lost_total, placed)
+
+
+def unplaced(lost_total, placed: int) -> int:
+    """``lost_total`` (trace metadata) less the ``placed`` losses LOST records stamp, never below 0."""
     try:
         total = int(lost_total or 0)
     except (TypeError, ValueError):
         raise VfstraceError(f"trace metadata lost_total is not a number: {lost_total!r}") from None
-    if total <= 0 or "kind" not in df.columns:
-        return 0
-    placed = int(df.loc[df["kind"].to_numpy() == Kind.LOST, "ret"].clip(lower=0).sum()) if "ret" in df.columns else 0
-    return max(0, total - placed)
+    return max(0, total - placed) if total > 0 else 0
 
 
 def correlate(df: pd.DataFrame, windows: Windows | None = None, *, unplaced_lost: int | None = None,

@@ -13,7 +13,9 @@ import json
 import math
 
 import click
+import pyarrow as pa
 import numpy as np
+import pandas as pd
 
 from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
@@ -60,18 +62,59 @@ def _evidence_list(v) -> list[int]:
         return [int(v)]
 
 
-def _top(series, n: int, label: str) -> list[dict]:
-    if not len(series):
-        return []
-    vc = series.value_counts(sort=True)
-    return [{label: k, "count": int(c)} for k, c in vc.head(n).items()]
-
-
 def nice_width_ns(span_ns: float, target: int) -> int:
     """A bucket width of 1, 2 or 5 x 10^k ns giving about ``target`` buckets over ``span_ns``."""
     want = max(span_ns / max(target, 1), 1.0)
     k = 10 ** int(math.floor(math.log10(want)))
     return int(next(m * k for m in (1, 2, 5, 10) if m * k >= want))
+
+
+def rate_width_ns(t0: int, t1: int, target: int | None = None) -> int:
+    """The bucket width of the rate table over valid stamps t0..t1 (see _rate)."""
+    span_ns = t1 - t0
+    if target:
+        return nice_width_ns(span_ns, target)
+    return max(1, math.ceil((span_ns / 1e9 + 1) / MAX_RATE_BUCKETS)) * 1_000_000_000
+
+
+class RateCounts:
+    """Events, lookups, prunes, -ENOENT and lost per time bucket, added part by part."""
+
+    def __init__(self, t0: int, width_ns: int):
+        self.t0, self.width_ns = int(t0), int(width_ns)
+        self.sums = np.zeros((5, 0), dtype=np.float64)
+
+    def add(self, ts: np.ndarray, kind: np.ndarray, ret: np.ndarray) -> None:
+        valid = ts > 0
+        if not valid.any():
+            return
+        b = ((ts[valid] - np.uint64(self.t0)) // np.uint64(self.width_ns)).astype(np.int64)
+        k, r = kind[valid], ret[valid]
+        nb = max(int(b.max()) + 1, self.sums.shape[1])
+        part = np.stack([
+            np.bincount(b, minlength=nb),
+            np.bincount(b, weights=np.isin(k, _LOOKUP_ENTERS), minlength=nb),
+            np.bincount(b, weights=(k == int(Kind.PRUNE)), minlength=nb),
+            np.bincount(b, weights=(r == ENOENT) & np.isin(k, _LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),)),
+                        minlength=nb),
+            np.bincount(b, weights=np.where(k == int(Kind.LOST), r, 0), minlength=nb),
+        ])
+        part[:, : self.sums.shape[1]] += self.sums
+        self.sums = part
+
+    def result(self) -> dict:
+        if not self.sums.shape[1]:
+            return {"bucket_seconds": 1, "start_ns": 0, "buckets": []}
+        width_ns = self.width_ns
+        whole = width_ns % 1_000_000_000 == 0
+        width = width_ns // 1_000_000_000 if whole else width_ns / 1e9
+        total, lookups, prunes, enoent, lost = (self.sums[i].astype(np.int64).tolist() for i in range(5))
+        buckets = [
+            {"t_s": i * width if whole else round(i * width, 9), "events": total[i], "lookups": lookups[i],
+             "prunes": prunes[i], "enoent": enoent[i], "lost": lost[i]}
+            for i in range(len(total))
+        ]
+        return {"bucket_seconds": width, "start_ns": self.t0, "buckets": buckets}
 
 
 def _rate(ts: np.ndarray, kind: np.ndarray, ret: np.ndarray, *, target: int | None = None) -> dict:
@@ -84,30 +127,10 @@ def _rate(ts: np.ndarray, kind: np.ndarray, ret: np.ndarray, *, target: int | No
     valid = ts > 0
     if not valid.any():
         return {"bucket_seconds": 1, "start_ns": 0, "buckets": []}
-    t0 = int(ts[valid].min())
-    span_ns = int(ts[valid].max()) - t0
-    if target:
-        width_ns = nice_width_ns(span_ns, target)
-    else:
-        width_ns = max(1, math.ceil((span_ns / 1e9 + 1) / MAX_RATE_BUCKETS)) * 1_000_000_000
-    b = ((ts[valid] - np.uint64(t0)) // np.uint64(width_ns)).astype(np.int64)
-    k = kind[valid]
-    nb = int(b.max()) + 1
-    total = np.bincount(b, minlength=nb)
-    lookups = np.bincount(b, weights=np.isin(k, _LOOKUP_ENTERS), minlength=nb)
-    prunes = np.bincount(b, weights=(k == int(Kind.PRUNE)), minlength=nb)
-    enoent = np.bincount(
-        b, weights=(ret[valid] == ENOENT) & np.isin(k, _LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),)), minlength=nb
-    )
-    lost = np.bincount(b, weights=np.where(k == int(Kind.LOST), ret[valid], 0), minlength=nb)
-    whole = width_ns % 1_000_000_000 == 0
-    width = width_ns // 1_000_000_000 if whole else width_ns / 1e9
-    buckets = [
-        {"t_s": i * width if whole else round(i * width, 9), "events": int(total[i]), "lookups": int(lookups[i]), "prunes": int(prunes[i]),
-         "enoent": int(enoent[i]), "lost": int(lost[i])}
-        for i in range(nb)
-    ]
-    return {"bucket_seconds": width, "start_ns": t0, "buckets": buckets}
+    t0, t1 = int(ts[valid].min()), int(ts[valid].max())
+    r = RateCounts(t0, rate_width_ns(t0, t1, target))
+    r.add(ts, kind, ret)
+    return r.result()
 
 
 def rate_chart(df, target: int = 60) -> dict:
@@ -115,25 +138,117 @@ def rate_chart(df, target: int = 60) -> dict:
     return _rate(df["ts_ns"].to_numpy(), df["kind"].to_numpy(), df["ret"].to_numpy(), target=target)
 
 
-def _lost(df, meta: dict) -> dict:
-    k = df["kind"].to_numpy()
-    m = k == int(Kind.LOST)
-    rows = {}
-    if m.any():
-        cpu = df["cpu"].to_numpy()[m].astype(np.int64)
-        cnt = df["ret"].to_numpy()[m].astype(np.int64)
-        # not bincount: cpu may be any u32 (0xffffffff: drops on no known CPU, vfstrace.recorder)
-        uniq, inv = np.unique(cpu, return_inverse=True)
-        s = np.zeros(len(uniq), dtype=np.int64)
-        np.add.at(s, inv, cnt)
-        rows = {int(c): int(n) for c, n in zip(uniq, s) if n}
-    from_meta = {int(c): int(n) for c, n in dict(meta.get("lost_per_cpu") or {}).items()}
-    # The recorder writes each drop both ways (a LOST row and lost_per_cpu);
-    # a trace cut down or written by hand may hold only one of them, so take
-    # whichever saw more per CPU.
-    per_cpu = {c: max(rows.get(c, 0), from_meta.get(c, 0)) for c in sorted(set(rows) | set(from_meta))}
-    total = sum(per_cpu.values())
-    return {"total": int(total), "per_cpu": {str(c): n for c, n in per_cpu.items()}, "records": int(m.sum())}
+class TraceCounts:
+    """What summarize() counts, added part by part (a part is any slice of the events, in any order).
+
+    Why a class: `analyze` reads a large trace one part at a time (memory
+    flat in its size), and summarize() feeds a whole frame as one part, so
+    both give the same numbers from the same code.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.counts = np.zeros(int(max(Kind)) + 1, dtype=np.int64)
+        self.t_min = self.t_max = None
+        self.lk = dict.fromkeys(("returns", "enoent", "enoent_rcu", "echild", "seq_changed", "seq_check_failed"), 0)
+        self.sys_enoent = 0
+        self.lost_rows: dict[int, int] = {}
+        self.lost_records = 0
+        self.paths: dict = {}
+        self.comms: dict = {}
+
+    @staticmethod
+    def _tally(into: dict, values) -> None:
+        # First-occurrence order, as pandas' value_counts() keeps it before sorting.
+        for v in values:
+            into[v] = into.get(v, 0) + 1
+
+    def add(self, kind, ts, ret, flags, cpu, strings) -> None:
+        """Numeric columns as numpy arrays; ``strings(col, mask)`` the values of a string column on masked rows."""
+        n = len(kind)
+        if not n:
+            return
+        self.n += n
+        self.counts += np.bincount(kind.astype(np.int64), minlength=len(self.counts))[: len(self.counts)]
+        valid = ts[ts > 0]
+        if len(valid):
+            lo, hi = int(valid.min()), int(valid.max())
+            self.t_min = lo if self.t_min is None else min(self.t_min, lo)
+            self.t_max = hi if self.t_max is None else max(self.t_max, hi)
+        is_ret = np.isin(kind, _LOOKUP_RETURNS)
+        sys_enoent = (kind == int(Kind.PATH_SYSCALL)) & (ret == ENOENT)
+        lk_enoent = is_ret & (ret == ENOENT)
+        lk = self.lk
+        lk["returns"] += int(is_ret.sum())
+        lk["enoent"] += int(lk_enoent.sum())
+        lk["enoent_rcu"] += int((lk_enoent & ((flags & int(Flag.RCU)) != 0)).sum())
+        lk["echild"] += int((is_ret & (ret == ECHILD)).sum())
+        lk["seq_changed"] += int((is_ret & ((flags & int(Flag.SEQ_CHANGED)) != 0)).sum())
+        lk["seq_check_failed"] += int(((kind == int(Kind.SEQ_CHECK)) & (ret != 0)).sum())
+        self.sys_enoent += int(sys_enoent.sum())
+        if sys_enoent.any():
+            self._tally(self.paths, strings("path", sys_enoent))
+        m = sys_enoent | lk_enoent
+        if m.any():
+            self._tally(self.comms, strings("comm", m))
+        m = kind == int(Kind.LOST)
+        if m.any():
+            self.lost_records += int(m.sum())
+            # not bincount: cpu may be any u32 (0xffffffff: drops on no known CPU, vfstrace.recorder)
+            uniq, inv = np.unique(cpu[m].astype(np.int64), return_inverse=True)
+            s = np.zeros(len(uniq), dtype=np.int64)
+            np.add.at(s, inv, ret[m].astype(np.int64))
+            for c, k in zip(uniq.tolist(), s.tolist()):
+                self.lost_rows[c] = self.lost_rows.get(c, 0) + k
+
+    def lost(self, meta: dict) -> dict:
+        rows = {c: n for c, n in self.lost_rows.items() if n}
+        from_meta = {int(c): int(n) for c, n in dict(meta.get("lost_per_cpu") or {}).items()}
+        # The recorder writes each drop both ways (a LOST row and lost_per_cpu);
+        # a trace cut down or written by hand may hold only one of them, so take
+        # whichever saw more per CPU.
+        per_cpu = {c: max(rows.get(c, 0), from_meta.get(c, 0)) for c in sorted(set(rows) | set(from_meta))}
+        total = sum(per_cpu.values())
+        return {"total": int(total), "per_cpu": {str(c): n for c, n in per_cpu.items()}, "records": self.lost_records}
+
+    def summary(self, meta: dict, rate: dict, verdicts: dict, top: int) -> dict:
+        counts = self.counts
+        duration = (self.t_max - self.t_min) / 1e9 if self.t_min is not None else 0.0
+        summary = {
+            "trace": {
+                k: meta.get(k)
+                for k in ("tier", "kernel_release", "host", "workload", "start_time", "end_time", "closed", "probes")
+            },
+            "notes": list(meta.get("notes") or []),
+            "events": self.n,
+            "duration_s": round(duration, 6),
+            "by_kind": {kind_name(k): int(c) for k, c in enumerate(counts) if c},
+            "lost": self.lost(meta),
+            "rate": rate,
+            "lookups": dict(self.lk),
+            "prune_activity": {kind_name(k): int(counts[k]) for k in _PRUNE_KINDS},
+            "enoent": {
+                "syscalls": self.sys_enoent,
+                "top_paths": _top_counts(self.paths, top, "path"),
+                "top_comms": _top_counts(self.comms, top, "comm"),
+            },
+        }
+        summary["verdicts"] = verdicts
+        summary["answer"] = answer(verdicts["counts"] if verdicts["available"] else None, tier_of(meta),
+                                   lost=summary["lost"]["total"], first=first_paths(verdicts["suspects"]),
+                                   events=self.n)
+        return summary
+
+
+def _top_counts(counts: dict, n: int, label: str) -> list[dict]:
+    if not counts:
+        return []
+    import pandas as pd
+
+    # The same sort pandas' value_counts() applies to its first-occurrence counts.
+    vc = pd.Series(list(counts.values()), index=pd.Index(list(counts.keys()), dtype=object)).sort_values(
+        ascending=False)
+    return [{label: k, "count": int(c)} for k, c in vc.head(n).items()]
 
 
 def summarize(df, meta: dict | None = None, *, verdicts=None, verdict_note: str | None = None, top: int = 10) -> dict:
@@ -142,80 +257,62 @@ def summarize(df, meta: dict | None = None, *, verdicts=None, verdict_note: str 
     kind = df["kind"].to_numpy()
     ts = df["ts_ns"].to_numpy()
     ret = df["ret"].to_numpy()
-    flags = df["flags"].to_numpy()
-    n = len(df)
-    counts = np.bincount(kind.astype(np.int64), minlength=int(max(Kind)) + 1) if n else np.zeros(int(max(Kind)) + 1)
-    by_kind = {kind_name(k): int(c) for k, c in enumerate(counts) if c}
-    valid = ts[ts > 0]
-    duration = (int(valid.max()) - int(valid.min())) / 1e9 if len(valid) else 0.0
+    c = TraceCounts()
+    c.add(kind, ts, ret, df["flags"].to_numpy(), df["cpu"].to_numpy(),
+          lambda col, m: df[col].to_numpy(dtype=object)[m].tolist())
+    return c.summary(meta, _rate(ts, kind, ret), summarize_verdicts(verdicts, verdict_note, top=top), top)
 
-    is_ret = np.isin(kind, _LOOKUP_RETURNS)
-    sys_enoent = (kind == int(Kind.PATH_SYSCALL)) & (ret == ENOENT)
-    lk_enoent = is_ret & (ret == ENOENT)
-    lookups = {
-        "returns": int(is_ret.sum()),
-        "enoent": int(lk_enoent.sum()),
-        "enoent_rcu": int((lk_enoent & ((flags & int(Flag.RCU)) != 0)).sum()),
-        "echild": int((is_ret & (ret == ECHILD)).sum()),
-        "seq_changed": int((is_ret & ((flags & int(Flag.SEQ_CHANGED)) != 0)).sum()),
-        "seq_check_failed": int(((kind == int(Kind.SEQ_CHECK)) & (ret != 0)).sum()),
-    }
-    enoent_comm_mask = sys_enoent | lk_enoent
-    summary = {
-        "trace": {
-            k: meta.get(k)
-            for k in ("tier", "kernel_release", "host", "workload", "start_time", "end_time", "closed", "probes")
-        },
-        "notes": list(meta.get("notes") or []),
-        "events": n,
-        "duration_s": round(duration, 6),
-        "by_kind": by_kind,
-        "lost": _lost(df, meta),
-        "rate": _rate(ts, kind, ret),
-        "lookups": lookups,
-        "prune_activity": {kind_name(k): int(counts[k]) for k in _PRUNE_KINDS},
-        "enoent": {
-            "syscalls": int(sys_enoent.sum()),
-            "top_paths": _top(df["path"][sys_enoent], top, "path"),
-            "top_comms": _top(df["comm"][enoent_comm_mask], top, "comm"),
-        },
-    }
-    summary["verdicts"] = v = summarize_verdicts(verdicts, verdict_note, top=top)
-    summary["answer"] = answer(v["counts"] if v["available"] else None, tier_of(meta),
-                               lost=summary["lost"]["total"], first=first_paths(v["suspects"]), events=n)
-    return summary
+
+class VerdictTally:
+    """Verdict counts and the first ``top`` suspects, added frame by frame (memory: ``top`` rows)."""
+
+    def __init__(self, top: int = 10):
+        self.top = top
+        self.counts: dict[str, int] = {}
+        self.suspects = None
+        self.suspects_total = 0
+
+    def add(self, verdicts) -> "VerdictTally":
+        if verdicts is None or not len(verdicts):
+            return self
+        for k, c in verdicts["verdict"].value_counts().items():
+            self.counts[k] = self.counts.get(k, 0) + int(c)
+        sus = order_suspects(verdicts)
+        self.suspects_total += len(sus)
+        if len(sus):
+            # order_suspects() is a total order (rank, ts, event id): the first
+            # ``top`` of the union are the first ``top`` of the firsts.
+            both = sus if self.suspects is None else pd.concat([self.suspects, sus], ignore_index=True)
+            self.suspects = order_suspects(both).head(self.top)
+        return self
+
+    def result(self, note: str | None = None) -> dict:
+        counts = {k: self.counts[k] for k in sorted(self.counts, key=lambda s: (VERDICT_ORDER + (s,)).index(s))}
+        rows = []
+        if self.suspects is not None:
+            for r in self.suspects.itertuples(index=False):
+                rows.append(
+                    {
+                        "event_id": int(r.event_id),
+                        "verdict": str(r.verdict),
+                        "ts_ns": int(r.ts_ns),
+                        "tid": int(r.tid),
+                        "comm": str(r.comm),
+                        "dentry": f"{int(r.dentry):#x}",
+                        "name": str(r.name),
+                        "path": str(getattr(r, "path", "") or ""),
+                        "evidence": _evidence_list(r.evidence),
+                        "reason": str(r.reason),
+                    }
+                )
+        return {"available": True, "note": note, "counts": counts, "suspects_total": int(self.suspects_total),
+                "suspects": rows}
 
 
 def summarize_verdicts(verdicts, note: str | None = None, *, top: int = 10) -> dict:
     if verdicts is None:
         return {"available": False, "note": note or NOT_COMPUTED, "counts": {}, "suspects": []}
-    vc = verdicts["verdict"].value_counts() if len(verdicts) else {}
-    counts = {k: int(vc[k]) for k in sorted(vc.keys(), key=lambda s: (VERDICT_ORDER + (s,)).index(s))} if len(vc) else {}
-    sus = order_suspects(verdicts)
-    rows = []
-    if sus is not None and len(sus):
-        for r in sus.head(top).itertuples(index=False):
-            rows.append(
-                {
-                    "event_id": int(r.event_id),
-                    "verdict": str(r.verdict),
-                    "ts_ns": int(r.ts_ns),
-                    "tid": int(r.tid),
-                    "comm": str(r.comm),
-                    "dentry": f"{int(r.dentry):#x}",
-                    "name": str(r.name),
-                    "path": str(getattr(r, "path", "") or ""),
-                    "evidence": _evidence_list(r.evidence),
-                    "reason": str(r.reason),
-                }
-            )
-    return {
-        "available": True,
-        "note": note,
-        "counts": counts,
-        "suspects_total": int(len(sus)) if sus is not None else 0,
-        "suspects": rows,
-    }
+    return VerdictTally(top).add(verdicts).result(note)
 
 
 def _table(rows, headers) -> str:
@@ -323,6 +420,55 @@ def analyze_trace(path, *, verdicts: bool = True, top: int = 10):
     return summarize(df, df.attrs["meta"], verdicts=v, verdict_note=None if verdicts else NOT_COMPUTED, top=top), df, v
 
 
+# Columns the part-by-part summary reads in its first pass.
+_COUNT_COLUMNS = ("event_id", "ts_ns", "kind", "ret", "flags", "cpu", "comm", "path")
+
+
+def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
+    """The summary analyze_trace() makes, read part by part: memory flat in the trace's size.
+
+    Two passes over a trace directory's parts. The first counts (TraceCounts)
+    and measures what the part-by-part correlator must know beforehand
+    (vfstrace/correlate/parts.py): that event ids rise, how far timestamps
+    run out of order, and the losses no LOST record places. The second
+    buckets the rate table (its start and width need the whole time span)
+    and judges. A JSON Lines trace, a single part, or one whose ids do not
+    rise in file order is loaded whole instead (analyze_trace()).
+    """
+    from vfstrace.correlate.batch import unplaced
+    from vfstrace.correlate.parts import COLUMNS, Disorder, PartsCorrelator
+    from vfstrace.store.read import iter_parts
+
+    it = iter_parts(path, _COUNT_COLUMNS)
+    if it is None:
+        return analyze_trace(path, verdicts=verdicts, top=top)[0]
+    meta, files, parts = it
+    counts, order, placed = TraceCounts(), Disorder(), 0
+    for t in parts:
+        kind, ret = t.column("kind").to_numpy(), t.column("ret").to_numpy()
+        ts = t.column("ts_ns").to_numpy()
+        order.add(t.column("event_id").to_numpy(), ts)
+        if not order.ids_rise:
+            return analyze_trace(path, verdicts=verdicts, top=top)[0]
+        counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
+                   lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
+        lost = kind == int(Kind.LOST)
+        if lost.any():
+            placed += int(np.clip(ret[lost], 0, None).sum())
+    rate = RateCounts(counts.t_min or 0, rate_width_ns(counts.t_min or 0, counts.t_max or 0))
+    corr = tally = None
+    if verdicts:
+        corr = PartsCorrelator(order.disorder_ns, unplaced_lost=unplaced(meta.get("lost_total"), placed))
+        tally = VerdictTally(top)
+    _, _, parts = iter_parts(path, COLUMNS if verdicts else ("ts_ns", "kind", "ret"), files)
+    for t in parts:
+        rate.add(t.column("ts_ns").to_numpy(), t.column("kind").to_numpy(), t.column("ret").to_numpy())
+        if corr is not None:
+            tally.add(corr.feed(t))
+    v = tally.add(corr.finish()).result() if corr is not None else summarize_verdicts(None, NOT_COMPUTED)
+    return counts.summary(meta, rate.result(), v, top)
+
+
 @click.command("analyze")
 @click.argument("trace", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -336,7 +482,7 @@ def analyze(trace, as_json, top, no_verdicts):
       vfstrace analyze run.vft
       vfstrace analyze run.vft --json | jq .verdicts.counts
     """
-    s, _, _ = analyze_trace(trace, verdicts=not no_verdicts, top=top)
+    s = analyze_parts(trace, verdicts=not no_verdicts, top=top)
     if as_json:
         click.echo(json.dumps(s, indent=1, default=_json_default))
     else:

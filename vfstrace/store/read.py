@@ -73,7 +73,8 @@ def _parquet_version(path: Path) -> int:
 
 
 
-def _read_part(path: Path) -> pa.Table:
+def _read_part(path: Path, columns=None) -> pa.Table:
+    """One part, checked; ``columns`` reads only those (the part-by-part readers need a few)."""
     # Read whole into memory from a checked regular file: pyarrow opening the
     # name itself would block on a FIFO. Page checksums (written by
     # TraceWriter) are verified, so a flipped byte in a page is an error, not
@@ -95,16 +96,17 @@ def _read_part(path: Path) -> pa.Table:
         # value per part, not one per event: see _column_numpy().
         pf = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=list(STRING_COLUMNS),
                             page_checksum_verification=True)
-        t = pf.read(use_threads=False)
+        have = set(pf.schema_arrow.names)
+        t = pf.read(columns=None if columns is None else [c for c in columns if c in have], use_threads=False)
         # Full validation: dictionary indices in range and strings valid
         # UTF-8, which a flipped byte in an (unchecksummed) page header or an
         # old part without checksums can still break.
         t.validate(full=True)
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
-    if not _schema_ok(t.schema):
+    if columns is None and not _schema_ok(t.schema):
         raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
-    return _with_defaults(t)
+    return _with_defaults(t, columns)
 
 
 # The schema of parts written before the columns of COLUMN_DEFAULTS existed.
@@ -116,10 +118,10 @@ def _schema_ok(schema: pa.Schema) -> bool:
     return plain.equals(ARROW_SCHEMA) or plain.equals(_OLD_SCHEMA)
 
 
-def _with_defaults(t: pa.Table) -> pa.Table:
+def _with_defaults(t: pa.Table, columns=None) -> pa.Table:
     """A part without a column added later gets it with its default (events.COLUMN_DEFAULTS)."""
     for name, value in COLUMN_DEFAULTS.items():
-        if name not in t.column_names:
+        if name not in t.column_names and (columns is None or name in columns):
             field = ARROW_SCHEMA.field(name)
             t = t.append_column(field, pa.array(np.full(t.num_rows, value), type=field.type))
     return t
@@ -131,7 +133,8 @@ def _plain_schema(schema: pa.Schema) -> pa.Schema:
     )
 
 
-def _load_dir(path: Path):
+def _dir_parts(path: Path):
+    """The metadata (``notes`` started) and the part files of a trace directory, checked against its listing."""
     meta = _read_meta_dir(path)
     notes = meta["notes"] = list(meta.get("notes") or [])
     listed = {p["file"]: p for p in meta.get("parts") or [] if isinstance(p, dict) and "file" in p}
@@ -148,22 +151,63 @@ def _load_dir(path: Path):
     missing = sorted(set(listed) - {p.name for p in files})
     if missing:
         raise TraceFormatError(f"{path}: {missing[0]} is listed in {META_FILE} but missing ({len(missing)} part(s) lost)")
-    tables = []
-    for p in files:
-        t = _read_part(p)
-        if p.name not in listed:
-            notes.append(f"{p.name} ({t.num_rows} events) is not in {META_FILE}: written just before the recording stopped")
-        else:
-            _check_listing(p, t, listed[p.name])
-        tables.append(t)
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else ARROW_SCHEMA.empty_table()
+    return meta, files, listed
+
+
+def _checked_part(p: Path, listed: dict, notes: list, columns=None) -> pa.Table:
+    t = _read_part(p, columns)
+    if p.name not in listed:
+        notes.append(f"{p.name} ({t.num_rows} events) is not in {META_FILE}: written just before the recording stopped")
+    else:
+        _check_listing(p, t, listed[p.name])
+    return t
+
+
+def _finish_meta(meta: dict, events: int) -> dict:
     if not meta.get("closed"):
-        notes.append("the recording did not finish cleanly (closed=false): events after the last flush are lost")
-    meta["events"] = table.num_rows
-    return table, meta
+        meta["notes"].append("the recording did not finish cleanly (closed=false): events after the last flush are lost")
+    meta["events"] = events
+    return meta
 
 
+def _load_dir(path: Path):
+    meta, files, listed = _dir_parts(path)
+    tables = [_checked_part(p, listed, meta["notes"]) for p in files]
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else ARROW_SCHEMA.empty_table()
+    return table, _finish_meta(meta, table.num_rows)
 
+
+def iter_parts(path, columns, files=None):
+    """A trace directory part by part: ``(meta, files, parts)``, ``parts`` yielding pyarrow Tables of ``columns``.
+
+    Why: memory then holds one part (a recorder's chunk) whatever the trace's
+    size, and only the columns asked for are decoded (strings stay
+    dictionary-encoded). Each part gets the checks ``load()`` makes (listing,
+    checksums, schema); ``meta["notes"]`` and ``meta["events"]`` are complete
+    once ``parts`` is exhausted. Rows come in file order: the caller checks
+    that event ids increase (``load()`` sorts them). None for a JSON Lines
+    file or a single Parquet part: read those whole with ``load()``.
+    ``files`` (from an earlier call) reads the same parts again, none a
+    recording added since.
+    """
+    path = Path(path)
+    _stat(path)
+    if not path.is_dir():
+        return None
+    meta, found, listed = _dir_parts(path)
+    if files is None:
+        files = found
+    cols = list(dict.fromkeys(["event_id", *columns]))
+
+    def parts():
+        n = 0
+        for p in files:
+            t = _checked_part(p, listed, meta["notes"], cols)
+            n += t.num_rows
+            yield t
+        _finish_meta(meta, n)
+
+    return meta, files, parts()
 
 
 def _check_listing(p: Path, t: pa.Table, entry: dict) -> None:

@@ -1,0 +1,146 @@
+"""The batch verdicts of a stored trace, judged part by part with memory flat in its size.
+
+Why: a trace of 10^8 events does not fit in memory as one frame, and most of
+its rows bear on no verdict. :class:`PartsCorrelator` feeds the streaming
+correlator (vfstrace/correlate/streaming.py) one trace part at a time, and
+only the rows a verdict can rest on: evidence, path syscalls and namespace
+operations, and the walk events of walks that returned -ENOENT or -ECHILD.
+
+What makes its verdicts the batch ones:
+
+* ``disorder_ns``, measured over the whole trace beforehand (see
+  :class:`Disorder`): how far a timestamp may lie below one already seen in
+  event-id order. The streaming correlator is given it as ``reorder_ns``,
+  the bound under which its rules decide as the batch ones do;
+* the walk cut (:class:`WalkCut`) is walk_segments()' own: a task's walk
+  events in (ts, event id) order, a walk everything since the task's
+  previous WALK_RETURN. A walk is dropped only when it returned something
+  else than -ENOENT/-ECHILD (never judged) and is final: its return lies
+  more than ``disorder_ns`` below the largest timestamp seen, so no later
+  row can sort into it. Its rows bear on no other walk: the next walk of
+  the task begins after its return either way. Walks not final yet wait,
+  whole, for a later part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from vfstrace.correlate.batch import _EVIDENCE_KINDS
+from vfstrace.correlate.streaming import StreamingCorrelator
+from vfstrace.correlate.walk import WALK_KINDS
+from vfstrace.events import ECHILD, ENOENT, NUMPY_DTYPES, Kind
+from vfstrace.store.table import _column_numpy
+
+# The columns the correlator reads (vfstrace/correlate/batch.py _NEEDED).
+COLUMNS = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "name", "path",
+           "path2", "ret", "flags")
+_OTHER_KINDS = np.concatenate([_EVIDENCE_KINDS, np.array([Kind.PATH_SYSCALL, Kind.NS_OP], dtype=np.uint8)])
+_WR = int(Kind.WALK_RETURN)
+
+
+class Disorder:
+    """Event ids rising, and how far timestamps fall below the largest before them, over parts in file order."""
+
+    def __init__(self):
+        self.last_id = 0
+        self.max_ts = None
+        self.disorder_ns = 0
+        self.ids_rise = True
+
+    def add(self, ids: np.ndarray, ts: np.ndarray) -> None:
+        if not len(ids):
+            return
+        if int(ids[0]) <= self.last_id or (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()):
+            self.ids_rise = False
+        self.last_id = max(self.last_id, int(ids.max()))
+        t = ts.astype(np.int64)
+        run = np.maximum.accumulate(t)
+        below = run[:-1] - t[1:]
+        worst = int(below.max()) if len(below) else 0
+        if self.max_ts is not None:
+            worst = max(worst, self.max_ts - int(t.min()))
+            self.max_ts = max(self.max_ts, int(run[-1]))
+        else:
+            self.max_ts = int(run[-1])
+        self.disorder_ns = max(self.disorder_ns, worst)
+
+
+class WalkCut:
+    """Walk rows of judged walks, part by part; see the module docstring."""
+
+    def __init__(self, disorder_ns: int):
+        self.disorder_ns = int(disorder_ns)
+        self.carry = None
+        self.dropped = 0
+
+    def cut(self, W: pa.Table, max_seen: int | None) -> pa.Table:
+        if self.carry is not None and self.carry.num_rows:
+            W = pa.concat_tables([self.carry, W])
+        n = W.num_rows
+        if not n:
+            return W
+        if max_seen is None:  # the end of the trace: every walk is final
+            limit = np.iinfo(np.int64).max
+        else:
+            limit = int(max_seen) - self.disorder_ns
+        tid = W.column("tid").to_numpy()
+        ts = W.column("ts_ns").to_numpy().astype(np.int64)
+        eid = W.column("event_id").to_numpy().astype(np.int64)
+        order = np.lexsort((eid, ts, tid))
+        tid = tid[order]
+        is_wr = W.column("kind").to_numpy()[order] == _WR
+        boundary = np.ones(n, dtype=bool)
+        boundary[1:] = (tid[1:] != tid[:-1]) | is_wr[:-1]
+        seg = np.cumsum(boundary) - 1
+        ends = np.r_[np.flatnonzero(boundary)[1:], n] - 1
+        final = is_wr[ends] & (ts[order][ends] < limit)
+        end_ret = W.column("ret").to_numpy()[order][ends]
+        judged = final & ((end_ret == ENOENT) | (end_ret == ECHILD))
+        keep = np.sort(order[judged[seg]])
+        wait = np.sort(order[~final[seg]])
+        self.dropped += n - len(keep) - len(wait)
+        self.carry = W.take(wait)
+        return W.take(keep)
+
+
+def to_frame(t: pa.Table) -> pd.DataFrame:
+    """A part's rows as the correlator takes them (the event schema's dtypes; strings as objects)."""
+    return pd.DataFrame({c: pd.Series(_column_numpy(t.column(c), c), dtype=NUMPY_DTYPES[c], copy=False)
+                         for c in t.column_names})
+
+
+class PartsCorrelator:
+    """Feed parts (pyarrow Tables of :data:`COLUMNS`, event ids rising) in file order; verdicts as they are final."""
+
+    def __init__(self, disorder_ns: int, *, unplaced_lost: int = 0, windows=None):
+        self.cut = WalkCut(disorder_ns)
+        self.corr = StreamingCorrelator(windows, reorder_ns=int(disorder_ns), unplaced_lost=unplaced_lost)
+        self.max_seen = None
+        self.rows_fed = 0
+
+    def feed(self, t: pa.Table) -> pd.DataFrame:
+        if not t.num_rows:
+            return self.corr.feed(None)
+        kind = t.column("kind").to_numpy()
+        ts = t.column("ts_ns").to_numpy()
+        mx = int(ts.max())
+        self.max_seen = mx if self.max_seen is None else max(self.max_seen, mx)
+        walks = self.cut.cut(t.filter(pa.array(np.isin(kind, WALK_KINDS))), self.max_seen)
+        rest = t.filter(pa.array(np.isin(kind, _OTHER_KINDS)))
+        return self._feed(pa.concat_tables([walks, rest]))
+
+    def finish(self) -> pd.DataFrame:
+        tail = self.cut.cut(self.cut.carry.slice(0, 0), None) if self.cut.carry is not None else None
+        out = [self._feed(tail)] if tail is not None and tail.num_rows else []
+        out.append(self.corr.finish())
+        return pd.concat(out, ignore_index=True) if len(out) > 1 else out[0]
+
+    def _feed(self, t: pa.Table) -> pd.DataFrame:
+        self.rows_fed += t.num_rows
+        return self.corr.feed(to_frame(t)) if t.num_rows else self.corr.feed(None)
+
+
+__all__ = ["COLUMNS", "Disorder", "PartsCorrelator", "WalkCut"]
