@@ -7,9 +7,11 @@ walk events into one summary row per judged ``WALK_RETURN``, and
 reuse, namespace operations, lost events). Everything is numpy/pandas over
 whole columns; Python loops only run over judged rows, which are rare.
 
-The judged event is the ``WALK_RETURN`` (walk_component's outcome) with ret
--ENOENT or -ECHILD; ``LOOKUP_RETURN`` is evidence (the dentry found, an
--ECHILD from lookup_fast) but never judged, so no lookup is counted twice.
+The judged event is the ``WALK_RETURN`` (walk_component's outcome, or
+step_into's outside walk_component with ``Flag.STEP``: an open()'s last
+component; the tracer reports each lookup at one of the two, never both)
+with ret -ENOENT or -ECHILD; ``LOOKUP_RETURN`` is evidence (the dentry found,
+an -ECHILD from lookup_fast) but never judged, so no lookup is counted twice.
 
 What ties evidence to a walk is the state it carries, never its place in a
 stream (docs/verdicts.md has the table):
