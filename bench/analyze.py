@@ -14,8 +14,10 @@ chunks a live recorder would use, loads it back and summarises it the way
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vfstrace.correlate import correlate  # noqa: E402
-from vfstrace.report.analyze import summarize  # noqa: E402
+from vfstrace.report.analyze import analyze_parts, summarize, summarize_verdicts  # noqa: E402
 from vfstrace.events import ENOENT, ECHILD, Flag, Kind, Op  # noqa: E402
 from vfstrace.store import TraceWriter, load  # noqa: E402
 
@@ -92,50 +94,124 @@ def synthetic(n: int, start_id: int, t0: int, rng: np.random.Generator) -> pd.Da
     )
 
 
+def write_trace(path: Path, events: int, batch: int) -> tuple[Phase, float]:
+    """Generate and write ``events`` batch by batch (memory: one batch); only the writer's calls are timed.
+
+    LOST rows are made as vfstrace.recorder makes them: stamped on the
+    events' clock, the per-CPU counts in the metadata as well.
+    """
+    rng = np.random.default_rng(1)
+    pw = Phase()
+    pw.wall = pw.cpu = 0.0
+    gen_s, done, i, lost = 0.0, 0, 0, {}
+    t0 = 10**12
+    with TraceWriter(path, meta={"tier": "bench", "workload": "bench/analyze.py"}, chunk_events=batch,
+                     overwrite=True) as w:
+        while done < events:
+            n = min(batch, events - done)
+            g = time.perf_counter()
+            b = synthetic(n, done + 1, t0 + done * 1000, rng)
+            gen_s += time.perf_counter() - g
+            with Phase() as p:
+                w.write(b)
+                if i % 50 == 0:
+                    cpu = i % 2
+                    lost[cpu] = lost.get(cpu, 0) + 17
+                    w.update_meta(lost_per_cpu=dict(lost))
+                    w.write({"ts_ns": np.array([t0 + (done + n) * 1000], dtype=np.uint64),
+                             "cpu": np.array([cpu], dtype=np.uint32), "kind": np.array([int(Kind.LOST)], np.uint8),
+                             "ret": np.array([17], dtype=np.int64)})
+            pw.wall += p.wall
+            pw.cpu += p.cpu
+            done += n
+            i += 1
+    return pw, gen_s
+
+
+def read_mode(path: Path, mode: str, verdicts: bool) -> dict:
+    """One way of reading and judging the trace, in this process: its phases and its peak RSS."""
+    out = {}
+    if mode == "frame":  # the whole trace as one DataFrame, as `report` and `selftest --from-trace` read it
+        with Phase() as p:
+            df = load(path)
+        out["load"] = p
+        with Phase() as p:
+            s = summarize(df, df.attrs["meta"])
+        out["analyze"] = p
+        if verdicts:
+            with Phase() as p:
+                v = correlate(df)
+            out["correlate"] = p
+            s["verdicts"] = summarize_verdicts(v)
+    else:  # part by part, as `vfstrace analyze` reads it
+        with Phase() as p:
+            analyze_parts(path, verdicts=False)
+        out["load+analyze"] = p
+        if verdicts:
+            with Phase() as p:
+                s = analyze_parts(path, verdicts=True)
+            out["load+analyze+correlate"] = p
+        else:
+            s = analyze_parts(path, verdicts=False)
+    return {"phases": {k: [v.wall, v.cpu] for k, v in out.items()}, "rss_mib": peak_rss_mib(),
+            "events": s["events"], "enoent": s["lookups"]["enoent"], "lost": s["lost"]["total"],
+            "verdicts": s["verdicts"].get("counts")}
+
+
+def _read_wall(mode: str, r: dict, i: int = 0) -> float:
+    """Seconds (wall, or CPU with i=1) to read and judge: the frame reader's phases add up; the parts
+    reader's last phase does all of it again in one pass pair."""
+    ph = list(r["phases"].values())
+    return ph[-1][i] if mode == "parts" else sum(p[i] for p in ph)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="trace size (default 200000; the target is 10000000)")
     ap.add_argument("--batch", type=int, default=65536, help="events per write() call and per chunk")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the trace (default: a temp dir, removed)")
-    ap.add_argument("--verdicts", action="store_true", help="also time the correlator, if present")
+    ap.add_argument("--verdicts", action="store_true", help="also time the correlator")
+    ap.add_argument("--modes", default=None,
+                    help="readers to compare, comma-separated: frame (whole trace in memory), parts (part by part); "
+                         "default both up to 20M events, parts only above")
+    ap.add_argument("--read", choices=("frame", "parts"), help=argparse.SUPPRESS)  # one reader, in a child process
+    ap.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.read:
+        print(json.dumps(read_mode(a.trace, a.read, a.verdicts)))
+        return
+    modes = (a.modes or ("frame,parts" if a.events <= 20_000_000 else "parts")).split(",")
     base = a.dir or Path(tempfile.mkdtemp(prefix="vfstrace-bench-"))
     path = base / "bench.vft"
-    rng = np.random.default_rng(1)
-    # Generate batches up front so write rate measures the writer, not the generator.
-    t_gen = time.perf_counter()
-    batches = []
-    done = 0
-    t0 = 10**12
-    while done < a.events:
-        n = min(a.batch, a.events - done)
-        batches.append(synthetic(n, done + 1, t0 + done * 1000, rng))
-        done += n
-    gen_s = time.perf_counter() - t_gen
-    with Phase() as pw, TraceWriter(path, meta={"tier": "bench", "workload": "bench/analyze.py"}, chunk_events=a.batch,
-                     overwrite=True) as w:
-        for i, b in enumerate(batches):
-            w.write(b)
-            if i % 50 == 0:
-                w.add_lost(i % 2, 17)
-    del batches
+    pw, gen_s = write_trace(path, a.events, a.batch)
+    write_rss = peak_rss_mib()
     size = sum(p.stat().st_size for p in path.iterdir())
-    with Phase() as pl:
-        df = load(path)
-    with Phase() as pa_:
-        s = summarize(df, df.attrs["meta"])
-    n = len(df)
-    print(f"events            {n:,}  (generated in {gen_s:.1f} s)")
+    n = a.events + ((a.events + a.batch - 1) // a.batch + 49) // 50  # the LOST rows too
+    print(f"events            {n:,}  (generated in {gen_s:.1f} s, batch by batch)")
     print(f"trace size        {size / 2**20:,.1f} MiB on disk ({size / n:.1f} B/event), "
           f"{len(list(path.glob('part-*.parquet')))} parts")
-    print(f"write             {pw.fmt(n)}")
-    print(f"load              {pl.fmt(n)}")
-    print(f"analyze           {pa_.fmt(n)}  ({s['lookups']['enoent']:,} ENOENT lookups, {s['lost']['total']:,} lost)")
-    if a.verdicts:
-        with Phase() as pc:
-            v = correlate(df)
-        print(f"correlate         {pc.fmt(n)}  ({len(v):,} verdicts)")
-    print(f"peak RSS          {peak_rss_mib():,.0f} MiB")
+    print(f"write             {pw.fmt(n)}  (peak RSS of the writing process {write_rss:,.0f} MiB)")
+    results = {}
+    for m in modes:
+        # Each reader in a process of its own, so each peak RSS is its own.
+        cmd = [sys.executable, __file__, "--read", m, "--trace", str(path)] + (["--verdicts"] if a.verdicts else [])
+        results[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    for m, r in results.items():
+        total_w, total_c = pw.wall + _read_wall(m, r), pw.cpu + _read_wall(m, r, 1)
+        print(f"\nreader {m}: {r['events']:,} events, {r['enoent']:,} ENOENT lookups, {r['lost']:,} lost, "
+              f"verdicts {r['verdicts']}")
+        for k, (w, c) in r["phases"].items():
+            ph = Phase()
+            ph.wall, ph.cpu = w, c
+            print(f"  {k:<24}{ph.fmt(n)}")
+        print(f"  {'write + the above':<24}{total_w:6.2f} s wall, {total_c:6.2f} s CPU; peak RSS {r['rss_mib']:,.0f} MiB")
+    if len(results) > 1:
+        print("\nside by side       " + "".join(f"{m:>22}" for m in results))
+        print("peak RSS (MiB)     " + "".join(f"{r['rss_mib']:>22,.0f}" for r in results.values()))
+        print("read+judge wall (s)" + "".join(f"{_read_wall(m, r):>22.2f}" for m, r in results.items()))
+        print("read+judge CPU (s) " + "".join(f"{_read_wall(m, r, 1):>22.2f}" for m, r in results.items()))
+        same = len({json.dumps(r["verdicts"], sort_keys=True) for r in results.values()}) == 1
+        print(f"verdict counts     {'identical' if same else 'DIFFER'}")
     if a.dir is None:
         shutil.rmtree(base, ignore_errors=True)
 
