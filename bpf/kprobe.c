@@ -135,9 +135,11 @@ static __always_inline int prune_inflight(u64 d, int mark)
 
 /* ---- lookup side -------------------------------------------------------- */
 
-static __always_inline int walk_enter(u64 nd)
+/* A walk state for this task: walk_component entry (dentry 0: lookup_fast
+ * and __d_lookup_rcu fill it in), or step_into entry (step 1: the dentry
+ * and its d_seq sample are step_into's arguments). */
+static __always_inline int walk_begin(u64 nd, u64 dentry, u32 seq, u32 step)
 {
-	vfs_count(VFS_C_WALK);
 	if (!vfs_task_wanted(bpf_get_current_pid_tgid())) {
 		vfs_count(VFS_C_FILTERED);
 		return 0;
@@ -147,13 +149,24 @@ static __always_inline int walk_enter(u64 nd)
 	s.nd = nd;
 	s.parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
 	s.name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
+	s.dentry = dentry;
+	s.step = step;
 	if (rd32(nd + VFS_OFF_ND_FLAGS) & LOOKUP_RCU) {
 		s.flags |= VFS_F_RCU;
-		vfs_count(VFS_C_WALK_RCU);
+		s.rcu_dentry = dentry;
+		s.seq = seq;
+		if (!step)
+			vfs_count(VFS_C_WALK_RCU);
 	}
 	if (walks.update(&tid, &s))
 		vfs_count(VFS_C_STATE_FULL);
 	return 0;
+}
+
+static __always_inline int walk_enter(u64 nd)
+{
+	vfs_count(VFS_C_WALK);
+	return walk_begin(nd, 0, 0, 0);
 }
 
 static __always_inline int walk_exit(void *ctx, long ret)
@@ -202,25 +215,13 @@ static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq)
 	struct walk_state *s = walks.lookup(&tid);
 	if (s && !s->step)
 		return 0; /* inside walk_component: the walk role reports */
-	vfs_count(VFS_C_STEP);
-	if (!vfs_task_wanted(bpf_get_current_pid_tgid())) {
-		vfs_count(VFS_C_FILTERED);
+	/* A task the filters leave out has no walk state inside walk_component
+	 * either: its step_into calls are neither counted nor filtered here
+	 * (its walk_component entries count it as filtered). */
+	if (!vfs_task_wanted(bpf_get_current_pid_tgid()))
 		return 0;
-	}
-	struct walk_state n = {};
-	n.nd = nd;
-	n.parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
-	n.name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
-	n.dentry = dentry;
-	n.step = 1;
-	if (rd32(nd + VFS_OFF_ND_FLAGS) & LOOKUP_RCU) {
-		n.flags |= VFS_F_RCU;
-		n.rcu_dentry = dentry;
-		n.seq = seq;
-	}
-	if (walks.update(&tid, &n))
-		vfs_count(VFS_C_STATE_FULL);
-	return 0;
+	vfs_count(VFS_C_STEP);
+	return walk_begin(nd, dentry, seq, 1);
 }
 
 static __always_inline int step_exit(void *ctx, long ret)
