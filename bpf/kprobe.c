@@ -59,11 +59,30 @@ struct walk_state {
 	u32 flags;       /* VFS_F_RCU, VFS_F_PRUNE_INFLIGHT */
 	u64 rc_dentry;   /* re-check site argument, between entry and return */
 	u32 step;        /* 1: opened by step_into (no walk_component around it) */
-	u32 pad;
+	u32 active;      /* 1 between the walk's entry and its return */
 };
 
-BPF_HASH(walks, u32, struct walk_state, 16384);
+/*
+ * walks: one entry per task, kept between walks and reused in place: a walk
+ * that streams nothing then costs map lookups only, not an insert at its
+ * entry and a delete at its return (each takes the bucket lock and moves an
+ * element between the map and its free list). `active` says whether the
+ * task is inside a walk now. An LRU map, so the entries of tasks that have
+ * exited make room for new ones; a walk in progress was looked up moments
+ * ago and is the last the LRU evicts.
+ */
+BPF_TABLE("lru_hash", u32, struct walk_state, walks, 16384);
 BPF_TABLE("lru_hash", u64, u64, inflight, 65536);
+
+/* The task's walk in progress, or NULL. */
+static __always_inline struct walk_state *cur_walk(u32 tid)
+{
+	struct walk_state *s = walks.lookup(&tid);
+	if (s && s->active)
+		return s;
+	return 0;
+}
+
 static __always_inline u64 rd64(u64 addr)
 {
 	u64 v = 0;
@@ -158,7 +177,11 @@ static __always_inline int walk_begin(u64 nd, u64 dentry, u32 seq, u32 step)
 		if (!step)
 			vfs_count(VFS_C_WALK_RCU);
 	}
-	if (walks.update(&tid, &s))
+	s.active = 1;
+	struct walk_state *old = walks.lookup(&tid);
+	if (old)
+		*old = s;
+	else if (walks.update(&tid, &s))
 		vfs_count(VFS_C_STATE_FULL);
 	return 0;
 }
@@ -172,7 +195,7 @@ static __always_inline int walk_enter(u64 nd)
 static __always_inline int walk_exit(void *ctx, long ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
 	if (ret == VFS_ENOENT)
@@ -201,7 +224,7 @@ static __always_inline int walk_exit(void *ctx, long ret)
 			bpf_probe_read_kernel_str(e.name, sizeof(e.name), (void *)s->name_ptr);
 		vfs_ev_output(ctx, &e);
 	}
-	walks.delete(&tid);
+	s->active = 0;
 	return 0;
 }
 
@@ -212,7 +235,7 @@ static __always_inline int walk_exit(void *ctx, long ret)
 static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (s && !s->step)
 		return 0; /* inside walk_component: the walk role reports */
 	/* A task the filters leave out has no walk state inside walk_component
@@ -227,7 +250,7 @@ static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq)
 static __always_inline int step_exit(void *ctx, long ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (!s || !s->step)
 		return 0; /* inside walk_component, or not wanted */
 	return walk_exit(ctx, ret);
@@ -236,7 +259,7 @@ static __always_inline int step_exit(void *ctx, long ret)
 static __always_inline int rcu_lookup_enter(u64 seqp)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (s)
 		s->seqp = seqp;
 	return 0;
@@ -245,7 +268,7 @@ static __always_inline int rcu_lookup_enter(u64 seqp)
 static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
 	vfs_count(VFS_C_RCU_LOOKUP);
@@ -262,7 +285,7 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 static __always_inline int lookup_exit(void *ctx, u64 ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
 	vfs_count(VFS_C_LOOKUP);
@@ -281,7 +304,7 @@ static __always_inline int lookup_exit(void *ctx, u64 ret)
 static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	vfs_count(VFS_C_SEQ_CHECK);
 	if (!ok)
 		vfs_count(VFS_C_SEQ_FAIL);
@@ -307,7 +330,7 @@ static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 static __always_inline int recheck_enter(u64 dentry)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	if (s)
 		s->rc_dentry = dentry;
 	return 0;
@@ -430,7 +453,7 @@ int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARG
 static __always_inline int recheck_return_kprobe(struct pt_regs *ctx, u16 op, int ok)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = walks.lookup(&tid);
+	struct walk_state *s = cur_walk(tid);
 	u64 d = s ? s->rc_dentry : 0;
 	if (s)
 		s->rc_dentry = 0;
