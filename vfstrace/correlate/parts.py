@@ -115,8 +115,14 @@ def to_frame(t: pa.Table) -> pd.DataFrame:
 class PartsCorrelator:
     """Feed parts (pyarrow Tables of :data:`COLUMNS`, event ids rising) in file order; verdicts as they are final."""
 
-    def __init__(self, disorder_ns: int, *, unplaced_lost: int = 0, windows=None):
+    def __init__(self, disorder_ns: int, *, unplaced_lost: int = 0, windows=None, feed_rows: int = 400_000):
         self.cut = WalkCut(disorder_ns)
+        # Rows handed to the streaming correlator at once: each feed costs it a
+        # fixed pandas overhead, so a few parts' worth of kept rows go together
+        # (memory: feed_rows rows, whatever the trace's size).
+        self.feed_rows = int(feed_rows)
+        self._buf: list[pa.Table] = []
+        self._buf_rows = 0
         self.corr = StreamingCorrelator(windows, reorder_ns=int(disorder_ns), unplaced_lost=unplaced_lost)
         self.max_seen = None
         self.rows_fed = 0
@@ -130,17 +136,23 @@ class PartsCorrelator:
         self.max_seen = mx if self.max_seen is None else max(self.max_seen, mx)
         walks = self.cut.cut(t.filter(pa.array(np.isin(kind, WALK_KINDS))), self.max_seen)
         rest = t.filter(pa.array(np.isin(kind, _OTHER_KINDS)))
-        return self._feed(pa.concat_tables([walks, rest]))
+        self._buf += [walks, rest]
+        self._buf_rows += walks.num_rows + rest.num_rows
+        return self._feed() if self._buf_rows >= self.feed_rows else self.corr.feed(None)
 
     def finish(self) -> pd.DataFrame:
-        tail = self.cut.cut(self.cut.carry.slice(0, 0), None) if self.cut.carry is not None else None
-        out = [self._feed(tail)] if tail is not None and tail.num_rows else []
-        out.append(self.corr.finish())
-        return pd.concat(out, ignore_index=True) if len(out) > 1 else out[0]
+        if self.cut.carry is not None:
+            self._buf.append(self.cut.cut(self.cut.carry.slice(0, 0), None))
+        out = [self._feed(), self.corr.finish()]
+        return pd.concat(out, ignore_index=True)
 
-    def _feed(self, t: pa.Table) -> pd.DataFrame:
+    def _feed(self) -> pd.DataFrame:
+        t = pa.concat_tables(self._buf) if self._buf else None
+        self._buf, self._buf_rows = [], 0
+        if t is None or not t.num_rows:
+            return self.corr.feed(None)
         self.rows_fed += t.num_rows
-        return self.corr.feed(to_frame(t)) if t.num_rows else self.corr.feed(None)
+        return self.corr.feed(to_frame(t))
 
 
 __all__ = ["COLUMNS", "Disorder", "PartsCorrelator", "WalkCut"]
