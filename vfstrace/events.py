@@ -223,6 +223,13 @@ def empty_frame():
     return pd.DataFrame({c: np.array([], dtype=NUMPY_DTYPES[c]) for c in COLUMNS})
 
 
+def kind_mask(kinds) -> np.ndarray:
+    """A 256-entry table: ``kind_mask(ks)[kind]`` is ``np.isin(kind, ks)`` for a uint8 kind column, several times faster."""
+    m = np.zeros(256, dtype=bool)
+    m[list(kinds)] = True
+    return m
+
+
 def kind_name(k: int) -> str:
     try:
         return Kind(int(k)).name.lower()

@@ -31,7 +31,7 @@ import pyarrow as pa
 from vfstrace.correlate.batch import _EVIDENCE_KINDS
 from vfstrace.correlate.streaming import StreamingCorrelator
 from vfstrace.correlate.walk import WALK_KINDS
-from vfstrace.events import ECHILD, ENOENT, NUMPY_DTYPES, Kind
+from vfstrace.events import ECHILD, ENOENT, NUMPY_DTYPES, Kind, kind_mask
 from vfstrace.store.table import _column_numpy
 
 # The columns the correlator reads (vfstrace/correlate/batch.py _NEEDED).
@@ -39,6 +39,8 @@ COLUMNS = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "p
            "path2", "ret", "flags")
 _OTHER_KINDS = np.concatenate([_EVIDENCE_KINDS, np.array([Kind.PATH_SYSCALL, Kind.NS_OP], dtype=np.uint8)])
 _WR = int(Kind.WALK_RETURN)
+_IS_WALK = kind_mask(WALK_KINDS.tolist())
+_IS_OTHER = kind_mask(_OTHER_KINDS.tolist())
 
 
 class Disorder:
@@ -88,8 +90,15 @@ class WalkCut:
             limit = int(max_seen) - self.disorder_ns
         tid = W.column("tid").to_numpy()
         ts = W.column("ts_ns").to_numpy().astype(np.int64)
-        eid = W.column("event_id").to_numpy().astype(np.int64)
-        order = np.lexsort((eid, ts, tid))
+        # A task's events in (ts, event id) order. Rows come in event-id
+        # order (carried rows first: their ids are lower), so a stable sort
+        # by (tid, ts) is that order; one 64-bit key when the part's time
+        # span fits in 32 bits, else the three keys.
+        t_lo = int(ts.min())
+        if int(ts.max()) - t_lo < 2**32:
+            order = np.argsort((tid.astype(np.uint64) << np.uint64(32)) | (ts - t_lo).astype(np.uint64), kind="stable")
+        else:
+            order = np.lexsort((W.column("event_id").to_numpy(), ts, tid))
         tid = tid[order]
         is_wr = W.column("kind").to_numpy()[order] == _WR
         boundary = np.ones(n, dtype=bool)
@@ -99,15 +108,19 @@ class WalkCut:
         final = is_wr[ends] & (ts[order][ends] < limit)
         end_ret = W.column("ret").to_numpy()[order][ends]
         judged = final & ((end_ret == ENOENT) | (end_ret == ECHILD))
-        keep = np.sort(order[judged[seg]])
-        wait = np.sort(order[~final[seg]])
-        self.dropped += n - len(keep) - len(wait)
-        self.carry = W.take(wait)
-        return W.take(keep)
+        keep = np.zeros(n, dtype=bool)
+        keep[order[judged[seg]]] = True
+        wait = np.zeros(n, dtype=bool)
+        wait[order[~final[seg]]] = True
+        self.dropped += n - int(keep.sum()) - int(wait.sum())
+        self.carry = W.filter(pa.array(wait))
+        return W.filter(pa.array(keep))
 
 
 def to_frame(t: pa.Table) -> pd.DataFrame:
     """A part's rows as the correlator takes them (the event schema's dtypes; strings as objects)."""
+    # One dictionary per string column: each distinct string becomes one Python object, once.
+    t = t.unify_dictionaries().combine_chunks()
     return pd.DataFrame({c: pd.Series(_column_numpy(t.column(c), c), dtype=NUMPY_DTYPES[c], copy=False)
                          for c in t.column_names})
 
@@ -134,8 +147,8 @@ class PartsCorrelator:
         ts = t.column("ts_ns").to_numpy()
         mx = int(ts.max())
         self.max_seen = mx if self.max_seen is None else max(self.max_seen, mx)
-        walks = self.cut.cut(t.filter(pa.array(np.isin(kind, WALK_KINDS))), self.max_seen)
-        rest = t.filter(pa.array(np.isin(kind, _OTHER_KINDS)))
+        walks = self.cut.cut(t.filter(pa.array(_IS_WALK[kind])), self.max_seen)
+        rest = t.filter(pa.array(_IS_OTHER[kind]))
         self._buf += [walks, rest]
         self._buf_rows += walks.num_rows + rest.num_rows
         return self._feed() if self._buf_rows >= self.feed_rows else self.corr.feed(None)

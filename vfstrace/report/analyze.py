@@ -251,51 +251,60 @@ def analyze_trace(path, *, verdicts: bool = True, top: int = 10):
     return summarize(df, df.attrs["meta"], verdicts=v, verdict_note=None if verdicts else NOT_COMPUTED, top=top), df, v
 
 
-# Columns the part-by-part summary reads in its first pass.
+# Columns the part-by-part summary counts, and what its first pass reads.
 _COUNT_COLUMNS = ("event_id", "ts_ns", "kind", "ret", "flags", "cpu", "comm", "path")
+_FIRST_PASS = ("event_id", "ts_ns", "kind", "ret")
 
 
 def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
     """The summary analyze_trace() makes, read part by part: memory flat in the trace's size.
 
-    Two passes over a trace directory's parts. The first counts (TraceCounts)
-    and measures what the part-by-part correlator must know beforehand
-    (vfstrace/correlate/parts.py): that event ids rise, how far timestamps
-    run out of order, and the losses no LOST record places. The second
-    buckets the rate table (its start and width need the whole time span)
-    and judges. A JSON Lines trace, a single part, or one whose ids do not
-    rise in file order is loaded whole instead (analyze_trace()).
+    Two passes over a trace directory's parts. The first reads four numeric
+    columns for what the second must know beforehand: the time span (the
+    rate table's start and width), and for the part-by-part correlator
+    (vfstrace/correlate/parts.py) that event ids rise, how far timestamps run
+    out of order, and the losses no LOST record places. The second counts
+    (TraceCounts), buckets and judges. A JSON Lines trace, a single part, or
+    one whose ids do not rise in file order is loaded whole instead
+    (analyze_trace()).
     """
     from vfstrace.correlate.batch import unplaced
     from vfstrace.correlate.parts import COLUMNS, Disorder, PartsCorrelator
     from vfstrace.store.read import iter_parts
 
-    it = iter_parts(path, _COUNT_COLUMNS)
+    it = iter_parts(path, _FIRST_PASS)
     if it is None:
         return analyze_trace(path, verdicts=verdicts, top=top)[0]
     meta, files, parts = it
-    counts, order, placed = TraceCounts(), Disorder(), 0
+    order, placed, t_min, t_max = Disorder(), 0, None, None
     for t in parts:
         kind, ret = t.column("kind").to_numpy(), t.column("ret").to_numpy()
         ts = t.column("ts_ns").to_numpy()
         order.add(t.column("event_id").to_numpy(), ts)
         if not order.ids_rise:
             return analyze_trace(path, verdicts=verdicts, top=top)[0]
-        counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
-                   lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
+        valid = ts[ts > 0]
+        if len(valid):
+            t_min = int(valid.min()) if t_min is None else min(t_min, int(valid.min()))
+            t_max = int(valid.max()) if t_max is None else max(t_max, int(valid.max()))
         lost = kind == int(Kind.LOST)
         if lost.any():
             placed += int(np.clip(ret[lost], 0, None).sum())
-    rate = RateCounts(counts.t_min or 0, rate_width_ns(counts.t_min or 0, counts.t_max or 0))
+    counts = TraceCounts()
+    rate = RateCounts(t_min or 0, rate_width_ns(t_min or 0, t_max or 0))
     corr = tally = None
     if verdicts:
         corr = PartsCorrelator(order.disorder_ns, unplaced_lost=unplaced(meta.get("lost_total"), placed))
         tally = VerdictTally(top)
-    _, _, parts = iter_parts(path, COLUMNS if verdicts else ("ts_ns", "kind", "ret"), files)
+    _, _, parts = iter_parts(path, tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if verdicts else _COUNT_COLUMNS,
+                             files)
     for t in parts:
-        rate.add(t.column("ts_ns").to_numpy(), t.column("kind").to_numpy(), t.column("ret").to_numpy())
+        kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
+        counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
+                   lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
+        rate.add(ts, kind, ret)
         if corr is not None:
-            tally.add(corr.feed(t))
+            tally.add(corr.feed(t.drop_columns(["cpu"])))
     v = tally.add(corr.finish()).result() if corr is not None else summarize_verdicts(None, NOT_COMPUTED)
     return counts.summary(meta, rate.result(), v, top)
 

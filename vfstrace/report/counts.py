@@ -11,12 +11,17 @@ import math
 
 import numpy as np
 
-from vfstrace.events import ECHILD, ENOENT, Flag, Kind, kind_name
+from vfstrace.events import ECHILD, ENOENT, Flag, Kind, kind_mask, kind_name
 from vfstrace.report.answer import answer, first_paths, tier_of
 
 _LOOKUP_RETURNS = (int(Kind.WALK_RETURN), int(Kind.LOOKUP_RETURN))
 _LOOKUP_ENTERS = (int(Kind.WALK_ENTER), int(Kind.LOOKUP_ENTER))
 _PRUNE_KINDS = (int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT), int(Kind.D_FREE))
+
+
+_IS_ENTER = kind_mask(_LOOKUP_ENTERS)
+_IS_RETURN = kind_mask(_LOOKUP_RETURNS)
+_IS_ENOENT_KIND = kind_mask(_LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),))
 # More buckets than this and the rate table widens its buckets (a bad
 # timestamp in a hand-written trace should not make a billion-row table).
 MAX_RATE_BUCKETS = 100_000
@@ -53,10 +58,9 @@ class RateCounts:
         nb = max(int(b.max()) + 1, self.sums.shape[1])
         part = np.stack([
             np.bincount(b, minlength=nb),
-            np.bincount(b, weights=np.isin(k, _LOOKUP_ENTERS), minlength=nb),
+            np.bincount(b, weights=_IS_ENTER[k], minlength=nb),
             np.bincount(b, weights=(k == int(Kind.PRUNE)), minlength=nb),
-            np.bincount(b, weights=(r == ENOENT) & np.isin(k, _LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),)),
-                        minlength=nb),
+            np.bincount(b, weights=(r == ENOENT) & _IS_ENOENT_KIND[k], minlength=nb),
             np.bincount(b, weights=np.where(k == int(Kind.LOST), r, 0), minlength=nb),
         ])
         part[:, : self.sums.shape[1]] += self.sums
@@ -114,7 +118,7 @@ class TraceCounts:
             lo, hi = int(valid.min()), int(valid.max())
             self.t_min = lo if self.t_min is None else min(self.t_min, lo)
             self.t_max = hi if self.t_max is None else max(self.t_max, hi)
-        is_ret = np.isin(kind, _LOOKUP_RETURNS)
+        is_ret = _IS_RETURN[kind]
         sys_enoent = (kind == int(Kind.PATH_SYSCALL)) & (ret == ENOENT)
         lk_enoent = is_ret & (ret == ENOENT)
         lk = self.lk
