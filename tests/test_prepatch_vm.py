@@ -10,7 +10,9 @@ kernel (TCG is slow) runs tests/vm/prepatch_check.py: `vfstrace watch
 * prepatch: cp fails with "No such file or directory" on files that exist,
   the kernel counts spurious ENOENTs, at least one `race` verdict matches a
   ground-truth event by (task, dentry, time), every `race` cites a prune
-  event of its own dentry, and selftest says FAIL (exit 1);
+  event of its own dentry, those on an open()'s last component
+  (open_last_lookups) are matched at the step_into site, and selftest says
+  FAIL (exit 1);
 * control: no cp error, no `race`, selftest PASS (exit 0).
 """
 
@@ -86,6 +88,22 @@ def test_prepatch_races_match_the_kernels_ground_truth_and_cite_their_prune():
     assert r["suspects"] >= 1, f"no race verdict; verdicts {r['verdicts']}, kernel count {r['truth_count']}"
     assert r["matched"] >= 1, f"no race matched the ground truth: {r['false_suspects'][:3]}"
     assert r["suspects_citing_prune"] == r["suspects"], [x for x in r["suspect_rows"] if not x["cites_prune"]][:3]
+
+
+@pytest.mark.vm
+def test_prepatch_open_last_component_is_seen_at_the_step_into_site():
+    """open_last_lookups() calls step_into() itself: its spurious ENOENTs are matched by step_into's walk returns."""
+    r = _kprobe("6.1-prepatch")
+
+    def opens(by_caller):  # open_last_lookups() is inlined into path_openat() in this build
+        return sum(n for c, n in by_caller.items() if c in ("open_last_lookups", "path_openat"))
+
+    opened = opens(r["truth_by_caller"])
+    need(opened > 0, f"no spurious ENOENT on an open()'s last component this run: {r['truth_by_caller']}")
+    assert opens(r["matched_by_caller"]) >= 1, r["missed_truth"][:3]
+    assert r["suspects_at_step_site"] >= 1
+    # without that site the same trace sees none of them
+    assert opens(r["without_step_site"]["missed_by_caller"]) == opened
 
 
 @pytest.mark.vm
