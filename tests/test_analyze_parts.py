@@ -66,3 +66,20 @@ def test_disorder_is_the_largest_fall_below_an_earlier_stamp():
     assert d.ids_rise and d.disorder_ns == 18
     d.add(np.array([5]), np.array([50], dtype=np.uint64))
     assert not d.ids_rise
+
+
+def test_a_damaged_part_is_one_error_whichever_pass_reads_it(tmp_path):
+    from vfstrace.errors import TraceFormatError
+
+    ev, _ = simulate(8, duration_ns=3_000_000)
+    p = tmp_path / "t.vft"
+    k = len(ev) // 3 + 1
+    with store.TraceWriter(p, chunk_events=k, flush_seconds=1e9) as w:
+        for i in range(0, len(ev), k):
+            w.write(ev.iloc[i:i + k])
+    part = p / "part-000001.parquet"
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside a column chunk's pages: the checksum catches it
+    part.write_bytes(bytes(raw))
+    with pytest.raises(TraceFormatError, match="part-000001.parquet"):
+        analyze.analyze_parts(p)

@@ -270,7 +270,7 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
     """
     from vfstrace.correlate.batch import unplaced
     from vfstrace.correlate.parts import COLUMNS, Disorder, PartsCorrelator
-    from vfstrace.store.read import iter_parts
+    from vfstrace.store.read import iter_parts, read_ahead
 
     it = iter_parts(path, _FIRST_PASS)
     if it is None:
@@ -298,7 +298,7 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
         tally = VerdictTally(top)
     _, _, parts = iter_parts(path, tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if verdicts else _COUNT_COLUMNS,
                              files)
-    for t in parts:
+    for t in read_ahead(parts):
         kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
         counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
                    lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,43 @@ def load(path):
                                "not a valid trace")
     df.attrs["meta"] = meta
     return df
+
+
+def read_ahead(parts, depth: int = 2):
+    """``parts`` (from iter_parts) read ``depth`` ahead in a thread of their own.
+
+    Why: pyarrow reads and decodes a part without holding the GIL, so on a
+    machine with a second core the next part is ready while the caller works
+    on this one. Errors (a damaged part) are raised here, in order.
+    """
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def run():
+        try:
+            for t in parts:
+                while not stop.is_set():
+                    try:
+                        q.put((True, t), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as e:  # handed to the reader, raised there
+            q.put((False, e))
+
+    th = threading.Thread(target=run, name="vfstrace-read-ahead", daemon=True)
+    th.start()
+    try:
+        while True:
+            more, v = q.get()
+            if not more:
+                if v is not None:
+                    raise v
+                return
+            yield v
+    finally:
+        stop.set()
+
