@@ -13,7 +13,7 @@ to a ground-truth event by task, dentry (name on tracepoint) and time.
 Printed per kernel and tier: `precision P recall R` with the counts behind
 them (matched / suspects, matched / ground truth), on fentry/kprobe also
 with step_into's walk returns (an open()'s last component) left out, side
-by side, and the ground truth by step_into's caller; the time from the start
+by side; the time from the start
 of tracing to the first suspect and to the first spurious ENOENT, how many
 suspects cite a prune event of their own dentry, and cp's ENOENT errors.
 On the control every suspect is a false one (it has no such bug).
@@ -85,11 +85,11 @@ def _step_part(r: dict, m: int, s: int, t: int) -> str:
     wo = r.get("without_step_site")
     if wo is None:
         return ""
-    return (f"\n{'':24}spurious ENOENT by step_into caller {r.get('truth_by_caller')}, missed {r.get('missed_by_caller')}"
-            f"\n{'':24}walk_component site only: precision {_ratio(wo['matched'], wo['suspects'])} "
-            f"recall {_ratio(wo['matched'], t)} ({wo['matched']} / {wo['suspects']} / {t}), missed {wo['missed_by_caller']}"
+    return (f"\n{'':24}walk_component site only: precision {_ratio(wo['matched'], wo['suspects'])} "
+            f"recall {_ratio(wo['matched'], t)} ({wo['matched']} / {wo['suspects']} / {t})"
             f"\n{'':24}with the step_into site:  precision {_ratio(m, s)} recall {_ratio(m, t)} ({m} / {s} / {t}); "
-            f"{r.get('suspects_at_step_site')} {r['suspect']} at that site, {r.get('step_walk_returns')} step_into returns")
+            f"{r.get('matched_at_step_site')} matched at that site (of {r.get('suspects_at_step_site')} "
+            f"{r['suspect']} there, {r.get('step_walk_returns')} step_into returns in the trace)")
 
 
 def main(argv=None) -> int:

@@ -50,18 +50,6 @@ def _basename(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1] if p else ""
 
 
-def _caller(t: dict) -> str:
-    """step_into's caller of a ground-truth line, without its offset ("open_last_lookups")."""
-    return (t.get("caller") or "?").split("+", 1)[0]
-
-
-def _count(items) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for k in items:
-        out[k] = out.get(k, 0) + 1
-    return out
-
-
 def _score(tier: str, df, truth: list[dict]) -> dict:
     """Correlate ``df``; its suspects matched to ``truth`` (pairs, lone suspects, missed truth)."""
     from vfstrace.correlate import correlate
@@ -132,20 +120,17 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
         "first_suspect_s": round((first_race - t_start) / 1e9, 2) if first_race else None,
         "first_truth_s": round((first_truth - t_start) / 1e9, 2) if first_truth else None,
         "trace_seconds": round((t_end - t_start) / 1e9, 1),
-        # step_into's caller per ground-truth line: walk_component, open_last_lookups, ...
-        "truth_by_caller": _count(_caller(t) for t in truth),
-        "matched_by_caller": _count(_caller(truth[j]) for _, j in pairs),
-        "missed_by_caller": _count(_caller(truth[j]) for j in sc["lone_t"]),
     }
     if tier != "tracepoint":
         step = (df["kind"] == int(Kind.WALK_RETURN)) & ((df["flags"] & int(Flag.STEP)) != 0)
         out["step_walk_returns"] = int(step.sum())
         out["suspects_at_step_site"] = sum(r["step_site"] for r in rows)
+        # Which site a ground-truth line belongs to is known from its match
+        # only: its caller= field names the probe's trampoline, not
+        # open_last_lookups, once step_into itself is probed.
+        out["matched_at_step_site"] = sum(rows[i]["step_site"] for i, _ in pairs)
         wo = _score(tier, df[~step], truth)
-        out["without_step_site"] = {
-            "suspects": len(wo["rows"]), "matched": len(wo["pairs"]),
-            "missed_by_caller": _count(_caller(truth[j]) for j in wo["lone_t"]),
-        }
+        out["without_step_site"] = {"suspects": len(wo["rows"]), "matched": len(wo["pairs"])}
     return out
 
 
