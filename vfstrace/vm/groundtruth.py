@@ -38,7 +38,9 @@ class Spurious:
     dentry: int  # struct dentry address, as BPF programs read it
     ts_ns: int  # ktime_get_ns(): CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns()
     name: str  # the last path component
-    caller: str = ""  # step_into's caller (walk_component, open_last_lookups, ...), symbolised by tracefs
+    # step_into's return address, symbolised by tracefs (walk_component, path_openat, ...); while a
+    # kretprobe or fexit sits on step_into it names that trampoline instead (arch_rethook_trampoline)
+    caller: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
