@@ -23,6 +23,8 @@ from vfstrace.store.files import (
     FILE_SCHEMA,
     META_FILE,
     PARQUET_COMPRESSION,
+    PARQUET_DELTA_COLUMNS,
+    PARQUET_DICTIONARY_COLUMNS,
     PARQUET_COMPRESSION_LEVEL,
     _atomic_write_bytes,
     _is_jsonl,
@@ -225,6 +227,8 @@ class TraceWriter:
                         row_group_size=max(self.chunk_events, 1),
                         compression=PARQUET_COMPRESSION,
                         compression_level=PARQUET_COMPRESSION_LEVEL,
+                        use_dictionary=PARQUET_DICTIONARY_COLUMNS,
+                        column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
                         write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
                     )
                     f.flush()
