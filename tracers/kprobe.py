@@ -464,7 +464,19 @@ class KprobeTracer(Tracer):
         b = self.bpf
         self._attach_kprobes()
         for name in sorted(self.kfunc_names()):
-            (b.attach_kfunc if name.startswith(b"kfunc__") else b.attach_kretfunc)(fn_name=name)
+            how = b.attach_kfunc if name.startswith(b"kfunc__") else b.attach_kretfunc
+            try:
+                how(fn_name=name)
+            except Exception:
+                # A loaded fentry/fexit program could not be attached a
+                # second time before "bpf: Allow trampoline re-attach for
+                # tracing and lsm programs" (Jiri Olsa, v5.19): its target
+                # is dropped at the first attach (5.10 answers ENOENT).
+                # Load it again from the compiled object: no recompile.
+                fn = b.funcs.pop(name, None)
+                if fn is not None:
+                    os.close(fn.fd)
+                how(fn_name=name)
 
     def _open_stream(self) -> None:
         b = self.bpf
