@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
-"""Measure trace write, load and analyze speed, and peak memory.
+"""Measure trace write, load, analyze and correlate speed, and peak memory.
 
 Builds an N-event synthetic trace shaped like a busy recording (walks and
 lookups on a few thousand dentries, pruning, path syscalls with some
--ENOENT, a few lost-event records), writes it with TraceWriter in the
-chunks a live recorder would use, loads it back and summarises it the way
-`vfstrace analyze` does. Prints numbers; asserts nothing about time.
+-ENOENT, a LOST row now and then), generating and writing it batch by batch
+with TraceWriter in the chunks a live recorder would use (only the writer's
+calls are timed). Then each reader, in a process of its own so that each
+peak RSS is its own, reads it back and judges it:
 
-    .venv/bin/python bench/analyze.py --events 200000      # CI size
-    .venv/bin/python bench/analyze.py --events 10000000    # the target size
+* frame: the whole trace as one DataFrame (load, summarize, correlate), as
+  `report` and `selftest --from-trace` read it;
+* parts: part by part (vfstrace.report.analyze.analyze_parts), as
+  `vfstrace analyze` reads it; memory flat in the trace's size.
+
+Prints wall and CPU time per phase (a shared machine inflates wall time),
+peak RSS, and whether both readers' verdict counts agree. Asserts nothing.
+
+    .venv/bin/python bench/analyze.py --events 200000 --verdicts      # CI size
+    .venv/bin/python bench/analyze.py --events 10000000 --verdicts    # the target size
+    .venv/bin/python bench/analyze.py --events 100000000 --verdicts   # parts only: flat memory
 """
 
 from __future__ import annotations
