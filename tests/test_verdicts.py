@@ -343,3 +343,24 @@ def test_streaming_takes_unplaced_losses_as_the_batch_does():
     s = pd.concat([sc.feed(df.iloc[:4]), sc.feed(df.iloc[4:]), sc.finish()], ignore_index=True)
     pd.testing.assert_frame_equal(v, s.sort_values("event_id").reset_index(drop=True))
     assert (v["verdict"] == "uncertain").all()
+
+
+# --- folded storms: a record the kernel folded stands for its repeats -------------------------------
+
+
+def test_a_folded_storm_is_judged_once_and_counted_as_every_failure_it_stands_for():
+    """bpf/tracepoint.c streams the first of a run of identical failures (same
+    task, syscall, errno, path) as itself and folds the repeats within its
+    window into one COALESCED record carrying their number: 1 + 999 stat()
+    calls that failed. Each repeat shares the record's verdict, and the
+    totals every report leads with count failed lookups, not records."""
+    from vfstrace.report.analyze import summarize
+
+    co = int(Flag.COALESCED)
+    df = trace(_sc(1_000, "/t/missing", ENOENT), _sc(1_900, "/t/missing", ENOENT, flags=co))
+    df.loc[1, "count"] = 999
+    v = agree(df)
+    assert list(v["verdict"]) == ["absent", "absent"] and list(v["count"]) == [1, 999]
+    s = summarize(df, {"tier": "tracepoint"}, verdicts=v)
+    assert s["verdicts"]["counts"] == {"absent": 1000}
+    assert "1,000 failed lookups" in s["answer"]

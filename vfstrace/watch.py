@@ -207,7 +207,8 @@ class Session:
     def _verdicts(self, vdf) -> None:
         for v in vdf.to_dict("records"):
             name = str(v.get("verdict"))
-            self.verdict_counts[name] = self.verdict_counts.get(name, 0) + 1
+            # Judged lookups: a record the kernel folded stands for ``count`` of them.
+            self.verdict_counts[name] = self.verdict_counts.get(name, 0) + max(1, int(v.get("count", 1) or 1))
             if name in SUSPECT_VERDICTS:
                 self.suspects.append(v)
                 if not self.quiet_verdicts:

@@ -29,8 +29,11 @@ from vfstrace.events import Kind
 
 # ``overlap``: a prune of the walk's own dentry (same incarnation) overlapped
 # it -- what a selftest counts; docs/verdicts.md has the table of verdicts.
+# ``count``: how many failed lookups the verdict stands for: 1, but for a
+# record the kernel folded identical repeats into (events.Flag.COALESCED),
+# whose repeats share its verdict; totals of judged lookups sum it.
 VERDICT_COLUMNS = ["event_id", "verdict", "ts_ns", "tid", "pid", "comm", "dentry", "name", "path", "evidence", "reason",
-                   "overlap"]
+                   "overlap", "count"]
 VERDICTS = ("race", "retried", "explained", "absent", "uncertain", "transient")
 # Verdicts whose events deserve a look, most alarming first: race, uncertain
 # and transient may be the bug; retried is the fixed kernel's re-check seen
@@ -76,6 +79,7 @@ def empty_verdicts() -> pd.DataFrame:
         "tid": np.zeros(0, np.uint32), "pid": np.zeros(0, np.uint32), "comm": np.zeros(0, object),
         "dentry": np.zeros(0, np.uint64), "name": np.zeros(0, object), "path": np.zeros(0, object),
         "evidence": np.zeros(0, object), "reason": np.zeros(0, object), "overlap": np.zeros(0, bool),
+        "count": np.zeros(0, np.uint32),
     })
 
 

@@ -255,4 +255,8 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
         "evidence": evidence,
         "reason": reason,
         "overlap": np.zeros(n, dtype=bool),
+        # A folded record stands for its identical repeats (same task, path
+        # and errno within the kernel's fold window): one verdict, count lookups.
+        "count": (np.maximum(S["count"].to_numpy(), 1) if "count" in S.columns
+                  else np.ones(n)).astype(np.uint32),
     })

@@ -326,6 +326,7 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
         "evidence": evidence,
         "reason": reason,
         "overlap": prune_seen & (verdict != "explained"),
+        "count": np.ones(n, dtype=np.uint32),  # the kernel never folds walks
     })
 
 

@@ -106,7 +106,10 @@ class VerdictTally:
     def add(self, verdicts) -> "VerdictTally":
         if verdicts is None or not len(verdicts):
             return self
-        for k, c in verdicts["verdict"].value_counts().items():
+        # Judged lookups, not records: a folded record counts its repeats.
+        by = (verdicts.groupby("verdict", sort=False)["count"].sum() if "count" in verdicts.columns
+              else verdicts["verdict"].value_counts())
+        for k, c in by.items():
             self.counts[k] = self.counts.get(k, 0) + int(c)
         sus = order_suspects(verdicts)
         self.suspects_total += len(sus)
