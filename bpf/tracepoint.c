@@ -183,7 +183,7 @@ static __always_inline void flush_repeats(void *ctx, struct repeat_t *r)
 	r->n = 0;
 	struct vfs_path_event *e = vfs_pev_reserve();
 	if (!e) {
-		vfs_count_add(VFS_C_LOST_PATH, n - 1); /* it stood for n results */
+		vfs_count_lost(VFS_C_LOST_PATH, n - 1); /* it stood for n results */
 		return;
 	}
 	vfs_fill(&e->hdr, r->id, VFS_K_PATH_SYSCALL, (u16)r->key);
