@@ -19,6 +19,7 @@ kernel (TCG is slow) runs tests/vm/prepatch_check.py: `vfstrace watch
 from __future__ import annotations
 
 import json
+import shutil
 import os
 
 import pytest
@@ -42,7 +43,10 @@ def _boot(kernel: str) -> dict:
     need(ok, why)
     statloop.build()  # the selftest's compiled lookup loop, built on the host (the guest's root is read-only)
     out = ROOT / ".cache" / "vm-tests" / kernel
-    out.mkdir(parents=True, exist_ok=True)
+    # A fresh directory each run: an earlier run's summary must never stand in
+    # for this one's, and its traces would make `record -o` refuse to start.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     script = ROOT / "tests" / "vm" / "prepatch_check.py"
     py = str(ROOT / ".venv" / "bin" / "python")
     res = vm.run(kernel, [py, str(script), "/vmout", "--tiers", "kprobe", "--seconds", str(SECONDS),
