@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def _boot(kernel: str, tiers: list[str], seconds: float, widen: str, share: str 
     from vfstrace import vm
 
     out = ROOT / ".cache" / "bench-eval-kernel" / kernel
-    out.mkdir(parents=True, exist_ok=True)
+    # A fresh directory each run: an earlier run's summary or traces must
+    # never stand in for this one's.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     argv = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tests" / "vm" / "prepatch_check.py"), "/vmout",
             "--tiers", ",".join(tiers), "--seconds", str(seconds), "--widen", widen]
     if share:

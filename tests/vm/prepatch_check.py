@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -140,6 +141,12 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
 
     trace = out / f"{tier}.vft"
     stress_out = out / f"stress-{tier}.json"
+    # This run's outputs only: an earlier run's trace would make watch refuse
+    # to start and then be judged against this run's ground truth.
+    if trace.is_dir():
+        shutil.rmtree(trace)
+    trace.unlink(missing_ok=True)
+    stress_out.unlink(missing_ok=True)
     stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json",
                          "--files", str(files), "--pressure", pressure, "--drop-interval", "0.1"]
     if share:
