@@ -28,6 +28,17 @@ from vfstrace.options import TraceOptions
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 
+
+def _need_bcc():
+    """Loading a program for real: root and BCC, or the skip (the failure, strict) saying which is missing."""
+    need(is_root(), "loading BPF programs needs root")
+    try:
+        import bcc
+    except ImportError:
+        need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
+    return bcc
+
+
 def _choice(tier="kprobe", ringbuf=True, **over):
     from vfstrace.kernel import symbols
     from vfstrace.kernel.doctor import TierChoice, find_headers
@@ -224,11 +235,7 @@ def test_load_refuses_non_matching_headers(btf):
 @pytest.mark.live
 @pytest.mark.parametrize("ringbuf", [True, False], ids=["ringbuf", "perfbuf"])
 def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
-    need(is_root(), "loading BPF programs needs root")
-    try:
-        import bcc
-    except ImportError:
-        need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
+    bcc = _need_bcc()
     from tracers.kprobe import KprobeTracer
 
     c = _choice(ringbuf=ringbuf)
@@ -256,11 +263,7 @@ def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
 @pytest.mark.live
 def test_verifier_error_is_one_line(btf, monkeypatch):
     """A broken program (a role forced to a symbol list the program cannot serve) fails as one line."""
-    need(is_root(), "loading BPF programs needs root")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        need(False, "bcc is not importable")
+    _need_bcc()
     from tracers import kprobe
 
     from tracers.tracepoint import bcc_kernel_source
@@ -294,11 +297,7 @@ def test_the_empty_program_is_planned_on_the_tiers_own_attach_points(btf):
 
 @pytest.mark.live
 def test_real_verifier_accepts_the_empty_program(btf, monkeypatch):
-    need(is_root(), "loading BPF programs needs root")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
+    _need_bcc()
     from tracers.kprobe import EmptyKprobeTracer
     from tracers.tracepoint import bcc_kernel_source
 
