@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vfstrace import __version__
 from vfstrace.errors import VfstraceError
@@ -22,29 +22,19 @@ from vfstrace.store.files import (
     _PART_RE,
     FILE_SCHEMA,
     META_FILE,
-    PARQUET_COMPRESSION,
-    PARQUET_DELTA_COLUMNS,
-    PARQUET_DICTIONARY_COLUMNS,
-    PARQUET_COMPRESSION_LEVEL,
     _atomic_write_bytes,
     _is_jsonl,
     _now_iso,
     make_private_dir,
-    open_private,
 )
+from vfstrace.store.encoder import Encoder, save_meta, write_part
 from vfstrace.store.jsonl import write_jsonl
 from vfstrace.store.table import to_table
 
-# --------------------------------------------------------------------------
-# Turning what callers hand us into schema tables
-
-
-
-
-
-
-# --------------------------------------------------------------------------
-# Writing
+# Parts of at least this many events go to the encoder process (started at
+# the first such part): below it, starting a Python that imports pyarrow
+# costs more than encoding in-process saves.
+ENCODER_MIN_ROWS = 16384
 
 
 class TraceWriter:
@@ -55,6 +45,16 @@ class TraceWriter:
     the last flush (checked on each ``write()``/``add_lost()``, so a live
     recorder that polls regularly flushes about once per ``flush_seconds``
     even when events trickle in). Not thread-safe: one recorder thread owns it.
+
+    Once a part of ``ENCODER_MIN_ROWS`` events is flushed (or from the first
+    part with ``encoder=True``; never with ``encoder=False``) parts are
+    encoded and fsync'ed by an encoder process (vfstrace/store/encoder.py
+    says why and what it guarantees) while the caller's next batches are
+    converted. A flush that ``write()`` starts is then on disk a part's
+    encoding later, not when ``write()`` returns: ``events_flushed`` says
+    what a crash would keep, and ``flush()`` and ``close()`` wait until
+    everything handed over is on disk and raise the encoder's failure, e.g.
+    a full disk, as the one-line VfstraceError.
     """
 
     def __init__(
@@ -66,8 +66,10 @@ class TraceWriter:
         flush_seconds: float = 1.0,
         overwrite: bool = False,
         shared: bool = False,
+        encoder: bool | None = None,
     ):
         self.path = Path(path)
+        self._use_encoder = encoder
         self.shared = bool(shared)  # 0750/0640 instead of 0700/0600 (vfstrace/store/files.py says why)
         if chunk_events <= 0:
             raise VfstraceError("chunk_events must be positive")
@@ -115,6 +117,9 @@ class TraceWriter:
         self._part_no = 0
         self._last_flush = time.monotonic()
         self._closed = False
+        self._encoder: Encoder | None = None  # started at the first part big enough (see ENCODER_MIN_ROWS)
+        self._error: VfstraceError | None = None  # the encoder's failure, raised at the caller's next call
+        self._flushed_rows = 0
         self._write_meta()
 
     # -- public API ------------------------------------------------------
@@ -156,9 +161,10 @@ class TraceWriter:
         self.meta.update(kw)
 
     def flush(self) -> None:
-        """Write pending events as a new part and rewrite _meta.json."""
+        """Write pending events as a new part and rewrite _meta.json; returns once both are on disk."""
         self._check_open()
         self._flush()
+        self._drain()
 
     def close(self) -> None:
         """Flush, record the end time and mark the trace closed. Safe to call twice."""
@@ -167,12 +173,26 @@ class TraceWriter:
         self.meta["end_time"] = _now_iso()
         self.meta["end_monotonic_ns"] = time.monotonic_ns()
         self.meta["closed"] = True
-        self._flush()
+        try:
+            self._flush()
+            self._drain()
+        finally:
+            self._stop_encoder()
+        self._raise_encoder_error()
         self._closed = True
 
     @property
     def events_written(self) -> int:
+        """Events handed to the writer (on disk, being encoded or pending)."""
         return int(self.meta["events"]) + self._pending_rows
+
+    @property
+    def events_flushed(self) -> int:
+        """Events in parts already on disk: what a crash now would keep."""
+        if self._encoder is not None:
+            self._encoder.poll()
+            return self._flushed_rows + self._encoder.rows_on_disk
+        return self._flushed_rows
 
     def __enter__(self):
         return self
@@ -185,6 +205,11 @@ class TraceWriter:
     def _check_open(self):
         if self._closed:
             raise VfstraceError(f"{self.path}: trace already closed")
+        self._raise_encoder_error()
+
+    def _raise_encoder_error(self):
+        if self._error is not None:
+            raise self._error
 
     def _number(self, t: pa.Table) -> pa.Table:
         ids = t.column("event_id").to_numpy()
@@ -213,54 +238,76 @@ class TraceWriter:
             self._flush()
 
     def _flush(self):
-        if self._pending_rows:
-            t = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-            t = t.replace_schema_metadata(FILE_SCHEMA.metadata)
-            name = f"part-{self._part_no:06d}.parquet"
-            final = self.path / name
-            tmp = self.path / ("." + name + ".tmp")
-            try:
-                with open_private(tmp, shared=self.shared) as f:
-                    pq.write_table(
-                        t,
-                        f,
-                        row_group_size=max(self.chunk_events, 1),
-                        compression=PARQUET_COMPRESSION,
-                        compression_level=PARQUET_COMPRESSION_LEVEL,
-                        use_dictionary=PARQUET_DICTIONARY_COLUMNS,
-                        column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
-                        write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
-                    )
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
-                raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
-            ids = t.column("event_id")
-            self.meta["parts"].append(
-                {
-                    "file": name,
-                    "rows": t.num_rows,
-                    "first_event_id": int(pa.compute.min(ids).as_py()),
-                    "last_event_id": int(pa.compute.max(ids).as_py()),
-                }
-            )
-            self.meta["events"] = int(self.meta["events"]) + t.num_rows
-            self._part_no += 1
-            self._pending = []
-            self._pending_rows = 0
-        self._write_meta()
+        """Write pending events as the next part (its metadata after it), or save the metadata."""
+        self._raise_encoder_error()
+        if not self._pending_rows:
+            if self._encoder is not None:
+                self._encoder.send_meta(self._meta_bytes())  # in order: never ahead of a part being written
+                self._collect()
+            else:
+                self._write_meta()
+            self._last_flush = time.monotonic()
+            return
+        t = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        t = t.replace_schema_metadata(FILE_SCHEMA.metadata)
+        name = f"part-{self._part_no:06d}.parquet"
+        ids = t.column("event_id")
+        entry = {
+            "file": name,
+            "rows": t.num_rows,
+            "first_event_id": int(pa.compute.min(ids).as_py()),
+            "last_event_id": int(pa.compute.max(ids).as_py()),
+        }
+        if self._encoder is None and (self._use_encoder or (self._use_encoder is None
+                                                            and t.num_rows >= ENCODER_MIN_ROWS)):
+            self._encoder = Encoder(self.path, shared=self.shared, row_group_size=self.chunk_events)
+            atexit.register(self._stop_encoder)  # a part handed over is written even if close() never comes
+        if self._encoder is None:
+            write_part(t, self.path, name, shared=self.shared, row_group_size=self.chunk_events)
+        self.meta["parts"].append(entry)
+        self.meta["events"] = int(self.meta["events"]) + t.num_rows
+        self._part_no += 1
+        self._pending = []
+        self._pending_rows = 0
+        if self._encoder is None:
+            self._flushed_rows += t.num_rows
+            self._write_meta()
+        else:
+            self._encoder.send_part(name, t, self._meta_bytes())  # waits while two are with it
+            self._collect()
         self._last_flush = time.monotonic()
 
-    def _write_meta(self):
+    def _collect(self, enc: Encoder | None = None) -> None:
+        """Take the encoder's answers so far; its failure becomes this writer's."""
+        enc = enc or self._encoder
+        if enc is not None:
+            enc.poll()
+            if enc.error is not None and self._error is None:
+                self._error = enc.error
+
+    def _drain(self):
+        if self._encoder is not None:
+            self._encoder.drain()
+            self._collect()
+        self._raise_encoder_error()
+
+    def _stop_encoder(self):
+        if self._encoder is not None:
+            atexit.unregister(self._stop_encoder)
+            enc, self._encoder = self._encoder, None
+            try:
+                enc.stop()
+            finally:
+                self._flushed_rows += enc.rows_on_disk
+                self._collect(enc)
+
+    def _meta_bytes(self) -> bytes:
         m = dict(self.meta)
         m["lost_per_cpu"] = {str(k): v for k, v in sorted(m["lost_per_cpu"].items())}
-        try:
-            _atomic_write_bytes(self.path / META_FILE, (json.dumps(m, indent=1, default=str) + "\n").encode(),
-                                shared=self.shared)
-        except OSError as e:
-            raise VfstraceError(f"{self.path / META_FILE}: cannot write: {e.strerror}") from None
+        return (json.dumps(m, indent=1, default=str) + "\n").encode()
+
+    def _write_meta(self):
+        save_meta(self.path, self._meta_bytes(), shared=self.shared)
 
 
 def save(df, path, meta: dict | None = None, *, overwrite: bool = False, shared: bool = False) -> int:

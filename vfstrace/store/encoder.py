@@ -1,0 +1,277 @@
+"""Parquet parts encoded in a process of the writer's own, so a recording uses both of two cores.
+
+Why a process: encoding a 65536-event part to Parquet costs about four
+times what converting the recorder's batches to Arrow does, and pyarrow's
+Parquet writer takes the GIL back often enough that an encoder *thread*
+made writing slower on two cores, not faster. A child process has a GIL of
+its own. The writer converts a chunk to an Arrow table and hands it over as
+an Arrow IPC stream on a pipe (a copy of the column buffers, no rows
+pickled); the child encodes it, fsyncs it, renames it in and then saves the
+metadata the writer sent with it, in the order they were handed over, so a
+crash leaves a readable trace of every part on disk.
+
+The guarantees a recording relies on:
+
+* ``flush()``/``close()`` return once the child has answered for everything
+  handed over (part and metadata on disk); a failure (a full disk) comes
+  back as the same one-line VfstraceError an in-process write raises, and
+  no part after a failed one is written (it would leave a gap).
+* At most two parts are with the child (one being encoded, one received),
+  so memory stays bounded whatever the trace's size.
+* The child never outlives the writer: it exits when its pipe reaches EOF
+  (the writer closed it or died) and when its parent is gone (checked each
+  second, for a pipe end some other process inherited). It finishes the
+  parts it has fully received first, so a writer that dies right after
+  handing one over loses nothing that was complete.
+* It is in a process group of its own and ignores SIGINT and SIGTERM: a
+  Ctrl-C at the terminal reaches the recorder, which decides to flush and
+  close, and cannot kill the encoder under it.
+
+Small traces never start it (vfstrace/store/writer.py decides, by part
+size); the semantics are the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vfstrace.errors import VfstraceError
+from vfstrace.store.files import (
+    META_FILE,
+    PARQUET_COMPRESSION,
+    PARQUET_COMPRESSION_LEVEL,
+    PARQUET_DELTA_COLUMNS,
+    PARQUET_DICTIONARY_COLUMNS,
+    _atomic_write_bytes,
+    open_private,
+)
+
+# A message: kind (b"P" part, b"M" metadata only), then the lengths of the
+# part's name, the metadata and the Arrow IPC stream, then those bytes.
+_HEADER = struct.Struct("<cIQQ")
+MAX_IN_FLIGHT = 2  # one part being encoded, one received and waiting
+
+
+def write_part(t: pa.Table, directory: Path, name: str, *, shared: bool, row_group_size: int) -> None:
+    """Encode ``t`` as part ``name`` of the trace in ``directory``: private, fsync'ed, renamed in whole.
+
+    The one place a part is written, in the writer's process or in the encoder's.
+    """
+    final = directory / name
+    tmp = directory / ("." + name + ".tmp")
+    try:
+        with open_private(tmp, shared=shared) as f:
+            pq.write_table(
+                t,
+                f,
+                row_group_size=max(row_group_size, 1),
+                compression=PARQUET_COMPRESSION,
+                compression_level=PARQUET_COMPRESSION_LEVEL,
+                use_dictionary=PARQUET_DICTIONARY_COLUMNS,
+                column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+                write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
+        raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
+
+
+def save_meta(directory: Path, data: bytes, *, shared: bool) -> None:
+    try:
+        _atomic_write_bytes(directory / META_FILE, data, shared=shared)
+    except OSError as e:
+        raise VfstraceError(f"{directory / META_FILE}: cannot write: {e.strerror}") from None
+
+
+# --------------------------------------------------------------------------
+# The writer's side
+
+
+class Encoder:
+    """The writer's handle on its encoder process: hand parts over, collect the answers."""
+
+    def __init__(self, directory: Path, *, shared: bool, row_group_size: int):
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent.parent)  # the directory holding the vfstrace package
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vfstrace.store.encoder", str(directory), "1" if shared else "0",
+                 str(int(row_group_size)), str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env, process_group=0, close_fds=True,
+            )
+        except OSError as e:
+            raise VfstraceError(f"{directory}: cannot start the trace encoder: {e.strerror}") from None
+        self.directory = directory
+        self._out = self.proc.stdin  # buffered: pyarrow's IPC writer makes many small writes
+        self._in = self.proc.stdout.fileno()
+        self._buf = b""
+        self.in_flight = 0
+        self.rows_on_disk = 0  # rows of the parts the child answered for as written
+        self.error: VfstraceError | None = None
+
+    def send_part(self, name: str, t: pa.Table, meta: bytes) -> None:
+        self._wait(MAX_IN_FLIGHT - 1)  # memory bounded: the child holds at most two
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        self._send(b"P", name.encode(), meta, sink.getvalue())
+
+    def send_meta(self, meta: bytes) -> None:
+        self._wait(MAX_IN_FLIGHT - 1)
+        self._send(b"M", b"", meta, b"")
+
+    def poll(self) -> None:
+        """Take the answers already there, without waiting."""
+        self._wait(None)
+
+    def drain(self) -> None:
+        """Wait until the child has answered for everything handed over."""
+        self._wait(0)
+
+    def stop(self) -> None:
+        """Let the child finish what it holds and exit."""
+        try:
+            self.drain()
+        finally:
+            try:
+                self._out.close()
+            except OSError:
+                pass
+            self.proc.wait()
+            self.proc.stdout.close()
+
+    def _send(self, kind: bytes, name: bytes, meta: bytes, ipc) -> None:
+        try:
+            self._out.write(_HEADER.pack(kind, len(name), len(meta), len(ipc)))
+            self._out.write(name)
+            self._out.write(meta)
+            self._out.write(ipc)
+            self._out.flush()
+        except (BrokenPipeError, ValueError):
+            self._lost()
+            raise self.error from None
+        self.in_flight += 1
+
+    def _wait(self, most: int | None) -> None:
+        """Read answers until at most ``most`` are outstanding (None: only those already there)."""
+        while self.in_flight and (most is None or self.in_flight > most):
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if most is None and not select.select([self._in], [], [], 0)[0]:
+                    break
+                chunk = os.read(self._in, 65536)
+                if not chunk:
+                    self._lost()
+                    break
+                self._buf += chunk
+                continue
+            line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+            self.in_flight -= 1
+            answer = json.loads(line)
+            if "error" in answer and self.error is None:
+                self.error = VfstraceError(answer["error"])
+            self.rows_on_disk += int(answer.get("rows", 0))
+
+    def _lost(self) -> None:
+        self.in_flight = 0
+        if self.error is None:
+            rc = self.proc.poll()
+            why = f"exit status {rc}" if rc is not None and rc >= 0 else "killed" if rc is not None else "pipe closed"
+            self.error = VfstraceError(f"{self.directory}: the trace encoder stopped ({why}); "
+                                       "parts after the last flushed one were not written")
+
+
+# --------------------------------------------------------------------------
+# The child
+
+
+def _read_exact(fd: int, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
+
+def _reader(fd: int, parent: int, q: queue.Queue) -> None:
+    """Messages from the pipe into ``q`` (None at EOF, a partial message, or when the parent is gone)."""
+    try:
+        while True:
+            while not select.select([fd], [], [], 1.0)[0]:
+                if os.getppid() != parent:
+                    return
+            head = _read_exact(fd, _HEADER.size)
+            if head is None:
+                return
+            kind, nlen, mlen, ilen = _HEADER.unpack(head)
+            body = _read_exact(fd, nlen + mlen + ilen)
+            if body is None:
+                return
+            q.put((kind, bytes(body[:nlen]).decode(), bytes(body[nlen:nlen + mlen]), memoryview(body)[nlen + mlen:]))
+    finally:
+        q.put(None)
+
+
+def _answer(obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    try:
+        os.write(1, data)  # one write of less than PIPE_BUF: the writer never sees half an answer
+    except BrokenPipeError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)  # the recorder decides when a recording ends
+    directory, shared, row_group_size, parent = Path(argv[0]), argv[1] == "1", int(argv[2]), int(argv[3])
+    if os.getppid() != parent:
+        return 0
+    q: queue.Queue = queue.Queue(maxsize=1)
+    threading.Thread(target=_reader, args=(0, parent, q), daemon=True).start()
+    failed = None
+    while (msg := q.get()) is not None:
+        kind, name, meta, ipc = msg
+        if failed is not None:  # a later part would leave a gap in the trace: none is written
+            _answer({"skipped": True})
+            continue
+        rows = 0
+        try:
+            if kind == b"P":
+                t = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
+                write_part(t, directory, name, shared=shared, row_group_size=row_group_size)
+                rows = t.num_rows
+                del t
+            save_meta(directory, meta, shared=shared)
+        except VfstraceError as e:
+            failed = str(e)
+        except Exception as e:  # anything else is still one line for the writer to raise
+            failed = f"{directory / name if name else directory}: trace encoder failed: " \
+                     f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+        del ipc, msg
+        _answer({"error": failed, "rows": rows} if failed else {"rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
