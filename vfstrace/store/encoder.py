@@ -202,7 +202,8 @@ class Encoder:
 # The child
 
 
-def _read_exact(fd: int, n: int) -> bytearray | None:
+def read_exact(fd: int, n: int) -> bytearray | None:
+    """``n`` bytes from ``fd`` (None at EOF before the last: a message cut short)."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -221,11 +222,11 @@ def _reader(fd: int, parent: int, q: queue.Queue) -> None:
             while not select.select([fd], [], [], 1.0)[0]:
                 if os.getppid() != parent:
                     return
-            head = _read_exact(fd, _HEADER.size)
+            head = read_exact(fd, _HEADER.size)
             if head is None:
                 return
             kind, nlen, mlen, ilen = _HEADER.unpack(head)
-            body = _read_exact(fd, nlen + mlen + ilen)
+            body = read_exact(fd, nlen + mlen + ilen)
             if body is None:
                 return
             q.put((kind, bytes(body[:nlen]).decode(), bytes(body[nlen:nlen + mlen]), memoryview(body)[nlen + mlen:]))
