@@ -51,35 +51,23 @@ from vfstrace.store import TraceWriter, load  # noqa: E402
 
 
 class Phase:
-    """Wall and CPU time of a block: on a shared machine CPU time is the steadier figure.
-    ``children=True`` adds the CPU of child processes the block waited for (a reader's judging process)."""
-
-    def __init__(self, children: bool = False):
-        self.children = children
-
-    def _cpu(self) -> float:
-        return time.process_time() + (children_cpu() if self.children else 0.0)
+    """Wall and CPU time of a block: on a shared machine CPU time is the steadier figure."""
 
     def __enter__(self):
-        self.w, self.c = time.perf_counter(), self._cpu()
+        self.w, self.c = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.w
-        self.cpu = self._cpu() - self.c
+        self.cpu = time.process_time() - self.c
 
     def fmt(self, n: int) -> str:
         return (f"{self.wall:6.2f} s wall = {n / self.wall:>12,.0f} events/s; "
                 f"{self.cpu:6.2f} s CPU = {n / max(self.cpu, 1e-9):>12,.0f} events/s")
 
 
-def peak_rss_mib(who=resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def synthetic(n: int, start_id: int, t0: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -120,6 +108,11 @@ def synthetic(n: int, start_id: int, t0: int, rng: np.random.Generator) -> pd.Da
             "flags": np.where(rng.random(n) < 0.9, int(Flag.RCU), 0).astype(np.uint32),
         }
     )
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def write_trace(path: Path, events: int, batch: int, encoder: bool | None) -> tuple[Phase, float, float]:
@@ -164,7 +157,7 @@ def write_trace(path: Path, events: int, batch: int, encoder: bool | None) -> tu
     return pw, gen_s, children_cpu() - child0
 
 
-def read_mode(path: Path, mode: str, verdicts: bool, judge_apart: bool | None) -> dict:
+def read_mode(path: Path, mode: str, verdicts: bool) -> dict:
     """One way of reading and judging the trace, in this process: its phases and its peak RSS."""
     out = {}
     if mode == "frame":  # the whole trace as one DataFrame, as `report` and `selftest --from-trace` read it
@@ -184,13 +177,12 @@ def read_mode(path: Path, mode: str, verdicts: bool, judge_apart: bool | None) -
             analyze_parts(path, verdicts=False)
         out["load+analyze"] = p
         if verdicts:
-            with Phase(children=True) as p:
-                s = analyze_parts(path, verdicts=True, judge_apart=judge_apart)
+            with Phase() as p:
+                s = analyze_parts(path, verdicts=True)
             out["load+analyze+correlate"] = p
         else:
             s = analyze_parts(path, verdicts=False)
     return {"phases": {k: [v.wall, v.cpu] for k, v in out.items()}, "rss_mib": peak_rss_mib(),
-            "rss_children_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
             "events": s["events"], "enoent": s["lookups"]["enoent"], "lost": s["lost"]["total"],
             "verdicts": s["verdicts"].get("counts")}
 
@@ -214,14 +206,11 @@ def main(argv=None):
     ap.add_argument("--encoder", choices=("auto", "process", "inline"), default="auto",
                     help="where the writer encodes parts: its encoder process, in-process, or as TraceWriter "
                          "decides by part size (default)")
-    ap.add_argument("--judge", choices=("auto", "apart", "inline"), default="auto",
-                    help="parts reader: judge verdicts in a process of their own beside the counting, in-process, "
-                         "or as analyze_parts decides by trace size (default)")
     ap.add_argument("--read", choices=("frame", "parts"), help=argparse.SUPPRESS)  # one reader, in a child process
     ap.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.read:
-        print(json.dumps(read_mode(a.trace, a.read, a.verdicts, {"auto": None, "apart": True, "inline": False}[a.judge])))
+        print(json.dumps(read_mode(a.trace, a.read, a.verdicts)))
         return
     modes = (a.modes or ("frame,parts" if a.events <= 20_000_000 else "parts")).split(",")
     base = a.dir or Path(tempfile.mkdtemp(prefix="vfstrace-bench-"))
@@ -245,8 +234,7 @@ def main(argv=None):
     results = {}
     for m in modes:
         # Each reader in a process of its own, so each peak RSS is its own.
-        cmd = [sys.executable, __file__, "--read", m, "--trace", str(path), "--judge", a.judge] + (
-            ["--verdicts"] if a.verdicts else [])
+        cmd = [sys.executable, __file__, "--read", m, "--trace", str(path)] + (["--verdicts"] if a.verdicts else [])
         results[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     for m, r in results.items():
         total_w, total_c = write_s + _read_wall(m, r), pw.cpu + enc_cpu + _read_wall(m, r, 1)
@@ -256,9 +244,7 @@ def main(argv=None):
             ph = Phase()
             ph.wall, ph.cpu = w, c
             print(f"  {k:<24}{ph.fmt(n)}")
-        kids = f" + {r['rss_children_mib']:,.0f} MiB (judging process)" if r["rss_children_mib"] else ""
-        print(f"  {'write + the above':<24}{total_w:6.2f} s wall, {total_c:6.2f} s CPU; peak RSS {r['rss_mib']:,.0f} MiB"
-              + kids)
+        print(f"  {'write + the above':<24}{total_w:6.2f} s wall, {total_c:6.2f} s CPU; peak RSS {r['rss_mib']:,.0f} MiB")
     if len(results) > 1:
         print("\nside by side       " + "".join(f"{m:>22}" for m in results))
         print("peak RSS (MiB)     " + "".join(f"{r['rss_mib']:>22,.0f}" for r in results.values()))

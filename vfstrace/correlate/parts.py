@@ -128,13 +128,8 @@ def to_frame(t: pa.Table) -> pd.DataFrame:
 class PartsCorrelator:
     """Feed parts (pyarrow Tables of :data:`COLUMNS`, event ids rising) in file order; verdicts as they are final."""
 
-    def __init__(self, disorder_ns: int, *, unplaced_lost: int = 0, windows=None, feed_rows: int = 400_000,
-                 judge=None):
+    def __init__(self, disorder_ns: int, *, unplaced_lost: int = 0, windows=None, feed_rows: int = 400_000):
         self.cut = WalkCut(disorder_ns)
-        # judge: where the rows to judge go instead of this process's streaming
-        # correlator (vfstrace/report/judge.py, a process of its own); the
-        # verdicts are then its answer, and feed()/finish() return none.
-        self.judge = judge
         # Rows handed to the streaming correlator at once: each feed costs it a
         # fixed pandas overhead, so a few parts' worth of kept rows go together
         # (memory: feed_rows rows, whatever the trace's size).
@@ -170,9 +165,6 @@ class PartsCorrelator:
         if t is None or not t.num_rows:
             return self.corr.feed(None)
         self.rows_fed += t.num_rows
-        if self.judge is not None:
-            self.judge.feed(t)
-            return self.corr.feed(None)
         return self.corr.feed(to_frame(t))
 
 

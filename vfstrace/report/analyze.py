@@ -10,7 +10,6 @@ resolution; the tables after it are the evidence for it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 import pyarrow as pa
@@ -258,14 +257,9 @@ def analyze_trace(path, *, verdicts: bool = True, top: int = 10):
 # Columns the part-by-part summary counts, and what its first pass reads.
 _COUNT_COLUMNS = ("event_id", "ts_ns", "kind", "ret", "flags", "cpu", "comm", "path")
 _FIRST_PASS = ("event_id", "ts_ns", "kind", "ret")
-# From this many events on, the streaming correlator runs in a process of its
-# own (vfstrace/report/judge.py) while this one reads, counts and picks out
-# the rows to judge: below it, starting a Python that imports pandas costs
-# more than the overlap saves.
-JUDGE_APART_EVENTS = 2_000_000
 
 
-def analyze_parts(path, *, verdicts: bool = True, top: int = 10, judge_apart: bool | None = None) -> dict:
+def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
     """The summary analyze_trace() makes, read part by part: memory flat in the trace's size.
 
     Two passes over a trace directory's parts. The first reads four numeric
@@ -273,9 +267,7 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10, judge_apart: bo
     rate table's start and width), and for the part-by-part correlator
     (vfstrace/correlate/parts.py) that event ids rise, how far timestamps run
     out of order, and the losses no LOST record places. The second counts
-    (TraceCounts), buckets and judges; from ``JUDGE_APART_EVENTS`` on (or
-    with ``judge_apart``) the streaming correlator runs in a process of its
-    own, fed the same rows. A JSON Lines trace, a single part, or
+    (TraceCounts), buckets and judges. A JSON Lines trace, a single part, or
     one whose ids do not rise in file order is loaded whole instead
     (analyze_trace()).
     """
@@ -287,9 +279,8 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10, judge_apart: bo
     if it is None:
         return analyze_trace(path, verdicts=verdicts, top=top)[0]
     meta, files, parts = it
-    order, placed, t_min, t_max, events = Disorder(), 0, None, None, 0
+    order, placed, t_min, t_max = Disorder(), 0, None, None
     for t in parts:
-        events += t.num_rows
         kind, ret = t.column("kind").to_numpy(), t.column("ret").to_numpy()
         ts = t.column("ts_ns").to_numpy()
         order.add(t.column("event_id").to_numpy(), ts)
@@ -304,34 +295,20 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10, judge_apart: bo
             placed += int(np.clip(ret[lost], 0, None).sum())
     counts = TraceCounts()
     rate = RateCounts(t_min or 0, rate_width_ns(t_min or 0, t_max or 0))
-    corr = tally = apart = None
+    corr = tally = None
     if verdicts:
-        lost = unplaced(meta.get("lost_total"), placed)
-        if judge_apart or (judge_apart is None and events >= JUDGE_APART_EVENTS):
-            from vfstrace.report.judge import Judge
-
-            apart = Judge(Path(path), disorder_ns=order.disorder_ns, unplaced_lost=lost, top=top)
-        corr = PartsCorrelator(order.disorder_ns, unplaced_lost=lost, judge=apart)
+        corr = PartsCorrelator(order.disorder_ns, unplaced_lost=unplaced(meta.get("lost_total"), placed))
         tally = VerdictTally(top)
-    try:
-        _, _, parts = iter_parts(path, tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if corr is not None
-                                 else _COUNT_COLUMNS, files)
-        for t in read_ahead(parts):
-            kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
-            counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
-                       lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
-            rate.add(ts, kind, ret)
-            if corr is not None:
-                tally.add(corr.feed(t.drop_columns(["cpu"])))
+    _, _, parts = iter_parts(path, tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if verdicts else _COUNT_COLUMNS,
+                             files)
+    for t in read_ahead(parts):
+        kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
+        counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
+                   lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
+        rate.add(ts, kind, ret)
         if corr is not None:
-            v = tally.add(corr.finish()).result()
-            if apart is not None:
-                v = apart.result()
-        else:
-            v = summarize_verdicts(None, NOT_COMPUTED)
-    finally:
-        if apart is not None:
-            apart.stop()
+            tally.add(corr.feed(t.drop_columns(["cpu"])))
+    v = tally.add(corr.finish()).result() if corr is not None else summarize_verdicts(None, NOT_COMPUTED)
     return counts.summary(meta, rate.result(), v, top)
 
 
