@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -124,6 +125,7 @@ class Encoder:
         self._buf = b""
         self.in_flight = 0
         self.rows_on_disk = 0  # rows of the parts the child answered for as written
+        self.busy_s = 0.0  # wall seconds the child spent on messages (encoding, writing, fsync), as last answered
         self.error: VfstraceError | None = None
 
     def send_part(self, name: str, t: pa.Table, meta: bytes) -> None:
@@ -188,6 +190,7 @@ class Encoder:
             if "error" in answer and self.error is None:
                 self.error = VfstraceError(answer["error"])
             self.rows_on_disk += int(answer.get("rows", 0))
+            self.busy_s = float(answer.get("busy_s", self.busy_s))
 
     def _lost(self) -> None:
         self.in_flight = 0
@@ -251,11 +254,13 @@ def main(argv: list[str]) -> int:
     q: queue.Queue = queue.Queue(maxsize=1)
     threading.Thread(target=_reader, args=(0, parent, q), daemon=True).start()
     failed = None
+    busy = 0.0
     while (msg := q.get()) is not None:
         kind, name, meta, ipc = msg
         if failed is not None:  # a later part would leave a gap in the trace: none is written
             _answer({"skipped": True})
             continue
+        start = time.perf_counter()
         rows = 0
         try:
             if kind == b"P":
@@ -270,7 +275,8 @@ def main(argv: list[str]) -> int:
             failed = f"{directory / name if name else directory}: trace encoder failed: " \
                      f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}"
         del ipc, msg
-        _answer({"error": failed, "rows": rows} if failed else {"rows": rows})
+        busy += time.perf_counter() - start
+        _answer({"error": failed, "rows": rows, "busy_s": busy} if failed else {"rows": rows, "busy_s": busy})
     return 0
 
 

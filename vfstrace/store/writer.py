@@ -120,6 +120,7 @@ class TraceWriter:
         self._encoder: Encoder | None = None  # started at the first part big enough (see ENCODER_MIN_ROWS)
         self._error: VfstraceError | None = None  # the encoder's failure, raised at the caller's next call
         self._flushed_rows = 0
+        self._encoder_busy_s = 0.0
         self._write_meta()
 
     # -- public API ------------------------------------------------------
@@ -185,6 +186,11 @@ class TraceWriter:
     def events_written(self) -> int:
         """Events handed to the writer (on disk, being encoded or pending)."""
         return int(self.meta["events"]) + self._pending_rows
+
+    @property
+    def encoder_busy_s(self) -> float:
+        """Wall seconds the encoder process has spent encoding, writing and fsyncing parts (0 without one)."""
+        return self._encoder_busy_s + (self._encoder.busy_s if self._encoder is not None else 0.0)
 
     @property
     def events_flushed(self) -> int:
@@ -299,6 +305,7 @@ class TraceWriter:
                 enc.stop()
             finally:
                 self._flushed_rows += enc.rows_on_disk
+                self._encoder_busy_s += enc.busy_s
                 self._collect(enc)
 
     def _meta_bytes(self) -> bytes:
