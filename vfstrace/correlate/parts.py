@@ -71,25 +71,37 @@ class Disorder:
 
 
 class WalkCut:
-    """Walk rows of judged walks, part by part; see the module docstring."""
+    """Walk rows of judged walks, part by part; see the module docstring.
+
+    The cut is made on five numeric columns; only the rows kept (and those
+    of walks not final yet, carried to the next part) are taken whole from
+    the part, so the walk rows that bear on no verdict, most of them, are
+    never copied.
+    """
+
+    _KEYS = ("event_id", "ts_ns", "tid", "kind", "ret")
 
     def __init__(self, disorder_ns: int):
         self.disorder_ns = int(disorder_ns)
-        self.carry = None
+        self.carry = None  # rows of walks not final yet, whole
+        self._carry_keys = None  # their _KEYS columns as numpy arrays
         self.dropped = 0
 
-    def cut(self, W: pa.Table, max_seen: int | None) -> pa.Table:
-        if self.carry is not None and self.carry.num_rows:
-            W = pa.concat_tables([self.carry, W])
-        n = W.num_rows
+    def cut(self, t: pa.Table, rows: np.ndarray, max_seen: int | None) -> pa.Table:
+        """The rows of judged final walks among the carried rows and ``t``'s walk rows ``rows``, carried first."""
+        keys = {c: t.column(c).to_numpy()[rows] for c in self._KEYS}
+        nc = self.carry.num_rows if self.carry is not None else 0
+        if nc:
+            keys = {c: np.concatenate([self._carry_keys[c], v]) for c, v in keys.items()}
+        n = nc + len(rows)
         if not n:
-            return W
+            return t.slice(0, 0)
         if max_seen is None:  # the end of the trace: every walk is final
             limit = np.iinfo(np.int64).max
         else:
             limit = int(max_seen) - self.disorder_ns
-        tid = W.column("tid").to_numpy()
-        ts = W.column("ts_ns").to_numpy().astype(np.int64)
+        tid = keys["tid"]
+        ts = keys["ts_ns"].astype(np.int64)
         # A task's events in (ts, event id) order. Rows come in event-id
         # order (carried rows first: their ids are lower), so a stable sort
         # by (tid, ts) is that order; one 64-bit key when the part's time
@@ -98,23 +110,32 @@ class WalkCut:
         if int(ts.max()) - t_lo < 2**32:
             order = np.argsort((tid.astype(np.uint64) << np.uint64(32)) | (ts - t_lo).astype(np.uint64), kind="stable")
         else:
-            order = np.lexsort((W.column("event_id").to_numpy(), ts, tid))
+            order = np.lexsort((keys["event_id"], ts, tid))
         tid = tid[order]
-        is_wr = W.column("kind").to_numpy()[order] == _WR
+        is_wr = keys["kind"][order] == _WR
         boundary = np.ones(n, dtype=bool)
         boundary[1:] = (tid[1:] != tid[:-1]) | is_wr[:-1]
         seg = np.cumsum(boundary) - 1
         ends = np.r_[np.flatnonzero(boundary)[1:], n] - 1
         final = is_wr[ends] & (ts[order][ends] < limit)
-        end_ret = W.column("ret").to_numpy()[order][ends]
+        end_ret = keys["ret"][order][ends]
         judged = final & ((end_ret == ENOENT) | (end_ret == ECHILD))
         keep = np.zeros(n, dtype=bool)
         keep[order[judged[seg]]] = True
         wait = np.zeros(n, dtype=bool)
         wait[order[~final[seg]]] = True
         self.dropped += n - int(keep.sum()) - int(wait.sum())
-        self.carry = W.filter(pa.array(wait))
-        return W.filter(pa.array(keep))
+        kept = self._take(t, rows, keep, nc)
+        self.carry = self._take(t, rows, wait, nc)
+        self._carry_keys = {c: v[wait] for c, v in keys.items()}
+        return kept
+
+    def _take(self, t: pa.Table, rows: np.ndarray, mask: np.ndarray, nc: int) -> pa.Table:
+        """The carried rows and ``t``'s rows ``rows`` where ``mask`` is set, in that order."""
+        mine = t.take(pa.array(rows[mask[nc:]]))
+        if not nc:
+            return mine
+        return pa.concat_tables([self.carry.filter(pa.array(mask[:nc])), mine])
 
 
 def to_frame(t: pa.Table) -> pd.DataFrame:
@@ -147,7 +168,7 @@ class PartsCorrelator:
         ts = t.column("ts_ns").to_numpy()
         mx = int(ts.max())
         self.max_seen = mx if self.max_seen is None else max(self.max_seen, mx)
-        walks = self.cut.cut(t.filter(pa.array(_IS_WALK[kind])), self.max_seen)
+        walks = self.cut.cut(t, np.flatnonzero(_IS_WALK[kind]), self.max_seen)
         rest = t.filter(pa.array(_IS_OTHER[kind]))
         self._buf += [walks, rest]
         self._buf_rows += walks.num_rows + rest.num_rows
@@ -155,7 +176,7 @@ class PartsCorrelator:
 
     def finish(self) -> pd.DataFrame:
         if self.cut.carry is not None:
-            self._buf.append(self.cut.cut(self.cut.carry.slice(0, 0), None))
+            self._buf.append(self.cut.cut(self.cut.carry.slice(0, 0), np.zeros(0, dtype=np.int64), None))
         out = [self._feed(), self.corr.finish()]
         return pd.concat(out, ignore_index=True)
 
