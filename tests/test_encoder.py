@@ -81,11 +81,10 @@ def test_sigkill_keeps_every_part_the_encoder_answered_for_and_ends_the_encoder(
     path = tmp_path / "k.vft"
     p = subprocess.Popen([PYTHON, "-c", KILLED_WRITER, str(path), str(ROOT)], stdout=subprocess.PIPE, text=True)
     try:
-        for line in p.stdout:
-            child, flushed = map(int, line.split())
-            if flushed >= 3000:
-                break
-        p.send_signal(signal.SIGKILL)
+        child, flushed = 0, 0
+        while flushed < 3000:  # the writer prints its encoder's pid and events_flushed after each write
+            child, flushed = (int(x) for x in p.stdout.readline().split())
+        os.kill(p.pid, signal.SIGKILL)
     finally:
         p.kill()
         p.wait()
