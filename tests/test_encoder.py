@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import ROOT
+from conftest import ROOT, is_root, need
 from test_store import PY, canon, make_frame, numbered
 from vfstrace import store
 from vfstrace.store.writer import ENCODER_MIN_ROWS
@@ -179,3 +180,32 @@ def test_ctrl_c_reaches_the_recorder_not_the_encoder(tmp_path):
     assert _gone(child)
     df = store.load(path)
     assert len(df) == flushed and flushed >= 5000 and df.attrs["meta"]["closed"] is True
+
+
+def test_a_full_disk_is_one_error_and_leaves_only_whole_parts(tmp_path):
+    """ENOSPC on a real (tiny) file system, met by the encoder while more parts are on their way."""
+    need(is_root(), "needs root to mount a small tmpfs")
+    from vfstrace.errors import VfstraceError
+
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        path = full / "t.vft"
+        w = store.TraceWriter(path, chunk_events=20000, flush_seconds=1e9, encoder=True)
+        rng = np.random.default_rng(0)
+        with pytest.raises(VfstraceError, match=r"cannot write trace part: No space left on device$") as e:
+            for i in range(100):  # random inodes do not compress: the disk fills within a few parts
+                w.write({"ts_ns": np.arange(i * 20000, (i + 1) * 20000, dtype=np.uint64),
+                         "ino": rng.integers(0, 2**63, 20000, dtype=np.uint64)})
+        assert "\n" not in str(e.value)
+        # When the error is raised the trace on disk is settled: whole parts only, all of them listed.
+        assert not list(path.glob(".*.tmp"))
+        with pytest.raises(VfstraceError) as again:
+            w.close()
+        assert again.value is e.value
+        df = store.load(path)
+        assert len(df) == w.events_flushed > 0 and len(df) % 20000 == 0
+        assert len(df.attrs["meta"]["parts"]) == len(list(path.glob("part-*.parquet")))
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

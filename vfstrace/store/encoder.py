@@ -16,8 +16,10 @@ The guarantees a recording relies on:
   handed over (part and metadata on disk); a failure (a full disk) comes
   back as the same one-line VfstraceError an in-process write raises, and
   no part after a failed one is written (it would leave a gap).
-* At most two parts are with the child (one being encoded, one received),
-  so memory stays bounded whatever the trace's size.
+* At most three parts are with the child (one being fsync'ed, one being
+  encoded, one received), two of them in memory, so memory stays bounded
+  whatever the trace's size. The fsync runs in a thread of the child's
+  (it waits for the disk without the GIL) while the next part is encoded.
 * The child never outlives the writer: it exits when its pipe reaches EOF
   (the writer closed it or died) and when its parent is gone (checked each
   second, for a pipe end some other process inherited). It finishes the
@@ -33,6 +35,7 @@ size); the semantics are the same either way.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -62,34 +65,64 @@ from vfstrace.store.files import (
 # A message: kind (b"P" part, b"M" metadata only), then the lengths of the
 # part's name, the metadata and the Arrow IPC stream, then those bytes.
 _HEADER = struct.Struct("<cIQQ")
-MAX_IN_FLIGHT = 2  # one part being encoded, one received and waiting
+MAX_IN_FLIGHT = 3  # one part being fsync'ed, one being encoded, one received and waiting
+PIPE_BYTES = 1 << 20  # Linux's default fs.pipe-max-size
 
 
 def write_part(t: pa.Table, directory: Path, name: str, *, shared: bool, row_group_size: int) -> None:
     """Encode ``t`` as part ``name`` of the trace in ``directory``: private, fsync'ed, renamed in whole.
 
-    The one place a part is written, in the writer's process or in the encoder's.
+    The one place a part is written, in the writer's process or (in two
+    steps, the fsync overlapping the next part's encoding) in the encoder's.
     """
-    final = directory / name
-    tmp = directory / ("." + name + ".tmp")
+    commit_part(encode_part(t, directory, name, shared=shared, row_group_size=row_group_size), directory, name)
+
+
+def encode_part(t: pa.Table, directory: Path, name: str, *, shared: bool, row_group_size: int):
+    """The first step: ``t`` encoded into part ``name``'s temporary file; that file, open, not yet fsync'ed."""
+    f = None
     try:
-        with open_private(tmp, shared=shared) as f:
-            pq.write_table(
-                t,
-                f,
-                row_group_size=max(row_group_size, 1),
-                compression=PARQUET_COMPRESSION,
-                compression_level=PARQUET_COMPRESSION_LEVEL,
-                use_dictionary=PARQUET_DICTIONARY_COLUMNS,
-                column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
-                write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        f = open_private(_tmp(directory, name), shared=shared)
+        pq.write_table(
+            t,
+            f,
+            row_group_size=max(row_group_size, 1),
+            compression=PARQUET_COMPRESSION,
+            compression_level=PARQUET_COMPRESSION_LEVEL,
+            use_dictionary=PARQUET_DICTIONARY_COLUMNS,
+            column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
+            write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
+        )
+        f.flush()
+        return f
     except OSError as e:
-        tmp.unlink(missing_ok=True)  # a disk-full stop leaves no half part behind
-        raise VfstraceError(f"{final}: cannot write trace part: {e.strerror}") from None
+        discard_part(f, directory, name)
+        raise VfstraceError(f"{directory / name}: cannot write trace part: {e.strerror}") from None
+
+
+def commit_part(f, directory: Path, name: str) -> None:
+    """The second step: the temporary file fsync'ed and renamed in, whole."""
+    try:
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(_tmp(directory, name), directory / name)
+    except OSError as e:
+        discard_part(f, directory, name)
+        raise VfstraceError(f"{directory / name}: cannot write trace part: {e.strerror}") from None
+
+
+def discard_part(f, directory: Path, name: str) -> None:
+    """A part that will not be renamed in: closed and removed (a disk-full stop leaves no half part behind)."""
+    if f is not None:
+        try:
+            f.close()
+        except OSError:
+            pass
+    _tmp(directory, name).unlink(missing_ok=True)
+
+
+def _tmp(directory: Path, name: str) -> Path:
+    return directory / ("." + name + ".tmp")
 
 
 def save_meta(directory: Path, data: bytes, *, shared: bool) -> None:
@@ -120,7 +153,14 @@ class Encoder:
         except OSError as e:
             raise VfstraceError(f"{directory}: cannot start the trace encoder: {e.strerror}") from None
         self.directory = directory
-        self._out = self.proc.stdin  # buffered: pyarrow's IPC writer makes many small writes
+        self._out = self.proc.stdin
+        try:
+            # A part is megabytes: through the default 64 KiB pipe it costs
+            # both processes a context switch per 64 KiB (about a quarter of
+            # the encoder's time), through 1 MiB a sixteenth of that.
+            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # a lower fs.pipe-max-size: slower, the same trace
         self._in = self.proc.stdout.fileno()
         self._buf = b""
         self.in_flight = 0
@@ -245,7 +285,60 @@ def _answer(obj: dict) -> None:
         pass
 
 
+class _Busy:
+    """Wall seconds during which the child had a message in hand (encoding or fsyncing), overlaps once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._n = 0
+        self._since = self._total = 0.0
+        self.failed: str | None = None  # the first failure: no later part is written (it would leave a gap)
+
+    def begin(self) -> None:
+        with self._lock:
+            if not self._n:
+                self._since = time.perf_counter()
+            self._n += 1
+
+    def end(self) -> float:
+        with self._lock:
+            self._n -= 1
+            if not self._n:
+                self._total += time.perf_counter() - self._since
+            return self._total + (time.perf_counter() - self._since if self._n else 0.0)
+
+
+def _one_line(e: Exception, where) -> str:
+    if isinstance(e, VfstraceError):
+        return str(e)
+    return f"{where}: trace encoder failed: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+
+
+def _sync(jobs: queue.Queue, directory: Path, shared: bool, busy: _Busy) -> None:
+    """Encoded parts fsync'ed and renamed in, each followed by its metadata, in order; one answer each."""
+    while (job := jobs.get()) is not None:
+        name, meta, f, rows, err = job
+        if busy.failed is not None:
+            if f is not None:
+                discard_part(f, directory, name)
+            _answer({"skipped": True, "busy_s": busy.end()})
+            continue
+        if err is None:
+            try:
+                if f is not None:
+                    commit_part(f, directory, name)
+                save_meta(directory, meta, shared=shared)
+            except Exception as e:
+                err = _one_line(e, directory / name if name else directory)
+        if err is not None:
+            busy.failed = err
+        answer = {"rows": rows if err is None else 0, "busy_s": busy.end()}
+        _answer(answer if err is None else {**answer, "error": err})
+
+
 def main(argv: list[str]) -> int:
+    """Encode parts as they come (this thread) while the one before is fsync'ed (a thread of its own:
+    fsync waits for the disk without the GIL)."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)  # the recorder decides when a recording ends
     directory, shared, row_group_size, parent = Path(argv[0]), argv[1] == "1", int(argv[2]), int(argv[3])
@@ -253,30 +346,26 @@ def main(argv: list[str]) -> int:
         return 0
     q: queue.Queue = queue.Queue(maxsize=1)
     threading.Thread(target=_reader, args=(0, parent, q), daemon=True).start()
-    failed = None
-    busy = 0.0
+    busy = _Busy()
+    jobs: queue.Queue = queue.Queue(maxsize=1)
+    syncer = threading.Thread(target=_sync, args=(jobs, directory, shared, busy))
+    syncer.start()
     while (msg := q.get()) is not None:
         kind, name, meta, ipc = msg
-        if failed is not None:  # a later part would leave a gap in the trace: none is written
-            _answer({"skipped": True})
-            continue
-        start = time.perf_counter()
-        rows = 0
-        try:
-            if kind == b"P":
+        busy.begin()
+        f, rows, err = None, 0, None
+        if kind == b"P" and busy.failed is None:
+            try:
                 t = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
-                write_part(t, directory, name, shared=shared, row_group_size=row_group_size)
                 rows = t.num_rows
+                f = encode_part(t, directory, name, shared=shared, row_group_size=row_group_size)
                 del t
-            save_meta(directory, meta, shared=shared)
-        except VfstraceError as e:
-            failed = str(e)
-        except Exception as e:  # anything else is still one line for the writer to raise
-            failed = f"{directory / name if name else directory}: trace encoder failed: " \
-                     f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+            except Exception as e:
+                err = _one_line(e, directory / name)
         del ipc, msg
-        busy += time.perf_counter() - start
-        _answer({"error": failed, "rows": rows, "busy_s": busy} if failed else {"rows": rows, "busy_s": busy})
+        jobs.put((name, meta, f, rows, err))
+    jobs.put(None)
+    syncer.join()
     return 0
 
 

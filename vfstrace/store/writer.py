@@ -289,6 +289,7 @@ class TraceWriter:
         if enc is not None:
             enc.poll()
             if enc.error is not None and self._error is None:
+                enc.drain()  # the parts after the failed one discarded: the trace on disk is settled
                 self._error = enc.error
 
     def _drain(self):
