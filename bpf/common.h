@@ -40,17 +40,32 @@
 #define VFS_KRETFUNC(fn) VFS_XCAT(kretfunc__, fn)
 
 /* ---- counters --------------------------------------------------------------- */
-/* Per-CPU, summed by the tracer; slot names come from vfstrace/events.py.
+/* Per-CPU, summed by the tracer (tracers/stream.py percpu_counts); slot names
+ * come from vfstrace/events.py. All slots sit in one per-CPU element, so a
+ * probe that updates several pays for one map lookup (vfs_counters()), not
+ * one per slot: before 6.10 ("bpf: inline bpf_map_lookup_elem() for
+ * PERCPU_ARRAY maps") each lookup is a helper call.
  * A program with no slots (bpf/empty.c, the floor the benches measure
  * against) has no map at all: an array of 0 entries is refused at creation. */
 #if VFS_NCOUNTERS > 0
-BPF_PERCPU_ARRAY(counts, u64, VFS_NCOUNTERS);
+struct vfs_counts {
+	u64 c[VFS_NCOUNTERS];
+};
+BPF_PERCPU_ARRAY(counts, struct vfs_counts, 1);
+
+/* This CPU's slots, or NULL (never, for a one-element array). */
+static __always_inline u64 *vfs_counters(void)
+{
+	int zero = 0;
+	struct vfs_counts *v = counts.lookup(&zero);
+	return v ? v->c : 0;
+}
 
 static __always_inline void vfs_count_add(int slot, u64 by)
 {
-	u64 *v = counts.lookup(&slot);
-	if (v)
-		*v += by;
+	u64 *c = vfs_counters();
+	if (c && (unsigned)slot < VFS_NCOUNTERS)
+		c[slot] += by;
 }
 
 static __always_inline void vfs_count(int slot)
@@ -69,9 +84,9 @@ static __always_inline void vfs_count(int slot)
  */
 static __always_inline void vfs_count_lost(int slot, u64 by)
 {
-	u64 *v = counts.lookup(&slot);
-	if (v)
-		__sync_fetch_and_add(v, by);
+	u64 *c = vfs_counters();
+	if (c && (unsigned)slot < VFS_NCOUNTERS)
+		__sync_fetch_and_add(&c[slot], by);
 }
 #endif /* VFS_NCOUNTERS > 0 */
 

@@ -49,6 +49,13 @@
 #include "common.h"
 
 struct walk_state {
+	union {
+		struct {
+			u32 tid;    /* the task whose walk this is (a task slot is shared) */
+			u32 active; /* 1 between the walk's entry and its return */
+		};
+		u64 owner;  /* both, read in one load: other tasks' probes read a slot */
+	};
 	u64 nd;
 	u64 parent;
 	u64 name_ptr;
@@ -59,28 +66,112 @@ struct walk_state {
 	u32 flags;       /* VFS_F_RCU, VFS_F_PRUNE_INFLIGHT */
 	u64 rc_dentry;   /* re-check site argument, between entry and return */
 	u32 step;        /* 1: opened by step_into (no walk_component around it) */
-	u32 active;      /* 1 between the walk's entry and its return */
+	u32 in_slot;     /* 1: kept in the task's slot of task_walks, 0: in walks */
+	u32 n_rcu;       /* __d_lookup_rcu returns in this walk } counted at the */
+	u32 n_lookup;    /* lookup role returns in this walk    } walk's return  */
 };
 
 /*
- * walks: one entry per task, kept between walks and reused in place: a walk
- * that streams nothing then costs map lookups only, not an insert at its
- * entry and a delete at its return (each takes the bucket lock and moves an
- * element between the map and its free list). `active` says whether the
- * task is inside a walk now. An LRU map, so the entries of tasks that have
- * exited make room for new ones; a walk in progress was looked up moments
- * ago and is the last the LRU evicts.
+ * Walk state, per task. Every probe of a walk looks it up, so the lookup is
+ * the hit path's main cost: a hash lookup (jhash, bucket walk, compare)
+ * costs several times an empty program under a trampoline. So a walk keeps
+ * its state in a direct-mapped array slot, task_walks[tid & mask] (an array
+ * lookup is a bounds check and an add, inlined by the verifier), tagged
+ * with its tid. Tasks whose tids share a slot can walk at the same time:
+ * a walk owns the slot from its entry to its return, claimed by an atomic
+ * add on `busy` and a read-back of 1 (the adds are ordered, so at most one
+ * claimant reads 1, whatever the CPUs); a walk that does not get it keeps
+ * its state in `walks`, an LRU hash (VFS_C_SLOT_BUSY counts those walks),
+ * and a task's probes look there when the slot does not hold its walk.
+ * Plain adds, not compare-and-swap, so that 5.10 (before BPF_FETCH and
+ * BPF_CMPXCHG, 5.12) has the same slots as later kernels.
+ * A walk whose return was never seen (its kretprobe missed, or the probes
+ * were attached between its entry and its return) leaves the slot marked
+ * active: the same task's next walk takes it over.
  */
+#ifndef VFS_TASK_SLOTS
+#define VFS_TASK_SLOTS 16384 /* a power of two */
+#endif
+struct task_slot {
+	u32 busy; /* claims: 1 while a walk owns the slot (atomic adds only) */
+	u32 pad;
+	struct walk_state w;
+};
+BPF_ARRAY(task_walks, struct task_slot, VFS_TASK_SLOTS);
 BPF_TABLE("lru_hash", u32, struct walk_state, walks, 16384);
 BPF_TABLE("lru_hash", u64, u64, inflight, 65536);
+/*
+ * inflight_n[0]: at least the number of entries in `inflight` (below).
+ * Every walk asks `inflight` about its dentry twice; most of the time no
+ * prune is in flight at all, and one array load then answers for both
+ * hash lookups. Added to before an insert and taken from after a delete
+ * that removed something, so it never reads less than the entries there
+ * are; an entry the LRU evicts leaves it higher, which only costs the
+ * lookups it would have saved.
+ */
+BPF_ARRAY(inflight_n, s64, 1);
+
+static __always_inline void inflight_add(s64 by)
+{
+	int zero = 0;
+	s64 *n = inflight_n.lookup(&zero);
+	if (n)
+		__sync_fetch_and_add(n, by);
+}
+
+static __always_inline int inflight_none(void)
+{
+	int zero = 0;
+	s64 *n = inflight_n.lookup(&zero);
+	return n && *n <= 0;
+}
+
+static __always_inline void inflight_delete(u64 d)
+{
+	if (inflight.delete(&d) == 0)
+		inflight_add(-1);
+}
+
+static __always_inline struct task_slot *task_slot(u32 tid)
+{
+	u32 k = tid & (VFS_TASK_SLOTS - 1);
+	return task_walks.lookup(&k);
+}
 
 /* The task's walk in progress, or NULL. */
+/* `owner` of tid's walk in progress. */
+static __always_inline u64 walk_owner(u32 tid)
+{
+	union {
+		struct {
+			u32 tid;
+			u32 active;
+		};
+		u64 owner;
+	} k = { .tid = tid, .active = 1 };
+	return k.owner;
+}
+
 static __always_inline struct walk_state *cur_walk(u32 tid)
 {
-	struct walk_state *s = walks.lookup(&tid);
+	struct task_slot *t = task_slot(tid);
+	if (t && t->w.owner == walk_owner(tid))
+		return &t->w;
+	struct walk_state *s = walks.lookup(&tid); /* a walk kept aside, if any */
 	if (s && s->active)
 		return s;
 	return 0;
+}
+
+/* The walk ends: the slot it owned is free again. */
+static __always_inline void walk_end(struct walk_state *s)
+{
+	s->active = 0;
+	if (!s->in_slot)
+		return;
+	struct task_slot *t = task_slot(s->tid);
+	if (t)
+		__sync_fetch_and_add(&t->busy, -1);
 }
 
 static __always_inline u64 rd64(u64 addr)
@@ -95,6 +186,62 @@ static __always_inline u32 rd32(u64 addr)
 	u32 v = 0;
 	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
 	return v;
+}
+
+/*
+ * Reads through a traced function's pointer argument on the hit path.
+ * btf (a constant after inlining): the pointer came from an fentry/fexit
+ * context, so the verifier knows its BTF type and checks a plain load
+ * against it, JITed as a BPF_PROBE_MEM load that reads 0 on a fault, as
+ * bpf_probe_read_kernel would (x86 JIT since 5.5, 3dec541b2e63 "bpf: Add
+ * support for BTF pointers to x86 JIT"): no helper call. From a kprobe the
+ * argument is a bare number, and only the helper may read through it.
+ */
+#define ARG_LD64(btf, p, off) ((btf) ? *(u64 *)((p) + (off)) : rd64((p) + (off)))
+#define ARG_LD32(btf, p, off) ((btf) ? *(u32 *)((p) + (off)) : rd32((p) + (off)))
+
+/*
+ * The nameidata fields a walk starts from: nd->path.dentry, nd->last.name,
+ * nd->flags. From a kprobe, in one bpf_probe_read_kernel of the span they
+ * cover (52 bytes on 5.10 to 6.12) rather than three calls; where the
+ * layout is not path, last, ..., flags within 128 bytes, one read each.
+ */
+struct nd_start {
+	u64 parent;
+	u64 name_ptr;
+	u32 flags;
+};
+
+#if VFS_OFF_ND_PATH_DENTRY < VFS_OFF_ND_LAST_NAME && VFS_OFF_ND_LAST_NAME < VFS_OFF_ND_FLAGS && \
+	VFS_OFF_ND_FLAGS + 4 - VFS_OFF_ND_PATH_DENTRY <= 128 && VFS_OFF_ND_PATH_DENTRY % 8 == 0 && \
+	VFS_OFF_ND_LAST_NAME % 8 == 0 && VFS_OFF_ND_FLAGS % 4 == 0
+#define ND_SPAN (VFS_OFF_ND_FLAGS + 4 - VFS_OFF_ND_PATH_DENTRY)
+static __always_inline void nd_start_read(struct nd_start *o, u64 nd)
+{
+	u64 buf[(ND_SPAN + 7) / 8] = {};
+	bpf_probe_read_kernel(buf, ND_SPAN, (void *)(nd + VFS_OFF_ND_PATH_DENTRY));
+	o->parent = buf[0];
+	o->name_ptr = buf[(VFS_OFF_ND_LAST_NAME - VFS_OFF_ND_PATH_DENTRY) / 8];
+	o->flags = ((u32 *)buf)[(VFS_OFF_ND_FLAGS - VFS_OFF_ND_PATH_DENTRY) / 4];
+}
+#else
+static __always_inline void nd_start_read(struct nd_start *o, u64 nd)
+{
+	o->parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
+	o->name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
+	o->flags = rd32(nd + VFS_OFF_ND_FLAGS);
+}
+#endif
+
+static __always_inline void nd_start(struct nd_start *o, u64 nd, int btf)
+{
+	if (btf) {
+		o->parent = ARG_LD64(1, nd, VFS_OFF_ND_PATH_DENTRY);
+		o->name_ptr = ARG_LD64(1, nd, VFS_OFF_ND_LAST_NAME);
+		o->flags = ARG_LD32(1, nd, VFS_OFF_ND_FLAGS);
+	} else {
+		nd_start_read(o, nd);
+	}
 }
 
 /* Name, inode number, d_seq now; NEGATIVE if d_inode is NULL now. */
@@ -138,12 +285,14 @@ static __always_inline int is_err(u64 p)
  */
 static __always_inline int prune_inflight(u64 d, int mark)
 {
+	if (inflight_none())
+		return 0;
 	u64 *ts = inflight.lookup(&d);
 	if (!ts)
 		return 0;
 	int count = (int)rd32(d + VFS_OFF_D_LOCKREF_COUNT);
 	if (count >= 0) {
-		inflight.delete(&d);
+		inflight_delete(d);
 		vfs_count(VFS_C_INFLIGHT_STALE);
 		return 0;
 	}
@@ -154,29 +303,55 @@ static __always_inline int prune_inflight(u64 d, int mark)
 
 /* ---- lookup side -------------------------------------------------------- */
 
-/* A walk state for this task: walk_component entry (dentry 0: lookup_fast
+/*
+ * A walk state for this task: walk_component entry (dentry 0: lookup_fast
  * and __d_lookup_rcu fill it in), or step_into entry (step 1: the dentry
- * and its d_seq sample are step_into's arguments). */
-static __always_inline int walk_begin(u64 nd, u64 dentry, u32 seq, u32 step)
+ * and its d_seq sample are step_into's arguments). Nothing is counted
+ * here: a walk's counters are added at its return, in one update.
+ */
+static __always_inline int walk_begin(u64 id, u64 nd, u64 dentry, u32 seq, u32 step, int btf)
 {
-	if (!vfs_task_wanted(bpf_get_current_pid_tgid())) {
+	if (!vfs_task_wanted(id)) {
 		vfs_count(VFS_C_FILTERED);
 		return 0;
 	}
-	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct nd_start n;
+	nd_start(&n, nd, btf);
 	struct walk_state s = {};
 	s.nd = nd;
-	s.parent = rd64(nd + VFS_OFF_ND_PATH_DENTRY);
-	s.name_ptr = rd64(nd + VFS_OFF_ND_LAST_NAME);
+	s.parent = n.parent;
+	s.name_ptr = n.name_ptr;
 	s.dentry = dentry;
 	s.step = step;
-	if (rd32(nd + VFS_OFF_ND_FLAGS) & LOOKUP_RCU) {
+	if (n.flags & LOOKUP_RCU) {
 		s.flags |= VFS_F_RCU;
 		s.rcu_dentry = dentry;
 		s.seq = seq;
-		if (!step)
-			vfs_count(VFS_C_WALK_RCU);
 	}
+	struct task_slot *t = task_slot(tid);
+	if (t) {
+		/* The state is copied in with owner 0, then owner stored in one
+		 * 8-byte store: another task reading the slot meanwhile sees no
+		 * walk of its own there, never a mix. */
+		s.in_slot = 1;
+		if (t->w.owner == walk_owner(tid)) {
+			/* this task's own earlier walk, whose return was not seen */
+			t->w = s;
+			t->w.owner = walk_owner(tid);
+			return 0;
+		}
+		__sync_fetch_and_add(&t->busy, 1);
+		if (t->busy == 1) {
+			t->w = s;
+			t->w.owner = walk_owner(tid);
+			return 0;
+		}
+		__sync_fetch_and_add(&t->busy, -1);
+		s.in_slot = 0;
+	}
+	vfs_count(VFS_C_SLOT_BUSY);
+	s.tid = tid;
 	s.active = 1;
 	struct walk_state *old = walks.lookup(&tid);
 	if (old)
@@ -186,10 +361,30 @@ static __always_inline int walk_begin(u64 nd, u64 dentry, u32 seq, u32 step)
 	return 0;
 }
 
-static __always_inline int walk_enter(u64 nd)
+static __always_inline int walk_enter(u64 nd, int btf)
 {
-	vfs_count(VFS_C_WALK);
-	return walk_begin(nd, 0, 0, 0);
+	return walk_begin(bpf_get_current_pid_tgid(), nd, 0, 0, 0, btf);
+}
+
+/* What the walk saw, added to this CPU's counters in one map lookup. */
+static __always_inline void walk_counted(struct walk_state *s, long ret)
+{
+	u64 *c = vfs_counters();
+	if (!c)
+		return;
+	if (s->step) {
+		c[VFS_C_STEP]++;
+	} else {
+		c[VFS_C_WALK]++;
+		if (s->flags & VFS_F_RCU)
+			c[VFS_C_WALK_RCU]++;
+	}
+	c[VFS_C_RCU_LOOKUP] += s->n_rcu;
+	c[VFS_C_LOOKUP] += s->n_lookup;
+	if (ret == VFS_ENOENT)
+		c[VFS_C_WALK_ENOENT]++;
+	else if (ret == VFS_ECHILD)
+		c[VFS_C_WALK_ECHILD]++;
 }
 
 static __always_inline int walk_exit(void *ctx, long ret)
@@ -198,10 +393,7 @@ static __always_inline int walk_exit(void *ctx, long ret)
 	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
-	if (ret == VFS_ENOENT)
-		vfs_count(VFS_C_WALK_ENOENT);
-	else if (ret == VFS_ECHILD)
-		vfs_count(VFS_C_WALK_ECHILD);
+	walk_counted(s, ret);
 	u64 d = s->dentry ? s->dentry : s->rcu_dentry;
 	u32 flags = s->flags;
 	if (d && prune_inflight(d, 1))
@@ -224,27 +416,38 @@ static __always_inline int walk_exit(void *ctx, long ret)
 			bpf_probe_read_kernel_str(e.name, sizeof(e.name), (void *)s->name_ptr);
 		vfs_ev_output(ctx, &e);
 	}
-	s->active = 0;
+	walk_end(s);
 	return 0;
 }
 
+/* VFS_STEP_SEQ: which argument carries the d_seq sample (5 on 5.10), or 0:
+ * nd->next_seq (6.x); tracers/kprobe.py STEP_SEQ_ARG cites the change. */
+#ifndef VFS_STEP_SEQ
+#define VFS_STEP_SEQ 0
+#endif
+
 /*
- * step_into(nd, flags, dentry, ...) entry. seq: the d_seq the caller
- * sampled for dentry (what step_into's re-check compares against).
+ * step_into(nd, flags, dentry, ...) entry. seq_arg: step_into's own seq
+ * argument where it has one (5.10); the d_seq the caller sampled for
+ * dentry (what step_into's re-check compares against) is read only once
+ * the call is known to open a walk: inside walk_component it is not needed.
  */
-static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq)
+static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq_arg, int btf)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct walk_state *s = cur_walk(tid);
+	u64 id = bpf_get_current_pid_tgid();
+	struct walk_state *s = cur_walk((u32)id);
 	if (s && !s->step)
 		return 0; /* inside walk_component: the walk role reports */
 	/* A task the filters leave out has no walk state inside walk_component
 	 * either: its step_into calls are neither counted nor filtered here
 	 * (its walk_component entries count it as filtered). */
-	if (!vfs_task_wanted(bpf_get_current_pid_tgid()))
+	if (!vfs_task_wanted(id))
 		return 0;
-	vfs_count(VFS_C_STEP);
-	return walk_begin(nd, dentry, seq, 1);
+	u32 seq = seq_arg;
+#if VFS_STEP_SEQ == 0 && defined(VFS_OFF_ND_NEXT_SEQ)
+	seq = ARG_LD32(btf, nd, VFS_OFF_ND_NEXT_SEQ);
+#endif
+	return walk_begin(id, nd, dentry, seq, 1, btf);
 }
 
 static __always_inline int step_exit(void *ctx, long ret)
@@ -271,7 +474,7 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
-	vfs_count(VFS_C_RCU_LOOKUP);
+	s->n_rcu++;
 	if (!seqp)
 		seqp = s->seqp;
 	s->seqp = 0;
@@ -288,7 +491,7 @@ static __always_inline int lookup_exit(void *ctx, u64 ret)
 	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
-	vfs_count(VFS_C_LOOKUP);
+	s->n_lookup++;
 	if (!ret || is_err(ret))
 		return 0;
 	s->dentry = ret;
@@ -349,12 +552,12 @@ static __always_inline int recheck_enter(u64 dentry)
 static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 {
 	vfs_count(ctr);
-	u64 *ent = inflight.lookup(&d);
+	u64 *ent = inflight_none() ? 0 : inflight.lookup(&d);
 	int dead = ent && (int)rd32(d + VFS_OFF_D_LOCKREF_COUNT) < 0;
 	int hit = ent && (*ent & 1);
 	if (kind != VFS_K_PRUNE) {
-		if (kind == VFS_K_D_FREE)
-			inflight.delete(&d);
+		if (kind == VFS_K_D_FREE && ent)
+			inflight_delete(d);
 		if ((kind == VFS_K_D_FREE ? ent != 0 : dead) && !hit) {
 			vfs_count(VFS_C_PRUNE_SIDE_QUIET);
 			return 0;
@@ -366,7 +569,11 @@ static __always_inline int prune_event(void *ctx, u16 kind, int ctr, u64 d)
 	e.seq = e.seq2;
 	if (kind == VFS_K_PRUNE) {
 		u64 ts = (e.ts_ns & ~3ULL) | (e.ino ? 2 : 0);
-		inflight.update(&d, &ts);
+		inflight_add(1);
+		if (inflight.insert(&d, &ts)) { /* there already: a prune seen before its D_FREE was */
+			inflight.update(&d, &ts);
+			inflight_add(-1);
+		}
 	} else if (dead) {
 		e.flags |= VFS_F_PRUNE_INFLIGHT;
 	}
@@ -405,30 +612,25 @@ static __always_inline int ns_event(void *ctx, u16 op, u64 d)
  * are attached by BCC from their kfunc__/kretfunc__ names. */
 
 #if VFS_MODE_WALK == 1
-int vt_walk_enter(struct pt_regs *ctx) { return walk_enter(PT_REGS_PARM1(ctx)); }
+int vt_walk_enter(struct pt_regs *ctx) { return walk_enter(PT_REGS_PARM1(ctx), 0); }
 int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx)); }
 #elif VFS_MODE_WALK == 2
-int VFS_KFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_enter(ctx[0]); }
+int VFS_KFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_enter(ctx[0], 1); }
 int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NARGS_WALK]); }
 #endif
 
-/* VFS_STEP_SEQ: which argument carries the d_seq sample (5 on 5.10), or 0:
- * nd->next_seq (6.x); tracers/kprobe.py STEP_SEQ_ARG cites the change. */
-#ifndef VFS_STEP_SEQ
-#define VFS_STEP_SEQ 0
-#endif
 #if VFS_STEP_SEQ == 5
 #define STEP_SEQ_KPROBE(ctx) ((u32)PT_REGS_PARM5(ctx))
 #define STEP_SEQ_FENTRY(ctx) ((u32)ctx[4])
 #else
-#define STEP_SEQ_KPROBE(ctx) rd32(PT_REGS_PARM1(ctx) + VFS_OFF_ND_NEXT_SEQ)
-#define STEP_SEQ_FENTRY(ctx) rd32(ctx[0] + VFS_OFF_ND_NEXT_SEQ)
+#define STEP_SEQ_KPROBE(ctx) 0
+#define STEP_SEQ_FENTRY(ctx) 0
 #endif
 #if VFS_MODE_STEP == 1
-int vt_step_enter(struct pt_regs *ctx) { return step_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), STEP_SEQ_KPROBE(ctx)); }
+int vt_step_enter(struct pt_regs *ctx) { return step_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), STEP_SEQ_KPROBE(ctx), 0); }
 int vt_step_return(struct pt_regs *ctx) { return step_exit(ctx, PT_REGS_RC(ctx)); }
 #elif VFS_MODE_STEP == 2
-int VFS_KFUNC(VFS_FN_STEP)(u64 *ctx) { return step_enter(ctx[0], ctx[2], STEP_SEQ_FENTRY(ctx)); }
+int VFS_KFUNC(VFS_FN_STEP)(u64 *ctx) { return step_enter(ctx[0], ctx[2], STEP_SEQ_FENTRY(ctx), 1); }
 int VFS_KRETFUNC(VFS_FN_STEP)(u64 *ctx) { return step_exit(ctx, (long)ctx[VFS_NARGS_STEP]); }
 #endif
 

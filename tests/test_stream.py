@@ -145,3 +145,30 @@ def test_live_ring_stream_counts_exactly(tmp_path):
         assert c["dropped_path_events"] == 0
     finally:
         t.close()
+
+
+def test_counters_are_read_from_one_per_cpu_element():
+    """bpf/common.h keeps every counter slot in element 0 of `counts` (struct
+    vfs_counts): BCC hands that element back as one struct per CPU, and the
+    readers sum each slot over CPUs and give one slot per CPU for losses."""
+    import ctypes
+
+    from tracers.stream import counter_totals, percpu_slots, percpu_sum
+
+    class Counts(ctypes.Structure):
+        _fields_ = [("c", ctypes.c_uint64 * 3)]
+
+    per_cpu = [Counts((ctypes.c_uint64 * 3)(5, 0, 7)), Counts((ctypes.c_uint64 * 3)(1, 0, 0))]
+
+    class Table(dict):
+        def __getitem__(self, key):
+            if key.value != 0:
+                raise KeyError(key.value)  # a one-element array
+            return per_cpu
+
+    t = Table()
+    assert percpu_slots(t) == [[5, 0, 7], [1, 0, 0]]
+    assert counter_totals(t, ["walk", "lost", "prune"]) == {"walk": 6, "lost": 0, "prune": 7}
+    assert percpu_sum(t, 0) == {0: 5, 1: 1}
+    assert percpu_sum(t, 2) == {0: 7}  # CPUs with nothing are left out
+    assert percpu_sum(t, 1) == {}

@@ -533,10 +533,9 @@ class KprobeTracer(Tracer):
     def counters(self) -> dict[str, int]:
         if self.bpf is None:
             return {}
-        import ctypes
+        from tracers.stream import counter_totals
 
-        t = self.bpf["counts"]
-        return {name: int(sum(t[ctypes.c_int(i)])) for i, name in enumerate(COUNTERS)}
+        return counter_totals(self.bpf["counts"], COUNTERS)
 
     def attached(self) -> list[str]:
         return [s for p in self.probes for s in p.describe()]

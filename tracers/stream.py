@@ -192,15 +192,26 @@ def records_to_frame(rec: np.ndarray):
     return pd.DataFrame(cols, columns=list(COLUMNS))
 
 
-def percpu_sum(table, index: int = 0) -> dict[int, int]:
-    """Read one slot of a BCC per-CPU array as {cpu: value} (only non-zero CPUs)."""
+def percpu_slots(table) -> list[list[int]]:
+    """A program's per-CPU counters (bpf/common.h ``struct vfs_counts``, one element): slot values per CPU."""
     import ctypes
 
     try:
-        vals = table[ctypes.c_int(index)]
+        vals = table[ctypes.c_int(0)]
     except KeyError:
-        return {}
-    return {cpu: int(v) for cpu, v in enumerate(vals) if int(v)}
+        return []
+    return [[int(x) for x in v.c] for v in vals]
+
+
+def percpu_sum(table, index: int = 0) -> dict[int, int]:
+    """One counter slot as {cpu: value} (only non-zero CPUs)."""
+    return {cpu: c[index] for cpu, c in enumerate(percpu_slots(table)) if index < len(c) and c[index]}
+
+
+def counter_totals(table, names) -> dict[str, int]:
+    """Every slot summed over CPUs, by name (``names`` in slot order)."""
+    per_cpu = percpu_slots(table)
+    return {name: sum(c[i] for c in per_cpu if i < len(c)) for i, name in enumerate(names)}
 
 
 class RingView:

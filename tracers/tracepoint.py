@@ -66,7 +66,7 @@ import numpy as np
 
 from bpf import INCLUDE, program
 from tracers import Tracer, import_bcc
-from tracers.stream import PAGE_SIZE, PerfStream, RingStream, merge_lost, records_to_frame
+from tracers.stream import PAGE_SIZE, PerfStream, RingStream, counter_totals, merge_lost, records_to_frame
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, counter_names
 
@@ -518,15 +518,7 @@ class TracepointTracer(Tracer):
     def counters(self) -> dict[str, int]:
         if self._bpf is None:
             return {}
-        import ctypes
-
-        t = self._bpf[b"counts"]
-        out = {}
-        for i, name in enumerate(COUNTER_NAMES):
-            try:
-                out[name] = int(sum(t[ctypes.c_int(i)]))
-            except KeyError:
-                out[name] = 0
+        out = counter_totals(self._bpf[b"counts"], COUNTER_NAMES)
         # The kernel counts each path syscall once, in the slot of its outcome
         # (bpf/tracepoint.c result_wanted): the total is their sum.
         if "path_syscalls" in out:

@@ -430,10 +430,9 @@ class Widener:
         s = WidenStats(self.site, self.rcu_only, self.delay_ns, mode=self.mode, share=self.share)
         if self.bpf is None:
             return s
-        tbl = self.bpf["counts"]
-        vals = {}
-        for i, name in enumerate(COUNTERS):
-            vals[name] = int(sum(tbl[ctypes.c_int(i)]))
+        from tracers.stream import counter_totals
+
+        vals = counter_totals(self.bpf["counts"], COUNTERS)
         s.seen, s.delayed, s.delay_ns_total = vals["seen"], vals["delayed"], vals["delay_ns"]
         s.capped, s.no_dentry, s.unarmed = vals["capped"], vals["no_dentry"], vals["unarmed"]
         s.not_sampled = vals["not_sampled"]

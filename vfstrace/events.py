@@ -317,6 +317,7 @@ class KprobeCounter(enum.IntEnum):
     PRUNE_SIDE_QUIET = 19
     NS_OP = 20
     STEP = 21  # step_into() calls outside walk_component() (the open() last component site)
+    SLOT_BUSY = 22  # walks whose task slot held another task's walk: state kept in the hash instead
 
 
 class WidenCounter(enum.IntEnum):
