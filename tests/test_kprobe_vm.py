@@ -193,3 +193,42 @@ def test_fentry_mode(kernel, vm_tmp):
     assert c["d_free"] > 0 and c["walk"] > 1000 and c["seq_check"] > 0, c
     assert r["walk_enoent"] > 0
     assert (r.get("verdicts") or {}).get("race", 0) == 0
+
+
+SLOTS_KERNEL = "6.12"  # fentry and kprobes both
+
+
+@pytest.mark.vm
+def test_walk_state_slots_lose_no_failed_walk():
+    """bpf/kprobe.c keeps each walk's state in a tid-indexed slot, or in a hash
+    when another task's walk holds the slot. Built with one slot, four parallel
+    stat() loops on a missing name share it all the time; each call is one
+    walk_component returning -ENOENT, so exactly as many failed walks must be
+    reported per loop as it made calls, with nothing lost, in fentry and kprobe
+    mode, and with the default slots (tests/vm/slots_check.py)."""
+    ok, why = vm.can_boot(SLOTS_KERNEL)
+    need(ok, why)
+    need(is_root(), "qemu with 9p passthrough of / needs root")
+    out = ROOT / ".cache" / "kprobe-vm" / "slots"
+    shutil.rmtree(out, ignore_errors=True)
+    py = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
+    res = vm.run(SLOTS_KERNEL, [py, str(ROOT / "tests/vm/slots_check.py"), vm.GUEST_OUT],
+                 timeout=900, out_dir=out, cwd=ROOT)
+    try:
+        runs = json.loads((out / "slots.json").read_text())["runs"]
+    except (OSError, ValueError):
+        pytest.fail(f"no slots.json (exit {res.returncode}); stderr: {res.stderr[-3000:]}")
+    for r in runs:
+        print(f"\n  {r.get('tier')} slots={r.get('slots')}: {r.get('enoent_walks')} of {r.get('calls')} each, "
+              f"lost {r.get('lost')}, slot_busy {(r.get('counters') or {}).get('slot_busy')}")
+    assert {(r["tier"], r["slots"]) for r in runs} == {("fentry", 1), ("kprobe", 1), ("fentry", None)}
+    for r in runs:
+        where = f"{r['tier']} slots={r['slots']}"
+        assert "error" not in r, f"{where}: {r.get('error')}"
+        assert r["fails"] == [r["calls"]] * len(r["fails"]), f"{where}: not every stat() failed: {r['fails']}"
+        assert r["lost"] == 0, f"{where}: {r['lost']} lost"
+        assert r["enoent_walks"] == {c: r["calls"] for c in r["enoent_walks"]}, where
+        c = r["counters"]
+        assert c["state_full"] == 0, c
+        if r["slots"] == 1:
+            assert c["slot_busy"] > 0, f"{where}: the loops never shared the slot: {c}"

@@ -307,6 +307,15 @@ class KprobeTracer(Tracer):
             words = self.options.comm_words()
             d.update(VFS_FILTER_COMM=1, VFS_COMM0=f"{words[0]}ULL", VFS_COMM1=f"{words[1]}ULL")
         d.update({f"VFS_{k}": v for k, v in offs.items()})
+        slots = self.options.extra.get("task_slots")
+        if slots is not None:
+            # bpf/kprobe.c task_walks: walk states kept in tid-indexed slots. Fewer
+            # slots make tasks share them (tests use 1 to drive every walk through
+            # the claim and the hash fallback); a number, never text, reaches the C.
+            if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 1 << 20 \
+                    or slots & (slots - 1):
+                raise VfstraceError(f"task_slots must be a power of two from 1 to {1 << 20}, not {slots!r}")
+            d["VFS_TASK_SLOTS"] = slots
         if any(p.define == "STEP" for p in self.probes):
             d["VFS_STEP_SEQ"] = self.step_seq_arg
             if self.step_seq_arg == 0:
