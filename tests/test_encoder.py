@@ -209,3 +209,19 @@ def test_a_full_disk_is_one_error_and_leaves_only_whole_parts(tmp_path):
         assert len(df.attrs["meta"]["parts"]) == len(list(path.glob("part-*.parquet")))
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+def test_the_encoder_runs_this_vfstrace_not_one_in_the_current_directory(tmp_path):
+    """`python -m` would put the current directory first on sys.path: a `vfstrace` folder there must not
+    become the encoder (it would run someone else's code, or hang on a protocol it does not speak)."""
+    fake = tmp_path / "vfstrace"
+    (fake / "store").mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os\nos._exit(7)\n")
+    (fake / "store" / "__init__.py").write_text("")
+    script = ("import sys, numpy as np\nsys.path.insert(0, sys.argv[2])\nfrom vfstrace.store import TraceWriter\n"
+              "with TraceWriter(sys.argv[1], chunk_events=100, encoder=True) as w:\n"
+              "    w.write({'ts_ns': np.arange(1000, dtype=np.uint64)})\n")
+    r = subprocess.run([PYTHON, "-c", script, str(tmp_path / "t.vft"), str(ROOT)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(store.load(tmp_path / "t.vft")) == 1000

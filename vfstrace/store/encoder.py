@@ -113,12 +113,15 @@ def commit_part(f, directory: Path, name: str) -> None:
 
 def discard_part(f, directory: Path, name: str) -> None:
     """A part that will not be renamed in: closed and removed (a disk-full stop leaves no half part behind)."""
-    if f is not None:
-        try:
+    try:
+        if f is not None:
             f.close()
-        except OSError:
-            pass
-    _tmp(directory, name).unlink(missing_ok=True)
+    except OSError:
+        pass
+    try:
+        _tmp(directory, name).unlink(missing_ok=True)
+    except OSError:
+        pass  # the error that brought us here is the one to report
 
 
 def _tmp(directory: Path, name: str) -> Path:
@@ -145,7 +148,8 @@ class Encoder:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vfstrace.store.encoder", str(directory), "1" if shared else "0",
+                # -P: the vfstrace of this process (PYTHONPATH above), never one in the current directory.
+                [sys.executable, "-P", "-m", "vfstrace.store.encoder", str(directory), "1" if shared else "0",
                  str(int(row_group_size)), str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=env, process_group=0, close_fds=True,
@@ -281,8 +285,8 @@ def _answer(obj: dict) -> None:
     data = (json.dumps(obj) + "\n").encode()
     try:
         os.write(1, data)  # one write of less than PIPE_BUF: the writer never sees half an answer
-    except BrokenPipeError:
-        pass
+    except OSError:
+        pass  # the writer is gone
 
 
 class _Busy:
