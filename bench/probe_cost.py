@@ -35,7 +35,11 @@ computed per round against that round's untraced run (median [min-max]).
 Guests run under TCG software emulation on a shared machine: other work
 only ever adds time to a run, so the best of R interleaved runs is the
 steadiest estimate and the per-round spread shows how much the rest moved.
-Absolute numbers are slow; the ratios are what compare. Numbers only:
+Absolute numbers are slow; the ratios are what compare. Then, once per
+tracer, the programs' own run time on the hit path (kernel.bpf_stats_enabled,
+read with bpftool, apart from the timed rounds): what each program body
+costs per stat(), vfstrace's against the empty ones', steadier than the
+loop's time because nothing else on the machine is in it. Numbers only:
 nothing is asserted.
 """
 
@@ -150,6 +154,7 @@ def inside(out: Path, calls: int, rounds: int) -> dict:
                             walks[(c.name, p)].append((c.walks() - w0) / calls)
                 finally:
                     c.off()
+        programs = program_times(configs, gen, paths["hit"], calls)
         gen.close()
         events = {c.name: {"events": c.rec.events, "lost": c.rec.lost_total} for c in configs if c.rec}
     finally:
@@ -160,9 +165,79 @@ def inside(out: Path, calls: int, rounds: int) -> dict:
     res = {"kernel_release": os.uname().release, "calls": calls, "rounds": rounds, "modes": modes,
            "configs": [c.name for c in configs], "compile_s": round(compile_s, 1), "notes": notes,
            "ns": {f"{k[0]}|{k[1]}": v for k, v in ns.items()},
-           "walks_per_stat": {f"{k[0]}|{k[1]}": v for k, v in walks.items() if v}, "events": events}
+           "walks_per_stat": {f"{k[0]}|{k[1]}": v for k, v in walks.items() if v}, "events": events,
+           "programs": programs}
     (out / "probe_cost.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def _prog_stats() -> dict[int, tuple[str, int, int]]:
+    """Every loaded BPF program: id -> (name, run_cnt, run_time_ns), from bpftool."""
+    import subprocess
+
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=60)
+    return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0))
+            for p in json.loads(r.stdout or "[]")}
+
+
+def program_times(configs, gen, path: str, calls: int) -> dict:
+    """The programs' own run time on the hit path, per stat(), with kernel.bpf_stats_enabled.
+
+    Apart from the timed rounds because the statistics cost every program run
+    two clock reads, which would weigh on the empty programs' added ns most.
+    What the trampoline or kprobe costs is not in it: this is the bodies,
+    vfstrace's against the empty programs', program by program.
+    """
+    import shutil
+
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    if not shutil.which("bpftool") or not knob.exists():
+        return {"note": "no bpftool or no kernel.bpf_stats_enabled: program times not measured"}
+    was = knob.read_text().strip()
+    out = {}
+    knob.write_text("1")
+    try:
+        for c in configs:
+            if c.tracer is None:
+                continue
+            c.on()
+            try:
+                a = _prog_stats()
+                gen.run(path, calls, cpu_time=True)
+                b = _prog_stats()
+            finally:
+                c.off()
+            progs, total, walk = {}, 0, 0
+            for i, (name, cnt, ns) in b.items():
+                n0, t0 = a.get(i, (name, 0, 0))[1:]
+                if cnt > n0:
+                    progs[f"{name}#{i}"] = [round((cnt - n0) / calls, 3), round((ns - t0) / (cnt - n0))]
+                    total += ns - t0
+                    if cnt - n0 >= calls // 2:  # the walk's own probes, not a prune now and then
+                        walk += ns - t0
+            out[c.name] = {"ns_per_stat": round(total / calls), "walk_ns_per_stat": round(walk / calls),
+                           "programs": progs}
+    finally:
+        knob.write_text(was)
+    return out
+
+
+def programs_table(res: dict) -> str:
+    progs = res.get("programs") or {}
+    if "note" in progs or not progs:
+        return progs.get("note", "program times: not measured")
+    lines = ["programs' own run time on the hit path (kernel.bpf_stats_enabled, one run each):"]
+    for mode in res["modes"]:
+        e, v = progs.get(f"empty {mode}"), progs.get(f"vfstrace {mode}")
+        if not (e and v):
+            continue
+        ew, vw = e.get("walk_ns_per_stat"), v.get("walk_ns_per_stat")
+        walk = f" (programs run at least every other stat(): {ew} and {vw}, +{vw - ew})" if ew is not None else ""
+        lines.append(f"  {mode}: empty {e['ns_per_stat']} ns/stat, vfstrace {v['ns_per_stat']} ns/stat, "
+                     f"bodies +{v['ns_per_stat'] - e['ns_per_stat']} ns/stat{walk}; vfstrace per program "
+                     "(runs/stat, ns/run): "
+                     + ", ".join(f"{n} {r}x {ns}" for n, (r, ns) in sorted(v["programs"].items())))
+    return "\n".join(lines)
 
 
 def _spread(v: list[float]) -> str:
@@ -211,7 +286,7 @@ def table(res: dict) -> str:
     ev = "   ".join(f"{k}: {v['events']} events, {v['lost']} lost" for k, v in res["events"].items())
     return (f"kernel {res['kernel_release']}   calls per run: {res['calls']}   rounds: {res['rounds']}   "
             f"ns: the loop's CPU time   compile+attach: {res['compile_s']} s\n"
-            + tabulate(rows, headers=head, disable_numparse=True) + f"\n{ev}")
+            + tabulate(rows, headers=head, disable_numparse=True) + f"\n{ev}\n" + programs_table(res))
 
 
 def summary(results: dict[str, dict]) -> str:

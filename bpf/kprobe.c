@@ -87,7 +87,8 @@ struct walk_state {
  * BPF_CMPXCHG, 5.12) has the same slots as later kernels.
  * A walk whose return was never seen (its kretprobe missed, or the probes
  * were attached between its entry and its return) leaves the slot marked
- * active: the same task's next walk takes it over.
+ * active: the same task's next walk takes it over, and until then the tasks
+ * sharing that slot keep their walks in `walks` (slower, nothing lost).
  */
 #ifndef VFS_TASK_SLOTS
 #define VFS_TASK_SLOTS 16384 /* a power of two */
