@@ -38,9 +38,9 @@ steadiest estimate and the per-round spread shows how much the rest moved.
 Absolute numbers are slow; the ratios are what compare. Then, once per
 tracer, the programs' own run time on the hit path (kernel.bpf_stats_enabled,
 read with bpftool, apart from the timed rounds): what each program body
-costs per stat(), vfstrace's against the empty ones', steadier than the
-loop's time because nothing else on the machine is in it. Numbers only:
-nothing is asserted.
+costs per stat(), vfstrace's against the empty ones', program by program
+(one run each, so it moves with the machine too). Numbers only: nothing
+is asserted.
 """
 
 from __future__ import annotations
