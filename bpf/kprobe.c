@@ -164,6 +164,16 @@ static __always_inline struct walk_state *cur_walk(u32 tid)
 	return 0;
 }
 
+/* Claim a slot for a walk: 1 if this walk now owns it. */
+static __always_inline int slot_claimed(struct task_slot *t)
+{
+	__sync_fetch_and_add(&t->busy, 1);
+	if (t->busy == 1)
+		return 1;
+	__sync_fetch_and_add(&t->busy, -1);
+	return 0;
+}
+
 /* The walk ends: the slot it owned is free again. */
 static __always_inline void walk_end(struct walk_state *s)
 {
@@ -198,8 +208,9 @@ static __always_inline u32 rd32(u64 addr)
  * support for BTF pointers to x86 JIT"): no helper call. From a kprobe the
  * argument is a bare number, and only the helper may read through it.
  */
-#define ARG_LD64(btf, p, off) ((btf) ? *(u64 *)((p) + (off)) : rd64((p) + (off)))
-#define ARG_LD32(btf, p, off) ((btf) ? *(u32 *)((p) + (off)) : rd32((p) + (off)))
+#define BTF_LD64(p, off) (*(u64 *)((p) + (off)))
+#define BTF_LD32(p, off) (*(u32 *)((p) + (off)))
+#define ARG_LD32(btf, p, off) ((btf) ? BTF_LD32(p, off) : rd32((p) + (off)))
 
 /*
  * The nameidata fields a walk starts from: nd->path.dentry, nd->last.name,
@@ -237,9 +248,9 @@ static __always_inline void nd_start_read(struct nd_start *o, u64 nd)
 static __always_inline void nd_start(struct nd_start *o, u64 nd, int btf)
 {
 	if (btf) {
-		o->parent = ARG_LD64(1, nd, VFS_OFF_ND_PATH_DENTRY);
-		o->name_ptr = ARG_LD64(1, nd, VFS_OFF_ND_LAST_NAME);
-		o->flags = ARG_LD32(1, nd, VFS_OFF_ND_FLAGS);
+		o->parent = BTF_LD64(nd, VFS_OFF_ND_PATH_DENTRY);
+		o->name_ptr = BTF_LD64(nd, VFS_OFF_ND_LAST_NAME);
+		o->flags = BTF_LD32(nd, VFS_OFF_ND_FLAGS);
 	} else {
 		nd_start_read(o, nd);
 	}
@@ -331,25 +342,15 @@ static __always_inline int walk_begin(u64 id, u64 nd, u64 dentry, u32 seq, u32 s
 		s.seq = seq;
 	}
 	struct task_slot *t = task_slot(tid);
-	if (t) {
+	if (t && (t->w.owner == walk_owner(tid) /* its own earlier walk, whose return was not seen */
+		  || slot_claimed(t))) {
 		/* The state is copied in with owner 0, then owner stored in one
 		 * 8-byte store: another task reading the slot meanwhile sees no
 		 * walk of its own there, never a mix. */
 		s.in_slot = 1;
-		if (t->w.owner == walk_owner(tid)) {
-			/* this task's own earlier walk, whose return was not seen */
-			t->w = s;
-			t->w.owner = walk_owner(tid);
-			return 0;
-		}
-		__sync_fetch_and_add(&t->busy, 1);
-		if (t->busy == 1) {
-			t->w = s;
-			t->w.owner = walk_owner(tid);
-			return 0;
-		}
-		__sync_fetch_and_add(&t->busy, -1);
-		s.in_slot = 0;
+		t->w = s;
+		t->w.owner = walk_owner(tid);
+		return 0;
 	}
 	vfs_count(VFS_C_SLOT_BUSY);
 	s.tid = tid;
