@@ -321,6 +321,30 @@ static __always_inline int prune_inflight(u64 d, int mark)
  * and its d_seq sample are step_into's arguments). Nothing is counted
  * here: a walk's counters are added at its return, in one update.
  */
+static __always_inline void walk_fill(struct walk_state *w, u64 nd, struct nd_start *n, u64 dentry, u32 seq,
+				      u32 step, u32 in_slot)
+{
+	w->nd = nd;
+	w->parent = n->parent;
+	w->name_ptr = n->name_ptr;
+	w->dentry = dentry;
+	w->seqp = 0;
+	w->rc_dentry = 0;
+	w->step = step;
+	w->in_slot = in_slot;
+	w->n_rcu = 0;
+	w->n_lookup = 0;
+	if (n->flags & LOOKUP_RCU) {
+		w->flags = VFS_F_RCU;
+		w->rcu_dentry = dentry;
+		w->seq = seq;
+	} else {
+		w->flags = 0;
+		w->rcu_dentry = 0;
+		w->seq = 0;
+	}
+}
+
 static __always_inline int walk_begin(u64 id, u64 nd, u64 dentry, u32 seq, u32 step, int btf)
 {
 	if (!vfs_task_wanted(id)) {
@@ -330,29 +354,20 @@ static __always_inline int walk_begin(u64 id, u64 nd, u64 dentry, u32 seq, u32 s
 	u32 tid = (u32)id;
 	struct nd_start n;
 	nd_start(&n, nd, btf);
-	struct walk_state s = {};
-	s.nd = nd;
-	s.parent = n.parent;
-	s.name_ptr = n.name_ptr;
-	s.dentry = dentry;
-	s.step = step;
-	if (n.flags & LOOKUP_RCU) {
-		s.flags |= VFS_F_RCU;
-		s.rcu_dentry = dentry;
-		s.seq = seq;
-	}
 	struct task_slot *t = task_slot(tid);
 	if (t && (t->w.owner == walk_owner(tid) /* its own earlier walk, whose return was not seen */
 		  || slot_claimed(t))) {
-		/* The state is copied in with owner 0, then owner stored in one
-		 * 8-byte store: another task reading the slot meanwhile sees no
-		 * walk of its own there, never a mix. */
-		s.in_slot = 1;
-		t->w = s;
+		/* Written in place, field by field (no copy through the stack),
+		 * then owner in one 8-byte store: until then another task reading
+		 * the slot finds a finished walk or this task's own, never its own
+		 * walk half written. */
+		walk_fill(&t->w, nd, &n, dentry, seq, step, 1);
 		t->w.owner = walk_owner(tid);
 		return 0;
 	}
 	vfs_count(VFS_C_SLOT_BUSY);
+	struct walk_state s = {};
+	walk_fill(&s, nd, &n, dentry, seq, step, 0);
 	s.tid = tid;
 	s.active = 1;
 	struct walk_state *old = walks.lookup(&tid);
