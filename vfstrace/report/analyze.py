@@ -259,57 +259,148 @@ _COUNT_COLUMNS = ("event_id", "ts_ns", "kind", "ret", "flags", "cpu", "comm", "p
 _FIRST_PASS = ("event_id", "ts_ns", "kind", "ret")
 
 
-def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
-    """The summary analyze_trace() makes, read part by part: memory flat in the trace's size.
+class FirstPass:
+    """What the later passes over a trace directory's parts must know beforehand, read on four numeric columns.
 
-    Two passes over a trace directory's parts. The first reads four numeric
-    columns for what the second must know beforehand: the time span (the
-    rate table's start and width), and for the part-by-part correlator
-    (vfstrace/correlate/parts.py) that event ids rise, how far timestamps run
-    out of order, and the losses no LOST record places. The second counts
-    (TraceCounts), buckets and judges. A JSON Lines trace, a single part, or
-    one whose ids do not rise in file order is loaded whole instead
-    (analyze_trace()).
+    Why: the part-by-part correlator (vfstrace/correlate/parts.py) needs,
+    before its first part, that event ids rise, how far timestamps run out
+    of order and the losses no LOST record places; the rate tables need the
+    time span. Each part's id and time span (``spans``) let a later pass
+    that wants a few events (a report's timelines, a selftest's racing
+    lookups) read only the parts that can hold them.
     """
-    from vfstrace.correlate.batch import unplaced
-    from vfstrace.correlate.parts import COLUMNS, Disorder, PartsCorrelator
-    from vfstrace.store.read import iter_parts, read_ahead
+
+    def __init__(self, path, meta: dict, files: list):
+        from vfstrace.correlate.parts import Disorder
+
+        self.path, self.meta, self.files = path, meta, files
+        self.order = Disorder()
+        self.placed = 0  # losses the LOST records place
+        self.t_min = self.t_max = None  # over valid stamps (ts > 0)
+        self.ts_lo = self.ts_hi = None  # over every stamp
+        # Per part: first and last event id, least and largest stamp (empty part: 1, 0, 1, 0: holds nothing).
+        self._spans: list[tuple[int, int, int, int]] = []
+        self.events = 0
+
+    @property
+    def spans(self) -> np.ndarray:
+        return np.array(self._spans, dtype=np.uint64).reshape(-1, 4)
+
+    def add(self, t: pa.Table) -> bool:
+        """Take the next part; False once ids stop rising in file order (the trace must be loaded whole)."""
+        kind, ret = t.column("kind").to_numpy(), t.column("ret").to_numpy()
+        ts, ids = t.column("ts_ns").to_numpy(), t.column("event_id").to_numpy()
+        self.order.add(ids, ts)
+        if not self.order.ids_rise:
+            return False
+        self.events += len(ids)
+        span = (1, 0, 1, 0)
+        if len(ids):
+            lo, hi = int(ts.min()), int(ts.max())
+            span = (int(ids[0]), int(ids[-1]), lo, hi)
+            self.ts_lo = lo if self.ts_lo is None else min(self.ts_lo, lo)
+            self.ts_hi = hi if self.ts_hi is None else max(self.ts_hi, hi)
+        self._spans.append(span)
+        valid = ts[ts > 0]
+        if len(valid):
+            self.t_min = int(valid.min()) if self.t_min is None else min(self.t_min, int(valid.min()))
+            self.t_max = int(valid.max()) if self.t_max is None else max(self.t_max, int(valid.max()))
+        lost = kind == int(Kind.LOST)
+        if lost.any():
+            self.placed += int(np.clip(ret[lost], 0, None).sum())
+        return True
+
+    def rate(self, target: int | None = None) -> RateCounts:
+        """An empty rate table over the trace's valid stamps, as _rate() buckets them."""
+        t0, t1 = self.t_min or 0, self.t_max or 0
+        return RateCounts(t0, rate_width_ns(t0, t1, target))
+
+    def unplaced_lost(self) -> int:
+        from vfstrace.correlate.batch import unplaced
+
+        return unplaced(self.meta.get("lost_total"), self.placed)
+
+    def correlator(self, **kw):
+        from vfstrace.correlate.parts import PartsCorrelator
+
+        return PartsCorrelator(self.order.disorder_ns, unplaced_lost=self.unplaced_lost(), **kw)
+
+    def parts(self, columns, which=None):
+        """The parts again (``which``: indices of some of them, in file order), ``columns`` read ahead."""
+        from vfstrace.store.read import iter_parts, read_ahead
+
+        files = self.files if which is None else [self.files[i] for i in which]
+        return read_ahead(iter_parts(self.path, columns, files)[2])
+
+    def holding(self, ids) -> np.ndarray:
+        """Indices of the parts whose id span holds any of ``ids``."""
+        ids, spans = np.unique(np.asarray(ids, dtype=np.uint64)), self.spans
+        if not len(ids) or not len(spans):
+            return np.zeros(0, dtype=np.int64)
+        lo = np.searchsorted(ids, spans[:, 0], side="left")
+        hi = np.searchsorted(ids, spans[:, 1], side="right")
+        return np.flatnonzero(hi > lo)
+
+
+def first_pass(path) -> FirstPass | None:
+    """The first pass over ``path``'s parts; None when it must be loaded whole.
+
+    That is a JSON Lines trace or a single Parquet part (no parts to read),
+    or a trace whose event ids do not rise in file order (``load()`` sorts
+    them; a pass part by part cannot).
+    """
+    from vfstrace.store.read import iter_parts
 
     it = iter_parts(path, _FIRST_PASS)
     if it is None:
-        return analyze_trace(path, verdicts=verdicts, top=top)[0]
+        return None
     meta, files, parts = it
-    order, placed, t_min, t_max = Disorder(), 0, None, None
+    first = FirstPass(path, meta, files)
     for t in parts:
-        kind, ret = t.column("kind").to_numpy(), t.column("ret").to_numpy()
-        ts = t.column("ts_ns").to_numpy()
-        order.add(t.column("event_id").to_numpy(), ts)
-        if not order.ids_rise:
-            return analyze_trace(path, verdicts=verdicts, top=top)[0]
-        valid = ts[ts > 0]
-        if len(valid):
-            t_min = int(valid.min()) if t_min is None else min(t_min, int(valid.min()))
-            t_max = int(valid.max()) if t_max is None else max(t_max, int(valid.max()))
-        lost = kind == int(Kind.LOST)
-        if lost.any():
-            placed += int(np.clip(ret[lost], 0, None).sum())
+        if not first.add(t):
+            return None
+    return first
+
+
+def count_parts(first: FirstPass, *, rates=(), tally: VerdictTally | None = None) -> TraceCounts:
+    """The second pass: what summarize() counts, the rate tables ``rates``, and with ``tally`` the verdicts."""
+    from vfstrace.correlate.parts import COLUMNS
+
     counts = TraceCounts()
-    rate = RateCounts(t_min or 0, rate_width_ns(t_min or 0, t_max or 0))
-    corr = tally = None
-    if verdicts:
-        corr = PartsCorrelator(order.disorder_ns, unplaced_lost=unplaced(meta.get("lost_total"), placed))
-        tally = VerdictTally(top)
-    _, _, parts = iter_parts(path, tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if verdicts else _COUNT_COLUMNS,
-                             files)
-    for t in read_ahead(parts):
+    corr = first.correlator() if tally is not None else None
+    for t in first.parts(tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if corr is not None else _COUNT_COLUMNS):
         kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
         counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
                    lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
-        rate.add(ts, kind, ret)
+        for r in rates:
+            r.add(ts, kind, ret)
         if corr is not None:
             tally.add(corr.feed(t.drop_columns(["cpu"])))
-    v = tally.add(corr.finish()).result() if corr is not None else summarize_verdicts(None, NOT_COMPUTED)
-    return counts.summary(meta, rate.result(), v, top)
+    if corr is not None:
+        tally.add(corr.finish())
+    return counts
+
+
+def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
+    """The summary analyze_trace() makes, read part by part: memory flat in the trace's size.
+
+    Two passes over a trace directory's parts. The first (first_pass())
+    reads four numeric columns for what the second must know beforehand:
+    the time span (the rate table's start and width), and for the
+    part-by-part correlator (vfstrace/correlate/parts.py) that event ids
+    rise, how far timestamps run out of order, and the losses no LOST record
+    places. The second (count_parts()) counts (TraceCounts), buckets and
+    judges. A JSON Lines trace, a single part, or one whose ids do not rise
+    in file order is loaded whole instead (analyze_trace()).
+    """
+    first = first_pass(path)
+    if first is None:
+        return analyze_trace(path, verdicts=verdicts, top=top)[0]
+    rate = first.rate()
+    tally = VerdictTally(top) if verdicts else None
+    counts = count_parts(first, rates=(rate,), tally=tally)
+    v = tally.result() if tally is not None else summarize_verdicts(None, NOT_COMPUTED)
+    return counts.summary(first.meta, rate.result(), v, top)
 
 
 @click.command("analyze")

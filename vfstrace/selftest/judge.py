@@ -260,10 +260,29 @@ def detector_check(seed: int = 7) -> dict:
 
 
 def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
-    """Judge a recorded or simulated trace. A trace recorded by selftest keeps its phases."""
-    from vfstrace.store import load
+    """Judge a recorded or simulated trace. A trace recorded by selftest keeps its phases.
 
-    df = load(path)
+    A trace directory is judged part by part (judge_parts(): memory flat in
+    its size); a JSON Lines trace, a single Parquet part, or one whose ids do
+    not rise in file order is loaded whole (judge_frame()), with the same
+    Result.
+    """
+    from vfstrace.report.analyze import first_pass
+
+    first = first_pass(path)
+    if first is None:
+        from vfstrace.store import load
+
+        meta, phases = judge_frame(load(path))
+    else:
+        meta, phases = first.meta, judge_parts(first)
+    verdict, reason = verdict_of(phases, min_overlaps)
+    return Result(verdict, reason, str(meta.get("kernel_release") or "?"), str(meta.get("tier") or "?"),
+                  list(meta.get("probes") or []), phases, str(path), factor=widening_factor(phases))
+
+
+def judge_frame(df) -> tuple[dict, list[Phase]]:
+    """The phases of a trace loaded whole: its metadata and one Phase a phase (or one for the trace)."""
     meta = df.attrs.get("meta") or {}
     unplaced = unplaced_losses(df)
     st = meta.get("selftest") or {}
@@ -278,6 +297,120 @@ def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
             phases.append(ph)
     else:
         phases.append(judge_events(df, name="trace", counters=meta.get("kernel_counters"), unplaced_lost=unplaced))
-    verdict, reason = verdict_of(phases, min_overlaps)
-    return Result(verdict, reason, str(meta.get("kernel_release") or "?"), str(meta.get("tier") or "?"),
-                  list(meta.get("probes") or []), phases, str(path), factor=widening_factor(phases))
+    return meta, phases
+
+
+class _PhaseParts:
+    """What judge_events() takes from one phase's events, added part by part (memory: a correlator's state).
+
+    Why these and no more: a Phase needs the lookups, prunes and lost events
+    of its rows, the verdicts by kind (records, as value_counts() counts
+    them), the retried ones with no prune seen, and the first racing
+    lookups (by event id) with their events.
+    """
+
+    def __init__(self, first, name: str, start_ns=None, end_ns=None, counters=None):
+        self.name, self.start_ns, self.end_ns, self.counters = name, start_ns, end_ns, counters
+        self.corr = first.correlator()
+        self.lookups = self.prunes = self.lost = 0
+        self.counts: dict[str, int] = {}
+        self.retried_no_prune = 0
+        self.races = None
+
+    def feed(self, t, ts: np.ndarray) -> None:
+        import pyarrow as pa
+
+        if self.start_ns is not None:
+            m = (ts >= self.start_ns) & (ts < self.end_ns)
+            if not m.all():
+                t = t.filter(pa.array(m))
+        kind = t.column("kind").to_numpy()
+        if not self.counters:
+            self.lookups += int(np.isin(kind, _LOOKUP_RETURNS).sum())
+            self.prunes += int((kind == int(Kind.PRUNE)).sum())
+        lost = kind == int(Kind.LOST)
+        if lost.any():
+            self.lost += int(t.column("ret").to_numpy()[lost].astype(np.int64).sum())
+        self._verdicts(self.corr.feed(t))
+
+    def _verdicts(self, v) -> None:
+        if v is None or not len(v):
+            return
+        for k, c in v["verdict"].value_counts().items():
+            self.counts[k] = self.counts.get(k, 0) + int(c)
+        retried = v["verdict"].to_numpy() == "retried"
+        with_prune = v["overlap"].to_numpy(dtype=bool) if "overlap" in v.columns else np.zeros(len(v), dtype=bool)
+        self.retried_no_prune += int((retried & ~with_prune).sum())
+        race = v[v["verdict"] == "race"]
+        if len(race):
+            import pandas as pd
+
+            both = race if self.races is None else pd.concat([self.races, race], ignore_index=True)
+            self.races = both.sort_values("event_id", kind="stable").head(MAX_RACES_SHOWN).reset_index(drop=True)
+
+    def phase(self, first, duration_s: float) -> Phase:
+        self._verdicts(self.corr.finish())
+        if self.counters:
+            lookups = _int(self.counters.get("lookup")) or _int(self.counters.get("walk"))
+            prunes = _int(self.counters.get("prune"))
+        else:
+            lookups, prunes = self.lookups, self.prunes
+        ph = Phase(name=self.name, duration_s=round(float(duration_s), 3), lookups=lookups, prunes=prunes,
+                   retried=self.counts.get("retried", 0), race=self.counts.get("race", 0),
+                   uncertain=self.counts.get("uncertain", 0), lost=self.lost)
+        ph.retried_no_prune = self.retried_no_prune
+        ph.overlaps = ph.retried - ph.retried_no_prune + ph.race
+        if ph.race:
+            ph.races = _race_rows(_events_by_id(first, self.races["event_id"].to_numpy()), self.races)
+        return ph
+
+
+def _events_by_id(first, ids: np.ndarray):
+    """The events with these ids (a DataFrame), read from the parts whose id span holds them."""
+    import pyarrow as pa
+
+    from vfstrace.correlate.parts import to_frame
+
+    cols = ("ts_ns", "tid", "comm", "dentry", "name")
+    got = []
+    for t in first.parts(cols, first.holding(ids)):
+        m = np.isin(t.column("event_id").to_numpy(), ids)
+        if m.any():
+            got.append(t.filter(pa.array(m)))
+    if not got:
+        from vfstrace.events import ARROW_SCHEMA
+
+        got = [ARROW_SCHEMA.empty_table().select(["event_id", *cols])]
+    return to_frame(pa.concat_tables(got))
+
+
+def judge_parts(first) -> list[Phase]:
+    """judge_frame()'s phases of a trace directory, read part by part after its first pass (``first``).
+
+    One pass over the parts feeds each phase its rows (ts in [start, end),
+    as judge_frame() selects them) through a part-by-part correlator of its
+    own, which judges them as correlate() judges the phase's slice.
+    """
+    from vfstrace.correlate.parts import COLUMNS
+
+    meta = first.meta
+    st = meta.get("selftest") or {}
+    if st.get("phases"):
+        judges = [_PhaseParts(first, p["name"], int(p["start_ns"]), int(p["end_ns"]), p.get("counters"))
+                  for p in st["phases"]]
+    else:
+        judges = [_PhaseParts(first, "trace", counters=meta.get("kernel_counters"))]
+    for t in first.parts(COLUMNS):
+        ts = t.column("ts_ns").to_numpy()
+        for j in judges:
+            j.feed(t, ts)
+    if not st.get("phases"):
+        # judge_events()'s own duration: the trace's stamps, first to last (zeros included).
+        span = (first.ts_hi - first.ts_lo) / 1e9 if first.events > 1 else 0.0
+        return [judges[0].phase(first, span)]
+    phases = []
+    for j, p in zip(judges, st["phases"]):
+        ph = j.phase(first, (int(p["end_ns"]) - int(p["start_ns"])) / 1e9)
+        ph.widen, ph.workload = p.get("widen"), p.get("workload")
+        phases.append(ph)
+    return phases
