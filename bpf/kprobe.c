@@ -313,6 +313,24 @@ static __always_inline int prune_inflight(u64 d, int mark)
 	return (*ts & 2) != 0;
 }
 
+/*
+ * From a BTF-typed pointer to dentry d (fentry/fexit): d is alive, so no
+ * prune of it is in flight (prune_inflight() answers 0 for a dentry whose
+ * d_lockref.count is >= 0, __dentry_kill()'s lockref_mark_dead() not yet
+ * run). One typed load instead of a hash lookup: on a busy system
+ * `inflight` is seldom empty (every dentry pruned stays there until its
+ * RCU-delayed __d_free), so inflight_n alone seldom spares the lookup.
+ * typed == d is compared after the load, and the loaded count kept opaque,
+ * so the compiler cannot rewrite the load through d (a scalar read from a
+ * map, which the verifier would refuse to dereference).
+ */
+static __always_inline int alive_btf(u64 typed, u64 d)
+{
+	int c = (int)BTF_LD32(typed, VFS_OFF_D_LOCKREF_COUNT);
+	asm volatile("" : "+r"(c));
+	return typed == d && c >= 0;
+}
+
 /* ---- lookup side -------------------------------------------------------- */
 
 /*
@@ -334,14 +352,18 @@ static __always_inline void walk_fill(struct walk_state *w, u64 nd, struct nd_st
 	w->in_slot = in_slot;
 	w->n_rcu = 0;
 	w->n_lookup = 0;
+	w->flags = 0;
+	w->rcu_dentry = 0;
+	w->seq = 0;
 	if (n->flags & LOOKUP_RCU) {
+		/* A barrier, so that the stores stay two and a branch: merged,
+		 * the compiler makes rcu_dentry = dentry & -(flags >> 6 & 1),
+		 * and the verifier refuses bitwise operations on a pointer
+		 * (dentry is BTF-typed in fentry mode). */
+		asm volatile("" ::: "memory");
 		w->flags = VFS_F_RCU;
 		w->rcu_dentry = dentry;
 		w->seq = seq;
-	} else {
-		w->flags = 0;
-		w->rcu_dentry = 0;
-		w->seq = 0;
 	}
 }
 
@@ -404,7 +426,12 @@ static __always_inline void walk_counted(struct walk_state *s, long ret)
 		c[VFS_C_WALK_ECHILD]++;
 }
 
-static __always_inline int walk_exit(void *ctx, long ret)
+/*
+ * nd: the walk's nameidata, BTF-typed when btf (fexit of walk_component or
+ * step_into). After a successful step nd->path.dentry is the dentry the
+ * walk found; when it is d, its liveness comes from a typed load.
+ */
+static __always_inline int walk_exit(void *ctx, long ret, u64 nd, int btf)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state *s = cur_walk(tid);
@@ -413,7 +440,7 @@ static __always_inline int walk_exit(void *ctx, long ret)
 	walk_counted(s, ret);
 	u64 d = s->dentry ? s->dentry : s->rcu_dentry;
 	u32 flags = s->flags;
-	if (d && prune_inflight(d, 1))
+	if (d && !(btf && alive_btf(BTF_LD64(nd, VFS_OFF_ND_PATH_DENTRY), d)) && prune_inflight(d, 1))
 		flags |= VFS_F_PRUNE_INFLIGHT;
 	if (ret == VFS_ENOENT || ret == VFS_ECHILD || (flags & VFS_F_PRUNE_INFLIGHT)) {
 		struct vfs_event e;
@@ -467,13 +494,13 @@ static __always_inline int step_enter(u64 nd, u64 dentry, u32 seq_arg, int btf)
 	return walk_begin(id, nd, dentry, seq, 1, btf);
 }
 
-static __always_inline int step_exit(void *ctx, long ret)
+static __always_inline int step_exit(void *ctx, long ret, u64 nd, int btf)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state *s = cur_walk(tid);
 	if (!s || !s->step)
 		return 0; /* inside walk_component, or not wanted */
-	return walk_exit(ctx, ret);
+	return walk_exit(ctx, ret, nd, btf);
 }
 
 static __always_inline int rcu_lookup_enter(u64 seqp)
@@ -502,7 +529,8 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 	return 0;
 }
 
-static __always_inline int lookup_exit(void *ctx, u64 ret)
+/* ret: BTF-typed (struct dentry *) when btf, from lookup_fast's fexit. */
+static __always_inline int lookup_exit(void *ctx, u64 ret, int btf)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state *s = cur_walk(tid);
@@ -512,7 +540,7 @@ static __always_inline int lookup_exit(void *ctx, u64 ret)
 	if (!ret || is_err(ret))
 		return 0;
 	s->dentry = ret;
-	if (!prune_inflight(ret, 1))
+	if ((btf && alive_btf(ret, ret)) || !prune_inflight(ret, 1))
 		return 0;
 	/* The walk's return reports it (WALK_RETURN with PRUNE_INFLIGHT). */
 	vfs_count(VFS_C_INFLIGHT_HIT);
@@ -630,10 +658,10 @@ static __always_inline int ns_event(void *ctx, u16 op, u64 d)
 
 #if VFS_MODE_WALK == 1
 int vt_walk_enter(struct pt_regs *ctx) { return walk_enter(PT_REGS_PARM1(ctx), 0); }
-int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx)); }
+int vt_walk_return(struct pt_regs *ctx) { return walk_exit(ctx, PT_REGS_RC(ctx), 0, 0); }
 #elif VFS_MODE_WALK == 2
 int VFS_KFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_enter(ctx[0], 1); }
-int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NARGS_WALK]); }
+int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NARGS_WALK], ctx[0], 1); }
 #endif
 
 #if VFS_STEP_SEQ == 5
@@ -645,10 +673,10 @@ int VFS_KRETFUNC(VFS_FN_WALK)(u64 *ctx) { return walk_exit(ctx, (long)ctx[VFS_NA
 #endif
 #if VFS_MODE_STEP == 1
 int vt_step_enter(struct pt_regs *ctx) { return step_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), STEP_SEQ_KPROBE(ctx), 0); }
-int vt_step_return(struct pt_regs *ctx) { return step_exit(ctx, PT_REGS_RC(ctx)); }
+int vt_step_return(struct pt_regs *ctx) { return step_exit(ctx, PT_REGS_RC(ctx), 0, 0); }
 #elif VFS_MODE_STEP == 2
 int VFS_KFUNC(VFS_FN_STEP)(u64 *ctx) { return step_enter(ctx[0], ctx[2], STEP_SEQ_FENTRY(ctx), 1); }
-int VFS_KRETFUNC(VFS_FN_STEP)(u64 *ctx) { return step_exit(ctx, (long)ctx[VFS_NARGS_STEP]); }
+int VFS_KRETFUNC(VFS_FN_STEP)(u64 *ctx) { return step_exit(ctx, (long)ctx[VFS_NARGS_STEP], ctx[0], 1); }
 #endif
 
 #if VFS_MODE_RCU == 1
@@ -659,9 +687,9 @@ int VFS_KRETFUNC(VFS_FN_RCU)(u64 *ctx) { return rcu_lookup_exit(ctx[2], ctx[VFS_
 #endif
 
 #if VFS_MODE_LOOKUP == 1
-int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx)); }
+int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx), 0); }
 #elif VFS_MODE_LOOKUP == 2
-int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARGS_LOOKUP]); }
+int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARGS_LOOKUP], 1); }
 #endif
 
 /* Re-check sites: RC<i>_BOOL says the function returns bool (true = the
