@@ -74,6 +74,12 @@ class Windows:
 
 
 def empty_verdicts() -> pd.DataFrame:
+    """No verdicts, in the verdict columns' dtypes: a copy of one frame built once (every part without a final
+    verdict returns it)."""
+    return _EMPTY.copy()
+
+
+def _empty_verdicts() -> pd.DataFrame:
     return pd.DataFrame({
         "event_id": np.zeros(0, np.uint64), "verdict": np.zeros(0, object), "ts_ns": np.zeros(0, np.uint64),
         "tid": np.zeros(0, np.uint32), "pid": np.zeros(0, np.uint32), "comm": np.zeros(0, object),
@@ -81,6 +87,9 @@ def empty_verdicts() -> pd.DataFrame:
         "evidence": np.zeros(0, object), "reason": np.zeros(0, object), "overlap": np.zeros(0, bool),
         "count": np.zeros(0, np.uint32),
     })
+
+
+_EMPTY = _empty_verdicts()
 
 
 def _prepare(df) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from vfstrace.correlate.batch import (
 )
 from vfstrace.correlate.syscall import (
     ACTIVITY_KINDS,
+    Successes,
     final_at,
     judge_syscalls,
     judged_syscalls,
@@ -177,7 +178,8 @@ class StreamingCorrelator:
         ps = self._pending_sc
         if ps is not None and len(ps):
             t = ps["ts_ns"].to_numpy().astype(np.int64)
-            succ = self._succ if self._succ is not None else pd.DataFrame({"event_id": [], "ts_ns": [], "path": []})
+            succ = Successes(self._succ if self._succ is not None else
+                             pd.DataFrame({"event_id": [], "ts_ns": [], "path": []}))  # indexed once for both sides
             # Before: fixed once every event earlier than the failure has been seen.
             need_b = (~ps["before_done"].to_numpy()) & ((t < safe) | final)
             if need_b.any():

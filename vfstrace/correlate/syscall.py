@@ -75,31 +75,82 @@ def presences(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
-def neighbours(S: pd.DataFrame, succ: pd.DataFrame, win, *, before=True, after=True) -> pd.DataFrame:
+class Successes:
+    """The events after which a path existed (presences()), indexed for neighbours(): sorted by (path, stamp, id).
+
+    Why a class: the streaming correlator asks twice per round (the
+    failures' "before", then their "after") of the same successes; the
+    index, the costly part, is built once for both.
+    """
+
+    def __init__(self, succ: pd.DataFrame):
+        codes, uniques = pd.factorize(succ["path"].to_numpy(dtype=object))  # a missing path: -1, no one's
+        self.paths = pd.Index(uniques, dtype=object)
+        code = codes.astype(np.int64)
+        ts = succ["ts_ns"].to_numpy().astype(np.int64)
+        sid = succ["event_id"].to_numpy().astype(np.int64)
+        ok = code >= 0
+        code, ts, sid = code[ok], ts[ok], sid[ok]
+        # One key, path code then stamp: the stamps' offsets span less than ``span``.
+        self.tmin = int(ts.min()) if len(ts) else 0
+        self.span = (int(ts.max()) - self.tmin + 1) if len(ts) else 1
+        if len(uniques) * self.span < 2**62:
+            key = code * self.span + (ts - self.tmin)
+            order = np.argsort(key)  # unstable, several times faster than a two-key sort ...
+            k = key[order]
+            if len(k) > 1 and (k[1:] == k[:-1]).any():  # ... unless one path has two stamps alike: then by id too
+                order = np.lexsort((sid, key))
+        else:  # stamps too far apart for one key
+            key = None
+            order = np.lexsort((sid, ts, code))
+        self.code, self.ts, self.sid = code[order], ts[order], sid[order]
+        self.key = key[order] if key is not None else None
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+
+def neighbours(S: pd.DataFrame, succ, win, *, before=True, after=True) -> pd.DataFrame:
     """Add before_ts/before_id (last success on the path within the window before)
-    and after_ts/after_id (first success after) to the judged rows ``S``."""
+    and after_ts/after_id (first success after) to the judged rows ``S``.
+
+    ``succ``: presences() or its :class:`Successes`. "Last before" is the
+    latest stamp strictly below the failure's (the highest id among equal
+    stamps), "first after" the earliest strictly above it (the lowest id):
+    an as-of join by path, made as a binary search over the successes
+    sorted by (path, stamp, id), the path an integer code.
+    """
+    idx = succ if isinstance(succ, Successes) else Successes(succ)
     S = S.copy()
+    n = len(S)
     W = win.syscall_window_ns
-    q = pd.DataFrame({"_r": np.arange(len(S)), "ts": S["ts_ns"].to_numpy().astype(np.int64),
-                      "path": S["path"].to_numpy(dtype=object)}).sort_values("ts", kind="stable")
-    s = pd.DataFrame({"ts": succ["ts_ns"].to_numpy().astype(np.int64), "path": succ["path"].to_numpy(dtype=object),
-                      "sid": succ["event_id"].to_numpy().astype(np.int64)})
-    s["sts"] = s["ts"]
-    s = s.sort_values(["ts", "sid"], kind="stable")
-    for side, direction in (("before", "backward"), ("after", "forward")):
-        if not (before if side == "before" else after):
-            continue
-        if len(q) and len(s):
-            m = pd.merge_asof(q, s, on="ts", by="path", direction=direction, allow_exact_matches=False,
-                              tolerance=W)
-            m = m.sort_values("_r")
-            ts_ = m["sts"].to_numpy()
-            ok = ~pd.isna(ts_)
-            S[f"{side}_ts"] = np.where(ok, np.nan_to_num(ts_.astype(float), nan=-1), _NONE).astype(np.int64)
-            S[f"{side}_id"] = np.where(ok, np.nan_to_num(m["sid"].to_numpy().astype(float), nan=-1), _NONE).astype(np.int64)
-        else:
-            S[f"{side}_ts"] = np.full(len(S), _NONE, dtype=np.int64)
-            S[f"{side}_id"] = np.full(len(S), _NONE, dtype=np.int64)
+    t = S["ts_ns"].to_numpy().astype(np.int64)
+    qc = idx.paths.get_indexer(S["path"].to_numpy(dtype=object)).astype(np.int64) if n else np.zeros(0, np.int64)
+    sc, sts, sid = idx.code, idx.ts, idx.sid
+    found = {}
+    if n and len(sc):
+        if idx.key is not None:
+            key, span = idx.key, idx.span
+            # A stamp outside the successes' span searches from just outside it:
+            # before all of its path's rows, or after all of them.
+            qt = np.clip(t - idx.tmin, -1, span)
+        else:  # stamps too far apart for one key: their ranks keep the order
+            ranks = np.unique(np.concatenate([t, sts]), return_inverse=True)[1].astype(np.int64)
+            qt, span = ranks[:n], len(ranks) + 1
+            key = sc * span + ranks[n:]
+        qk = qc * span + qt  # a path with no success (code -1) finds no row of its own path
+        if before:
+            i = np.searchsorted(key, qk, "left") - 1  # the last key below: same path, earlier stamp
+            j = np.maximum(i, 0)
+            found["before"] = (i >= 0) & (sc[j] == qc) & (t - sts[j] <= W), j
+        if after:
+            i = np.searchsorted(key, qk, "right")  # the first key above: same path, later stamp
+            j = np.minimum(i, len(sc) - 1)
+            found["after"] = (i < len(sc)) & (sc[j] == qc) & (sts[j] - t <= W), j
+    for side in [x for x, want in (("before", before), ("after", after)) if want]:
+        hit, j = found.get(side, (np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)))
+        S[f"{side}_ts"] = np.where(hit, sts[j] if len(sts) else _NONE, _NONE).astype(np.int64)
+        S[f"{side}_id"] = np.where(hit, sid[j] if len(sid) else _NONE, _NONE).astype(np.int64)
     return S
 
 
@@ -204,6 +255,7 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
     bid, aid = S["before_id"].to_numpy(), S["after_id"].to_numpy()
     created = dict(zip(E.loc[ekind == Kind.NS_OP, "event_id"].to_numpy().astype(np.int64).tolist(),
                        E.loc[ekind == Kind.NS_OP, "op"].to_numpy().tolist()))
+    at = np.searchsorted(ats, t, "left")  # per failure, the first activity at or after it
     evidence, reason = [], []
     for i in range(n):
         v = verdict[i]
@@ -212,7 +264,7 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
             r = f"{op_name(ns_op[i])} of this path or a parent removed it (syscall level)"
         elif transient[i]:
             # The dentry free / shrinker event nearest the failure on each side.
-            k = int(np.searchsorted(ats, t[i], "left"))
+            k = int(at[i])
             near = [aids[j] for j in (k - 1, k) if alo[i] <= j < ahi[i]]
             ev = [int(bid[i])] + ([int(aid[i])] if a[i] != _NONE else []) + [int(x) for x in near]
             op_b = created.get(int(bid[i]))

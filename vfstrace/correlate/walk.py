@@ -174,9 +174,10 @@ def _window_join(Jk, P, ts_col, tol):
     """
     if not len(Jk) or not len(P):
         return Jk.iloc[0:0].merge(P.iloc[0:0], on="dentry")
-    P = P.sort_values(["dentry", ts_col], kind="stable")
-    pd_ = P["dentry"].to_numpy()
-    pts = P[ts_col].to_numpy().astype(np.int64)
+    # Sorted by (address, time) as indices: only the rows paired are taken from P.
+    order = np.lexsort((P[ts_col].to_numpy(), P["dentry"].to_numpy()))
+    pd_ = P["dentry"].to_numpy()[order]
+    pts = P[ts_col].to_numpy().astype(np.int64)[order]
     ud, first = np.unique(pd_, return_index=True)
     last = np.r_[first[1:], len(pd_)]
     jd = Jk["dentry"].to_numpy()
@@ -203,7 +204,7 @@ def _window_join(Jk, P, ts_col, tol):
     ji = np.repeat(np.arange(len(jd)), cnt)
     pi = np.concatenate([np.arange(x, y) for x, y, c in zip(a, b, cnt) if c]) if cnt.any() else np.zeros(0, np.int64)
     left = Jk.iloc[ji].reset_index(drop=True)
-    right = P.iloc[pi].drop(columns="dentry").reset_index(drop=True)
+    right = P.iloc[order[pi]].drop(columns="dentry").reset_index(drop=True)
     return pd.concat([left, right], axis=1)
 
 
@@ -234,8 +235,10 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
     P = E.loc[np.isin(ekind, PRUNE_KINDS), ["event_id", "ts_ns", "kind", "dentry", "parent", "ino", "name"]]
     P = P.rename(columns={"event_id": "pid_", "ts_ns": "pts", "kind": "pkind", "parent": "pparent", "ino": "pino",
                           "name": "pname"})
-    slash = P["pname"].str.contains("/", regex=False).fillna(False).to_numpy(dtype=bool)
-    if slash.any():  # a d_name never holds '/': only hand-written traces get here
+    pnames = P["pname"].tolist()
+    # A d_name never holds '/': only hand-written traces get here (each distinct name looked at once).
+    if any(isinstance(x, str) and "/" in x for x in set(pnames)):
+        slash = np.fromiter((isinstance(x, str) and "/" in x for x in pnames), dtype=bool, count=len(P))
         P.loc[slash, "pname"] = [component(x) for x in P.loc[slash, "pname"].tolist()]
     by_d = _window_join(Jk[jd != 0], P[P["dentry"] != 0], "pts", tol)
     pj = Jk[(jd == 0) & (jparent != 0) & (jname != "")]
@@ -308,8 +311,12 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
                  np.where(prune_seen & has_retry, "retried",
                           np.where(lost | uncited, "uncertain",
                                    np.where(prune_seen, "race", "absent"))))).astype(object)
-    ev_lost = [[int(x) for x in lids[lo[i]:hi[i]]] for i in range(n)]
-    n_lost = [int(lcnt[lo[i]:hi[i]].sum()) for i in range(n)]
+    # Per walk, the LOST records in its window (most walks have none).
+    ev_lost = [[] for _ in range(n)]
+    n_lost = [0] * n
+    for i in np.flatnonzero(hi > lo).tolist():
+        ev_lost[i] = lids[lo[i]:hi[i]].tolist()
+        n_lost[i] = int(lcnt[lo[i]:hi[i]].sum())
     evidence, reason = _explain(J, verdict, dict(
         prune_seen=prune_seen, prune_ids=prune_ids, retry_ids=retry_ids, ns_ids=ns_ids, ns_op=ns_op,
         ev_lost=ev_lost, n_lost=n_lost, unplaced_lost=int(unplaced_lost), uncited=uncited))
@@ -371,6 +378,16 @@ def _explain(J, verdict, why):
         else:
             r = "plain miss: no prune of this dentry and no removal of this name in the window"
         ev.append(int(jid[i]))
-        evidence.append(sorted(set(ev)))
+        evidence.append(_sorted_ids(ev))
         reason.append(r)
     return evidence, reason
+
+
+def _sorted_ids(ev: list) -> list:
+    """``sorted(set(ev))``, without building a set for the one or two ids most verdicts cite."""
+    if len(ev) == 1:
+        return ev
+    if len(ev) == 2:
+        a, b = ev
+        return [a] if a == b else [a, b] if a < b else [b, a]
+    return sorted(set(ev))

@@ -22,6 +22,9 @@ _PRUNE_KINDS = (int(Kind.PRUNE), int(Kind.UNHASH), int(Kind.IPUT), int(Kind.D_FR
 _IS_ENTER = kind_mask(_LOOKUP_ENTERS)
 _IS_RETURN = kind_mask(_LOOKUP_RETURNS)
 _IS_ENOENT_KIND = kind_mask(_LOOKUP_RETURNS + (int(Kind.PATH_SYSCALL),))
+# RateCounts' per-row code by kind: 1 a lookup entry, 2 a prune (3, set per
+# row, an -ENOENT return).
+_RATE_CODE = _IS_ENTER.astype(np.uint8) + 2 * (np.arange(256) == int(Kind.PRUNE)).astype(np.uint8)
 # More buckets than this and the rate table widens its buckets (a bad
 # timestamp in a hand-written trace should not make a billion-row table).
 MAX_RATE_BUCKETS = 100_000
@@ -47,22 +50,44 @@ class RateCounts:
 
     def __init__(self, t0: int, width_ns: int):
         self.t0, self.width_ns = int(t0), int(width_ns)
-        self.sums = np.zeros((5, 0), dtype=np.float64)
+        self.sums = np.zeros((5, 0), dtype=np.int64)
 
     def add(self, ts: np.ndarray, kind: np.ndarray, ret: np.ndarray) -> None:
-        valid = ts > 0
-        if not valid.any():
+        n = len(ts)
+        if not n:
             return
-        b = ((ts[valid] - np.uint64(self.t0)) // np.uint64(self.width_ns)).astype(np.int64)
-        k, r = kind[valid], ret[valid]
-        nb = max(int(b.max()) + 1, self.sums.shape[1])
-        part = np.stack([
-            np.bincount(b, minlength=nb),
-            np.bincount(b, weights=_IS_ENTER[k], minlength=nb),
-            np.bincount(b, weights=(k == int(Kind.PRUNE)), minlength=nb),
-            np.bincount(b, weights=(r == ENOENT) & _IS_ENOENT_KIND[k], minlength=nb),
-            np.bincount(b, weights=np.where(k == int(Kind.LOST), r, 0), minlength=nb),
-        ])
+        if int(ts.min()) <= 0:  # stamp 0: no time known, in no bucket
+            valid = ts > 0
+            if not valid.any():
+                return
+            ts, kind, ret = ts[valid], kind[valid], ret[valid]
+        # One code per row: what it adds to its bucket besides the event count.
+        # Lookup entries, prunes and -ENOENT returns are of disjoint kinds, so
+        # one bincount of bucket * 4 + code counts them all at once.
+        code = _RATE_CODE[kind]
+        code[(ret == ENOENT) & _IS_ENOENT_KIND[kind]] = 3
+        w = np.uint64(self.width_ns)
+        t0 = np.uint64(self.t0)
+        b_lo, b_hi = int((ts.min() - t0) // w), int((ts.max() - t0) // w)
+        nb = max(b_hi + 1, self.sums.shape[1])
+        part = np.zeros((5, nb), dtype=np.int64)
+        if b_lo == b_hi:  # the whole part in one bucket (most parts): no per-row bucket
+            c = np.bincount(code, minlength=4)
+            part[0, b_lo] = len(code)
+            part[1:4, b_lo] = c[1:4]
+            b = None
+        else:
+            b = ((ts - t0) // w).astype(np.int64)
+            c = np.bincount(b * 4 + code, minlength=4 * nb).reshape(nb, 4)
+            part[0] = c.sum(axis=1)
+            part[1:4] = c[:, 1:4].T
+        lost = kind == int(Kind.LOST)
+        if lost.any():
+            r = ret[lost].astype(np.int64)
+            if b is None:
+                part[4, b_lo] = int(r.sum())
+            else:
+                np.add.at(part[4], b[lost], r)
         part[:, : self.sums.shape[1]] += self.sums
         self.sums = part
 
@@ -72,7 +97,7 @@ class RateCounts:
         width_ns = self.width_ns
         whole = width_ns % 1_000_000_000 == 0
         width = width_ns // 1_000_000_000 if whole else width_ns / 1e9
-        total, lookups, prunes, enoent, lost = (self.sums[i].astype(np.int64).tolist() for i in range(5))
+        total, lookups, prunes, enoent, lost = (self.sums[i].tolist() for i in range(5))
         buckets = [
             {"t_s": i * width if whole else round(i * width, 9), "events": total[i], "lookups": lookups[i],
              "prunes": prunes[i], "enoent": enoent[i], "lost": lost[i]}
@@ -112,27 +137,37 @@ class TraceCounts:
         if not n:
             return
         self.n += n
-        self.counts += np.bincount(kind.astype(np.int64), minlength=len(self.counts))[: len(self.counts)]
-        valid = ts[ts > 0]
-        if len(valid):
-            lo, hi = int(valid.min()), int(valid.max())
+        by_kind = np.bincount(kind, minlength=len(self.counts))
+        self.counts += by_kind[: len(self.counts)]
+        lo, hi = int(ts.min()), int(ts.max())
+        if lo <= 0 < hi:  # stamp 0: no time known
+            lo = int(ts[ts > 0].min())
+        if hi > 0:
             self.t_min = lo if self.t_min is None else min(self.t_min, lo)
             self.t_max = hi if self.t_max is None else max(self.t_max, hi)
-        is_ret = _IS_RETURN[kind]
-        sys_enoent = (kind == int(Kind.PATH_SYSCALL)) & (ret == ENOENT)
-        lk_enoent = is_ret & (ret == ENOENT)
+        # The rows a count needs are few (-ENOENT, -ECHILD, flagged): each
+        # count looks at the kinds of those rows only, not at every row again.
         lk = self.lk
-        lk["returns"] += int(is_ret.sum())
-        lk["enoent"] += int(lk_enoent.sum())
-        lk["enoent_rcu"] += int((lk_enoent & ((flags & int(Flag.RCU)) != 0)).sum())
-        lk["echild"] += int((is_ret & (ret == ECHILD)).sum())
-        lk["seq_changed"] += int((is_ret & ((flags & int(Flag.SEQ_CHANGED)) != 0)).sum())
-        lk["seq_check_failed"] += int(((kind == int(Kind.SEQ_CHECK)) & (ret != 0)).sum())
-        self.sys_enoent += int(sys_enoent.sum())
-        if sys_enoent.any():
-            self._tally(self.paths, strings("path", sys_enoent))
-        m = sys_enoent | lk_enoent
-        if m.any():
+        lk["returns"] += int(sum(int(by_kind[k]) for k in _LOOKUP_RETURNS if k < len(by_kind)))
+        en = np.flatnonzero(ret == ENOENT)
+        k_en = kind[en]
+        ret_en = _IS_RETURN[k_en]
+        lk["enoent"] += int(ret_en.sum())
+        lk["enoent_rcu"] += int((ret_en & ((flags[en] & int(Flag.RCU)) != 0)).sum())
+        lk["echild"] += int(_IS_RETURN[kind[ret == ECHILD]].sum())
+        lk["seq_changed"] += int(_IS_RETURN[kind[(flags & int(Flag.SEQ_CHANGED)) != 0]].sum())
+        if int(Kind.SEQ_CHECK) < len(by_kind) and by_kind[int(Kind.SEQ_CHECK)]:
+            lk["seq_check_failed"] += int((kind[ret != 0] == int(Kind.SEQ_CHECK)).sum())
+        sys_en = en[k_en == int(Kind.PATH_SYSCALL)]
+        self.sys_enoent += len(sys_en)
+        if len(sys_en):
+            m = np.zeros(n, dtype=bool)
+            m[sys_en] = True
+            self._tally(self.paths, strings("path", m))
+        either = en[ret_en | (k_en == int(Kind.PATH_SYSCALL))]
+        if len(either):
+            m = np.zeros(n, dtype=bool)
+            m[either] = True
             self._tally(self.comms, strings("comm", m))
         m = kind == int(Kind.LOST)
         if m.any():

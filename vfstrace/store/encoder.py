@@ -58,6 +58,7 @@ from vfstrace.store.files import (
     PARQUET_COMPRESSION_LEVEL,
     PARQUET_DELTA_COLUMNS,
     PARQUET_DICTIONARY_COLUMNS,
+    PARQUET_STATISTICS_COLUMNS,
     _atomic_write_bytes,
     open_private,
 )
@@ -90,6 +91,7 @@ def encode_part(t: pa.Table, directory: Path, name: str, *, shared: bool, row_gr
             compression=PARQUET_COMPRESSION,
             compression_level=PARQUET_COMPRESSION_LEVEL,
             use_dictionary=PARQUET_DICTIONARY_COLUMNS,
+            write_statistics=PARQUET_STATISTICS_COLUMNS,
             column_encoding=dict.fromkeys(PARQUET_DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
             write_page_checksum=True,  # the reader verifies them: a flipped byte is an error
         )
