@@ -276,6 +276,11 @@ def from_trace(path, min_overlaps: int = MIN_OVERLAPS) -> Result:
         meta, phases = judge_frame(load(path))
     else:
         meta, phases = first.meta, judge_parts(first)
+    return result_of(meta, phases, path, min_overlaps)
+
+
+def result_of(meta: dict, phases: list[Phase], path, min_overlaps: int = MIN_OVERLAPS) -> Result:
+    """The Result of a trace's judged phases (its metadata names the kernel, tier and probes)."""
     verdict, reason = verdict_of(phases, min_overlaps)
     return Result(verdict, reason, str(meta.get("kernel_release") or "?"), str(meta.get("tier") or "?"),
                   list(meta.get("probes") or []), phases, str(path), factor=widening_factor(phases))
