@@ -209,3 +209,41 @@ def test_selftest_from_trace_falls_back_to_the_whole_load(tmp_path):
         a = judge.from_trace(path)
         _, phases = judge.judge_frame(store.load(path))
         assert [p.to_dict() for p in a.phases] == [p.to_dict() for p in phases]
+
+
+def test_a_trace_left_by_a_crash_reads_the_same(tmp_path, monkeypatch):
+    # closed=false, a half-written part and a last part not yet in _meta.json: the notes each pass meets.
+    p, _ = _phased(tmp_path, 17)
+    m = json.loads((p / "_meta.json").read_text())
+    m["closed"], m["parts"] = False, m["parts"][:-1]
+    (p / "_meta.json").write_text(json.dumps(m))
+    (p / ".part-000999.parquet.tmp").write_bytes(b"PAR1 half a part")
+    rep = _same_report(p)
+    notes = rep["summary"]["notes"]
+    assert any("half-written" in n for n in notes) and any("not in _meta.json" in n for n in notes)
+    assert any("closed=false" in n for n in notes)
+    _same_judgement(p, monkeypatch)
+
+
+def test_an_empty_trace_directory(tmp_path, monkeypatch):
+    p = tmp_path / "e.vft"
+    with store.TraceWriter(p, meta={"tier": "kprobe"}):
+        pass
+    _same_report(p)
+    assert _same_judgement(p, monkeypatch).verdict == judge.INCONCLUSIVE
+
+
+def test_a_damaged_part_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    p, _, _ = _sim(tmp_path, 18)
+    part = p / "part-000002.parquet"
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside a column chunk's pages: the checksum catches it
+    part.write_bytes(bytes(raw))
+    for args in (["report", str(p)], ["selftest", "--from-trace", str(p)]):
+        r = subprocess.run([sys.executable, "-m", "vfstrace.cli", *args], capture_output=True, text=True)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("vfstrace: error:") and "part-000002.parquet" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
