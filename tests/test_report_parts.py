@@ -109,7 +109,8 @@ def test_report_parts_with_losses_no_lost_record_places(tmp_path):
 @pytest.mark.parametrize("name", ["race.jsonl", "escape.jsonl", "kprobe-6.1.jsonl"])
 def test_report_parts_on_recorded_fixtures_cut_into_parts(tmp_path, name):
     df = store.load(FIXTURES / "traces" / name)
-    meta = {k: v for k, v in df.attrs["meta"].items() if k not in ("notes", "parts", "events", "closed", "schema_version")}
+    made = ("notes", "parts", "events", "closed", "schema_version")
+    meta = {k: v for k, v in df.attrs["meta"].items() if k not in made}
     p = _write(tmp_path / "t.vft", df, meta, part=5 if len(df) < 100 else 97)
     _same_report(p)
     _same_report(p, window_us=0)
@@ -157,7 +158,8 @@ def _phased(tmp_path, seed, *, lost_total=None, **kw):
     lo, mid, hi = int(ts.min()), int(np.median(ts)), int(ts.max()) + 1
     phases = [{"name": "baseline", "start_ns": lo, "end_ns": mid},
               {"name": "widened", "start_ns": mid, "end_ns": hi, "counters": {"lookup": 12345, "prune": 67},
-               "widen": {"site": "d_lookup_rcu", "delay_ns": 200_000, "delayed": 10, "mean_delay_ns": 200_000}, "workload": {"stat_rate": 0}}]
+               "widen": {"site": "d_lookup_rcu", "delay_ns": 200_000, "delayed": 10, "mean_delay_ns": 200_000},
+               "workload": {"stat_rate": 0}}]
     meta = {"tier": "kprobe", "kernel_release": "sim", "probes": ["walk"], "selftest": {"phases": phases}}
     if lost_total is not None:
         meta["lost_total"] = lost_total

@@ -10,6 +10,7 @@ resolution; the tables after it are the evidence for it.
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 import pyarrow as pa
@@ -19,7 +20,7 @@ import pandas as pd
 from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
-from vfstrace.report.terminal import term_tree
+from vfstrace.report.terminal import term, term_tree
 from vfstrace.report.counts import (  # noqa: F401 (MAX_RATE_BUCKETS: part of this module's interface)
     MAX_RATE_BUCKETS,
     RateCounts,
@@ -32,6 +33,7 @@ from vfstrace.report.counts import (  # noqa: F401 (MAX_RATE_BUCKETS: part of th
 # alarming first), then the verdicts that clear a lookup.
 VERDICT_ORDER = SUSPECT_VERDICTS + ("explained", "absent")
 NOT_COMPUTED = "verdicts not computed (--no-verdicts)"
+log = logging.getLogger("vfstrace.report")
 
 
 
@@ -353,12 +355,16 @@ def first_pass(path) -> FirstPass | None:
 
     it = iter_parts(path, _FIRST_PASS)
     if it is None:
+        log.debug("%s: not a trace directory: loaded whole", term(str(path)))
         return None
     meta, files, parts = it
     first = FirstPass(path, meta, files)
     for t in parts:
         if not first.add(t):
+            log.debug("%s: event ids do not rise in file order: loaded whole", term(str(path)))
             return None
+    log.debug("%s: %d parts, read part by part (timestamps out of order by up to %d ns)", term(str(path)), len(files),
+              first.order.disorder_ns)
     return first
 
 
