@@ -129,3 +129,18 @@ def test_trace_counts_count_by_definition(seed):
     valid = ts[ts > 0]
     assert (c.t_min, c.t_max) == (int(valid.min()), int(valid.max()))
     assert c.counts.tolist() == np.bincount(kind, minlength=len(c.counts)).tolist()
+
+
+def test_arrow_strings_are_the_masked_rows_in_order():
+    import pyarrow as pa
+
+    from vfstrace.report.counts import arrow_strings
+
+    rng = np.random.default_rng(3)
+    words = ["/a", "/b", "", "/c/d", "é"]
+    plain = [pa.array(rng.choice(words, 50).tolist()) for _ in range(3)] + [pa.array(["/a", None, "/b"])]
+    coded = pa.table({"path": pa.chunked_array([c.dictionary_encode() for c in plain])})  # as a part is read
+    for table in (coded, pa.table({"path": pa.chunked_array(plain)})):
+        n = table.num_rows
+        for mask in (rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
+            assert arrow_strings(table)("path", mask) == table.column("path").filter(pa.array(mask)).to_pylist()

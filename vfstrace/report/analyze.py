@@ -25,6 +25,7 @@ from vfstrace.report.counts import (  # noqa: F401 (MAX_RATE_BUCKETS: part of th
     MAX_RATE_BUCKETS,
     RateCounts,
     TraceCounts,
+    arrow_strings,
     nice_width_ns,
     rate_width_ns,
 )
@@ -377,7 +378,7 @@ def count_parts(first: FirstPass, *, rates=(), tally: VerdictTally | None = None
     for t in first.parts(tuple(dict.fromkeys(COLUMNS + _COUNT_COLUMNS)) if corr is not None else _COUNT_COLUMNS):
         kind, ts, ret = t.column("kind").to_numpy(), t.column("ts_ns").to_numpy(), t.column("ret").to_numpy()
         counts.add(kind, ts, ret, t.column("flags").to_numpy(), t.column("cpu").to_numpy(),
-                   lambda col, m: t.column(col).filter(pa.array(m)).to_pylist())
+                   arrow_strings(t))
         for r in rates:
             r.add(ts, kind, ret)
         if corr is not None:

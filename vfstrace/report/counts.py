@@ -218,6 +218,34 @@ class TraceCounts:
         return summary
 
 
+def arrow_strings(t):
+    """``strings`` for TraceCounts.add() over a part read as a pyarrow Table (iter_parts()).
+
+    Why: a part's string columns are dictionary-encoded, and turning a
+    dictionary array's rows into Python strings one by one (to_pylist())
+    costs about a microsecond each; through the codes it is one string per
+    distinct value taken.
+    """
+    import pyarrow as pa
+
+    def get(col: str, mask: np.ndarray) -> list:
+        out, off = [], 0
+        for ch in t.column(col).chunks:
+            m = mask[off:off + len(ch)]
+            off += len(ch)
+            if not m.any():
+                continue
+            if not pa.types.is_dictionary(ch.type) or ch.null_count:
+                out += ch.filter(pa.array(m)).to_pylist()
+                continue
+            codes, inv = np.unique(ch.indices.to_numpy()[m], return_inverse=True)
+            values = ch.dictionary.take(pa.array(codes)).to_pylist()
+            out += [values[i] for i in inv.tolist()]
+        return out
+
+    return get
+
+
 def _top_counts(counts: dict, n: int, label: str) -> list[dict]:
     if not counts:
         return []
