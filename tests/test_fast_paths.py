@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from vfstrace.correlate.batch import Windows
-from vfstrace.correlate.parts import task_order
+from vfstrace.correlate.walk import task_order
 from vfstrace.correlate.syscall import Successes, neighbours
 from vfstrace.events import ECHILD, ENOENT, Flag, Kind
 from vfstrace.report.counts import RateCounts, TraceCounts
@@ -31,6 +31,8 @@ def test_task_order_is_tid_then_time_then_id(seed):
     o = task_order(tid, ts)
     want = sorted(range(n), key=lambda i: (int(tid[i]), int(ts[i]), int(ids[i])))
     assert o.tolist() == want
+    big = tid.astype(np.int64) + (2**40 if seed % 4 == 1 else 0)  # tids of a hand-made frame, beyond 32 bits
+    assert task_order(big, ts).tolist() == want
 
 
 def _neighbours_by_definition(S, succ, W):

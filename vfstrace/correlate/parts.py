@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from vfstrace.correlate.batch import _EVIDENCE_KINDS
 from vfstrace.correlate.streaming import StreamingCorrelator
-from vfstrace.correlate.walk import WALK_KINDS
+from vfstrace.correlate.walk import WALK_KINDS, task_order
 from vfstrace.events import ECHILD, ENOENT, NUMPY_DTYPES, Kind, kind_mask
 from vfstrace.store.table import _column_numpy
 
@@ -68,28 +68,6 @@ class Disorder:
         else:
             self.max_ts = int(run[-1])
         self.disorder_ns = max(self.disorder_ns, worst)
-
-
-def task_order(tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Indices putting rows given in event-id order into (tid, ts, event id) order: a task's events in time order.
-
-    Why not one lexsort: rows come in event-id order, so a stable sort keeps
-    ids in order among equal keys, and a stable sort by ts (skipped when the
-    stamps already rise, as they mostly do) then by tid gives the three-key
-    order. The tid sort is two stable 16-bit radix passes (one when every
-    tid shares its upper half), several times faster than sorting a 64-bit
-    key.
-    """
-    order = None
-    if len(ts) > 1 and not (ts[1:] >= ts[:-1]).all():
-        order = np.argsort(ts, kind="stable")
-        tid = tid[order]
-    tid = tid.astype(np.uint32, copy=False)
-    by = np.argsort((tid & np.uint32(0xFFFF)).astype(np.uint16), kind="stable")
-    hi = (tid >> np.uint32(16)).astype(np.uint16)
-    if len(hi) and hi.min() != hi.max():
-        by = by[np.argsort(hi[by], kind="stable")]
-    return by if order is None else order[by]
 
 
 class WalkCut:
@@ -208,11 +186,13 @@ class PartsCorrelator:
         self.rows_fed += t.num_rows
         # Carried walk rows come after the rows of later ids fed before them:
         # in event-id order here (a few sorted runs: cheap), where only the
-        # indices move, so the correlator need not sort the frame.
+        # dictionary indices of one chunk move, so the correlator need not
+        # sort the frame.
+        t = t.unify_dictionaries().combine_chunks()
         ids = t.column("event_id").to_numpy()
         if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             t = t.take(pa.array(np.argsort(ids, kind="stable")))
         return self.corr.feed(to_frame(t))
 
 
-__all__ = ["COLUMNS", "Disorder", "PartsCorrelator", "WalkCut", "task_order"]
+__all__ = ["COLUMNS", "Disorder", "PartsCorrelator", "WalkCut"]

@@ -60,6 +60,31 @@ def _reduce_last(mask, seg_starts, n):
     return np.maximum.reduceat(idx, seg_starts) if n else idx
 
 
+def task_order(tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Indices putting rows given in event-id order into (tid, ts, event id) order: a task's events in time order.
+
+    Why not one lexsort: rows come in event-id order, so a stable sort keeps
+    ids in order among equal keys, and a stable sort by ts (skipped when the
+    stamps already rise, as they mostly do) then by tid gives the three-key
+    order. The tid sort is two stable 16-bit radix passes (one when every
+    tid shares its upper half), several times faster than sorting a 64-bit
+    key.
+    """
+    if tid.dtype.itemsize > 4 or tid.dtype.kind != "u":  # a hand-made frame's tids may not fit 32 bits
+        if len(tid) and (int(tid.min()) < 0 or int(tid.max()) >= 2**32):
+            return np.lexsort((ts, tid))
+    order = None
+    if len(ts) > 1 and not (ts[1:] >= ts[:-1]).all():
+        order = np.argsort(ts, kind="stable")
+        tid = tid[order]
+    tid = tid.astype(np.uint32, copy=False)
+    by = np.argsort((tid & np.uint32(0xFFFF)).astype(np.uint16), kind="stable")
+    hi = (tid >> np.uint32(16)).astype(np.uint16)
+    if len(hi) and hi.min() != hi.max():
+        by = by[np.argsort(hi[by], kind="stable")]
+    return by if order is None else order[by]
+
+
 def walk_segments(W: pd.DataFrame, win):
     """Summarise walks; returns ``(J, open_mask)``.
 
@@ -78,7 +103,7 @@ def walk_segments(W: pd.DataFrame, win):
     ts0 = W["ts_ns"].to_numpy().astype(np.int64)
     eid0 = W["event_id"].to_numpy().astype(np.int64)
     # A task runs one walk at a time: its events in time order (ids break ties).
-    order = np.lexsort((eid0, ts0, tid0))
+    order = task_order(tid0, ts0) if n < 2 or (eid0[1:] > eid0[:-1]).all() else np.lexsort((eid0, ts0, tid0))
     tid = tid0[order]
     kind = W["kind"].to_numpy()[order]
     ret = W["ret"].to_numpy()[order]
