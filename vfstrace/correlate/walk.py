@@ -362,16 +362,25 @@ def judge_walks(J: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -
     })
 
 
+_PLAIN_MISS = "plain miss: no prune of this dentry and no removal of this name in the window"
+
+
 def _explain(J, verdict, why):
     """Per verdict, the events it rests on and one sentence naming that evidence."""
-    first_id = J["first_id"].to_numpy()
-    flags = J["flags"].to_numpy()
-    jid = J["event_id"].to_numpy().astype(np.int64)
-    echild = J["ret"].to_numpy() == ECHILD
-    seen, pids, rids = why["prune_seen"], why["prune_ids"], why["retry_ids"]
+    # Python lists, not arrays: this loop runs once per judged walk.
+    first_id = J["first_id"].to_numpy().astype(np.int64).tolist()
+    flags = J["flags"].to_numpy().tolist()
+    jid = J["event_id"].to_numpy().astype(np.int64).tolist()
+    echild = (J["ret"].to_numpy() == ECHILD).tolist()
+    seen, pids, rids = why["prune_seen"].tolist(), why["prune_ids"], why["retry_ids"]
     evidence, reason = [], []
-    for i, v in enumerate(verdict):
-        ev = [int(first_id[i])] if first_id[i] >= 0 else []
+    for i, v in enumerate(verdict.tolist()):
+        f, j = first_id[i], jid[i]
+        if v == "absent":  # most walks: the walk's first event and its return
+            evidence.append([j] if f < 0 or f == j else [f, j] if f < j else [j, f])
+            reason.append(_PLAIN_MISS)
+            continue
+        ev = [f] if f >= 0 else []
         if v == "retried":
             ev += rids[i] + pids[i]
             if echild[i]:
@@ -401,8 +410,8 @@ def _explain(J, verdict, why):
             if flags[i] & int(Flag.SEQ_CHANGED):
                 r += " (d_seq changed)"
         else:
-            r = "plain miss: no prune of this dentry and no removal of this name in the window"
-        ev.append(int(jid[i]))
+            r = _PLAIN_MISS
+        ev.append(j)
         evidence.append(_sorted_ids(ev))
         reason.append(r)
     return evidence, reason
