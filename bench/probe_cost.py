@@ -4,6 +4,7 @@
     .venv/bin/python bench/probe_cost.py --kernel all            # 5.10, 6.1, 6.12: one guest each
     .venv/bin/python bench/probe_cost.py --small                 # CI size: one kernel (6.12), fewer calls
     .venv/bin/python bench/probe_cost.py --inside OUT [--calls N --rounds R]   # on this kernel (needs kprobes)
+    .venv/bin/python bench/probe_cost.py --kernel 6.1 --ab /path/to/other/checkout   # A/B in one boot
 
 Each kernel boots one guest (`vfstrace vm run`); inside, in one process, a
 C loop of N stat() calls (bench/_statgen.py) runs on a hit path (a file
@@ -26,6 +27,13 @@ bury what a probe costs. On tmpfs a missing name leaves no negative dentry
 (simple_lookup's always-delete dentry operations), so each ENOENT stat()
 also allocates and kills one dentry: the prune-side probes fire too, and
 vfstrace streams a WALK_RETURN and a PRUNE for it.
+
+--ab DIR adds, per mode, "vfstrace-B": the same tier built from DIR/bpf
+(another checkout's kprobe.c and common.h, with this tree's tracer and
+defines), run in the same rounds. Two versions of the kernel-side code
+measured in one boot share every disturbance of the machine; printed as
+B's added ns over A's per round (median [min-max]). For development: a
+change to the programs is judged this way, not from two runs' ratios.
 
 Printed per kernel: ns per stat() (the loop's own CPU time): the best run
 and the median [min-max] over rounds; added ns over untraced (best runs);
@@ -103,7 +111,7 @@ class Config:
         return c.get("walk")
 
 
-def inside(out: Path, calls: int, rounds: int) -> dict:
+def inside(out: Path, calls: int, rounds: int, ab: str | None = None) -> dict:
     """Run every configuration on this kernel; the result also goes to OUT/probe_cost.json."""
     from _statgen import StatGen
     from tracers import make_tracer
@@ -127,7 +135,12 @@ def inside(out: Path, calls: int, rounds: int) -> dict:
             choice = kchoice if mode == "kprobe" else choose_tier("fentry")
             empty = EmptyKprobeTracer(TraceOptions(), choice)
             real = make_tracer(choice, TraceOptions())
-            for name, tr, streams in ((f"empty {mode}", empty, False), (f"vfstrace {mode}", real, True)):
+            tracers = [(f"empty {mode}", empty, False), (f"vfstrace {mode}", real, True)]
+            if ab:
+                other = make_tracer(choice, TraceOptions())
+                other.source_dir = Path(ab) / "bpf"
+                tracers.append((f"vfstrace-B {mode}", other, True))
+            for name, tr, streams in tracers:
                 tr.load()
                 tr.detach_probes()
                 c = Config(name, tr, streams)
@@ -166,7 +179,7 @@ def inside(out: Path, calls: int, rounds: int) -> dict:
            "configs": [c.name for c in configs], "compile_s": round(compile_s, 1), "notes": notes,
            "ns": {f"{k[0]}|{k[1]}": v for k, v in ns.items()},
            "walks_per_stat": {f"{k[0]}|{k[1]}": v for k, v in walks.items() if v}, "events": events,
-           "programs": programs}
+           "programs": programs, "ab": ab}
     (out / "probe_cost.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -244,23 +257,37 @@ def _spread(v: list[float]) -> str:
     return f"{min(v):.0f}  ({statistics.median(v):.0f} [{min(v):.0f}-{max(v):.0f}])"
 
 
-def best_ratio(res: dict, path: str, mode: str) -> float:
+def best_ratio(res: dict, path: str, mode: str, name: str = "vfstrace") -> float:
     """vfstrace added / empty added, each from its best run."""
     ns = res["ns"]
-    u, e, v = (min(ns[f"{n}|{path}"]) for n in ("untraced", f"empty {mode}", f"vfstrace {mode}"))
+    u, e, v = (min(ns[f"{n}|{path}"]) for n in ("untraced", f"empty {mode}", f"{name} {mode}"))
     return (v - u) / (e - u) if e > u else float("inf")
 
 
-def _ratio_text(res: dict, path: str, mode: str) -> str:
-    rr = sorted(ratios(res, path, mode))
-    return f"{best_ratio(res, path, mode):.2f}  ({statistics.median(rr):.2f} [{rr[0]:.2f}-{rr[-1]:.2f}])"
+def _ratio_text(res: dict, path: str, mode: str, name: str = "vfstrace") -> str:
+    rr = sorted(ratios(res, path, mode, name=name))
+    return f"{best_ratio(res, path, mode, name):.2f}  ({statistics.median(rr):.2f} [{rr[0]:.2f}-{rr[-1]:.2f}])"
 
 
-def ratios(res: dict, path: str, mode: str) -> list[float]:
-    """vfstrace added / empty added per round, each against that round's untraced run."""
+def ratios(res: dict, path: str, mode: str, over: str = "empty", name: str = "vfstrace") -> list[float]:
+    """``name`` added / ``over`` added per round, each against that round's untraced run."""
     ns = res["ns"]
-    u, e, v = ns[f"untraced|{path}"], ns[f"empty {mode}|{path}"], ns[f"vfstrace {mode}|{path}"]
+    u, e, v = ns[f"untraced|{path}"], ns[f"{over} {mode}|{path}"], ns[f"{name} {mode}|{path}"]
     return [(vi - ui) / (ei - ui) if ei > ui else float("inf") for ui, ei, vi in zip(u, e, v)]
+
+
+def ab_text(res: dict) -> str:
+    """B against A (--ab), per round in the same boot: B's added ns / A's."""
+    if not res.get("ab"):
+        return ""
+    lines = [f"vfstrace-B: bpf/ of {res['ab']}; B added / A added per round, median [min-max] "
+             "(below 1: B costs less):"]
+    for mode in res["modes"]:
+        for p in PATHS:
+            rr = sorted(ratios(res, p, mode, over="vfstrace", name="vfstrace-B"))
+            lines.append(f"  {mode} {p}: {statistics.median(rr):.3f} [{rr[0]:.3f}-{rr[-1]:.3f}]  "
+                         f"(B/empty best {_ratio_text(res, p, mode, 'vfstrace-B')})")
+    return "\n".join(lines) + "\n"
 
 
 def table(res: dict) -> str:
@@ -276,8 +303,8 @@ def table(res: dict) -> str:
             w = res["walks_per_stat"].get(f"{name}|{p}")
             wps = statistics.median(w) if w else None
             ratio = "-"
-            if name.startswith("vfstrace "):
-                ratio = _ratio_text(res, p, name.split()[1])
+            if name.startswith("vfstrace"):
+                ratio = _ratio_text(res, p, name.split()[1], name.split()[0])
             rows.append([p, name, _spread(v), "-" if name == "untraced" else f"{added:.0f}",
                          f"{wps:.2f}" if wps else "-",
                          f"{added / wps:.0f}" if wps else "-", ratio])
@@ -286,7 +313,7 @@ def table(res: dict) -> str:
     ev = "   ".join(f"{k}: {v['events']} events, {v['lost']} lost" for k, v in res["events"].items())
     return (f"kernel {res['kernel_release']}   calls per run: {res['calls']}   rounds: {res['rounds']}   "
             f"ns: the loop's CPU time   compile+attach: {res['compile_s']} s\n"
-            + tabulate(rows, headers=head, disable_numparse=True) + f"\n{ev}\n" + programs_table(res))
+            + tabulate(rows, headers=head, disable_numparse=True) + f"\n{ev}\n" + ab_text(res) + programs_table(res))
 
 
 def summary(results: dict[str, dict]) -> str:
@@ -319,6 +346,8 @@ def main():
     ap.add_argument("--small", action="store_true",
                     help=f"CI size: one kernel, {SMALL['calls']} calls, {SMALL['rounds']} rounds")
     ap.add_argument("--inside", metavar="OUT", help="run on this kernel, results in OUT")
+    ap.add_argument("--ab", metavar="DIR", help="also run the tier built from DIR/bpf (another checkout), "
+                    "in the same rounds: an A/B of the kernel-side code in one boot")
     ap.add_argument("--report", metavar="DIR", help="print the tables again from DIR/<kernel>/probe_cost.json")
     a = ap.parse_args()
     size = SMALL if a.small else FULL
@@ -326,11 +355,13 @@ def main():
     rounds = a.rounds or size["rounds"]
     if calls < 100 or rounds < 1:
         ap.error("--calls must be at least 100 and --rounds at least 1")
+    if a.ab and not (Path(a.ab) / "bpf" / "kprobe.c").is_file():
+        ap.error(f"--ab {a.ab}: no bpf/kprobe.c there (a vfstrace checkout)")
     if a.inside:
         from vfstrace.errors import VfstraceError
 
         try:
-            res = inside(Path(a.inside), calls, rounds)
+            res = inside(Path(a.inside), calls, rounds, a.ab)
         except VfstraceError as e:
             raise SystemExit(f"bench/probe_cost.py: {e}")
         print(table(res), flush=True)
@@ -356,7 +387,7 @@ def main():
         out = ROOT / ".cache" / "probe_cost" / k
         (out / "probe_cost.json").unlink(missing_ok=True)
         argv = [PY, str(ROOT / "bench/probe_cost.py"), "--inside", vm.GUEST_OUT, "--calls", str(calls),
-                "--rounds", str(rounds)]
+                "--rounds", str(rounds)] + (["--ab", str(Path(a.ab).resolve())] if a.ab else [])
         t0 = time.monotonic()
         try:
             r = vm.run(k, argv, timeout=1800, out_dir=out, cwd=str(ROOT))

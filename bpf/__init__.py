@@ -14,6 +14,8 @@ included header they stay unrewritten and the verifier refuses the result
 verifier's line numbers those of the real files.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -23,22 +25,28 @@ COMMON = "common.h"
 COMMON_INCLUDE = f'#include "{COMMON}"'
 
 
-def source(name: str) -> str:
-    """Text of one kernel-side source file in this directory."""
-    return (SOURCE_DIR / name).read_text()
+def source(name: str, directory: Path = SOURCE_DIR) -> str:
+    """Text of one kernel-side source file in this directory (or ``directory``)."""
+    return (directory / name).read_text()
 
 
-def program(name: str) -> str:
+def program(name: str, directory: Path | None = None) -> str:
     """What BCC compiles for ``name`` (one of :data:`PROGRAMS`): its generated
-    defines (kinds, ops, flags, errnos, its counter slots), then its source."""
+    defines (kinds, ops, flags, errnos, its counter slots), then its source.
+
+    ``directory``: another copy of this folder (bench/probe_cost.py --ab
+    compiles an older kprobe.c and common.h beside these, to compare them in
+    one guest boot); the defines are always this tree's.
+    """
     from vfstrace.events import c_defines
 
     if name not in PROGRAMS:
         raise ValueError(f"no kernel-side program {name!r}")
+    d = SOURCE_DIR if directory is None else Path(directory)
     out = []
-    for no, line in enumerate(source(name).splitlines(keepends=True), start=1):
+    for no, line in enumerate(source(name, d).splitlines(keepends=True), start=1):
         if line.strip() == COMMON_INCLUDE:
-            out += [f'#line 1 "{SOURCE_DIR / COMMON}"\n', source(COMMON), f'#line {no + 1} "{SOURCE_DIR / name}"\n']
+            out += [f'#line 1 "{d / COMMON}"\n', source(COMMON, d), f'#line {no + 1} "{d / name}"\n']
         else:
             out.append(line)
-    return c_defines(name) + f'#line 1 "{SOURCE_DIR / name}"\n' + "".join(out)
+    return c_defines(name) + f'#line 1 "{d / name}"\n' + "".join(out)

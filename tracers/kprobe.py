@@ -145,6 +145,7 @@ class KprobeTracer(Tracer):
     """fentry/kprobe tier; ``choice.tier`` picks fentry or kprobe."""
 
     source = SOURCE
+    source_dir = None  # bpf/ of this tree; bench/probe_cost.py --ab points one tracer elsewhere
 
     def __init__(self, options, choice=None):
         super().__init__(options, choice)
@@ -336,7 +337,7 @@ class KprobeTracer(Tracer):
     def program_text(self) -> str:
         """The program as compiled: enum #defines, the -D values as comments, the source."""
         flags = "\n".join(f"/* {f} */" for f in self.cflags())
-        return flags + "\n" + program(self.source)
+        return flags + "\n" + program(self.source, self.source_dir)
 
     # -- compile / load / attach ------------------------------------------
 
@@ -365,7 +366,7 @@ class KprobeTracer(Tracer):
         """Compile bpf/kprobe.c with BCC (fentry programs attach at this point)."""
         bcc = import_bcc()
         self._headers_env(verify_only)
-        text = program(self.source)
+        text = program(self.source, self.source_dir)
         cflags = self.cflags()
         from tracers import BuildError, build_bpf
 
