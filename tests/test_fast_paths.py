@@ -146,3 +146,21 @@ def test_arrow_strings_are_the_masked_rows_in_order():
         n = table.num_rows
         for mask in (rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool)):
             assert arrow_strings(table)("path", mask) == table.column("path").filter(pa.array(mask)).to_pylist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_disorder_is_the_largest_fall_below_an_earlier_stamp_across_parts(seed):
+    from vfstrace.correlate.parts import Disorder
+
+    rng = np.random.default_rng(seed)
+    ts = np.cumsum(rng.integers(0, 5, 300)).astype(np.uint64)
+    if seed % 2:  # some stamps out of order (per-CPU buffers)
+        i = rng.integers(0, 300, 20)
+        ts[i] = ts[i] - np.minimum(ts[i], rng.integers(0, 40, 20).astype(np.uint64))
+    d = Disorder()
+    cuts = np.sort(rng.integers(0, 300, 6))
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, 300]):
+        d.add(np.arange(a, b) + 1, ts[a:b])
+    t = ts.astype(np.int64)
+    assert d.disorder_ns == max([0] + [int(t[:j].max()) - int(t[j]) for j in range(1, 300)])
+    assert d.max_ts == int(t.max())

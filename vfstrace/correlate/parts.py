@@ -58,15 +58,20 @@ class Disorder:
         if int(ids[0]) <= self.last_id or (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()):
             self.ids_rise = False
         self.last_id = max(self.last_id, int(ids.max()))
-        t = ts.astype(np.int64)
-        run = np.maximum.accumulate(t)
-        below = run[:-1] - t[1:]
-        worst = int(below.max()) if len(below) else 0
-        if self.max_ts is not None:
-            worst = max(worst, self.max_ts - int(t.min()))
-            self.max_ts = max(self.max_ts, int(run[-1]))
+        if int(ts[-1]) < 2**63 and (ts[1:] >= ts[:-1]).all():
+            # Stamps rising within the part (mostly so): none falls below one before it.
+            worst, lo, hi = 0, int(ts[0]), int(ts[-1])
         else:
-            self.max_ts = int(run[-1])
+            t = ts.astype(np.int64)
+            run = np.maximum.accumulate(t)
+            below = run[:-1] - t[1:]
+            worst = int(below.max()) if len(below) else 0
+            lo, hi = int(t.min()), int(run[-1])
+        if self.max_ts is not None:
+            worst = max(worst, self.max_ts - lo)
+            self.max_ts = max(self.max_ts, hi)
+        else:
+            self.max_ts = hi
         self.disorder_ns = max(self.disorder_ns, worst)
 
 
@@ -161,7 +166,7 @@ class PartsCorrelator:
         mx = int(ts.max())
         self.max_seen = mx if self.max_seen is None else max(self.max_seen, mx)
         carried, walks = self.cut.cut(t, np.flatnonzero(_IS_WALK[kind]), self.max_seen)
-        # The part's rows kept, walks and the rest, in one take (in id order).
+        # The part's rows kept, walks and the rest, in one filter (in id order).
         mine = _IS_OTHER[kind]
         mine[walks] = True
         if carried is not None:

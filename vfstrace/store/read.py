@@ -184,7 +184,8 @@ def iter_parts(path, columns, files=None):
 
     Why: memory then holds one part (a recorder's chunk) whatever the trace's
     size, and only the columns asked for are decoded (strings stay
-    dictionary-encoded). Each part gets the checks ``load()`` makes (listing,
+    dictionary-encoded). The parts are read ahead (read_ahead()): the next
+    is decoded while the caller works on this one. Each part gets the checks ``load()`` makes (listing,
     checksums, schema); ``meta["notes"]`` and ``meta["events"]`` are complete
     once ``parts`` is exhausted. Rows come in file order: the caller checks
     that event ids increase (``load()`` sorts them). None for a JSON Lines
@@ -209,7 +210,7 @@ def iter_parts(path, columns, files=None):
             yield t
         _finish_meta(meta, n)
 
-    return meta, files, parts()
+    return meta, files, read_ahead(parts())
 
 
 def _check_listing(p: Path, t: pa.Table, entry: dict) -> None:
@@ -275,30 +276,55 @@ def load(path):
     return df
 
 
+class _ReadAhead:
+    """Parts read ahead by read_ahead(); given to read_ahead() again, they are read ahead once, not twice."""
+
+    def __init__(self, parts, depth: int):
+        self._it = _read_ahead(parts, depth)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+
 def read_ahead(parts, depth: int = 2):
-    """``parts`` (from iter_parts) read ``depth`` ahead in a thread of their own.
+    """``parts`` read ``depth`` ahead in a thread of their own (started at the first part asked for).
 
     Why: pyarrow reads and decodes a part without holding the GIL, so on a
     machine with a second core the next part is ready while the caller works
-    on this one. Errors (a damaged part) are raised here, in order.
+    on this one. Errors (a damaged part) are raised here, in order. A caller
+    that stops early stops the thread when it drops (or closes) the parts.
     """
+    return parts if isinstance(parts, _ReadAhead) else _ReadAhead(parts, depth)
+
+
+def _read_ahead(parts, depth: int):
     q: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
+
+    def put(item) -> bool:
+        """Queue ``item`` unless the reader stopped (then the thread ends, holding no part)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def run():
         try:
             for t in parts:
-                while not stop.is_set():
-                    try:
-                        q.put((True, t), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((True, t)):
                     return
-            q.put((False, None))
+            put((False, None))
         except BaseException as e:  # handed to the reader, raised there
-            q.put((False, e))
+            put((False, e))
 
     th = threading.Thread(target=run, name="vfstrace-read-ahead", daemon=True)
     th.start()
