@@ -119,32 +119,39 @@ def judge_events(df, name: str = "trace", duration_s: float | None = None, count
         ts = df["ts_ns"].to_numpy(dtype=np.uint64) if len(df) else np.zeros(0, dtype=np.uint64)
         duration_s = float(ts.max() - ts.min()) / 1e9 if len(ts) > 1 else 0.0
     kind = df["kind"].to_numpy() if len(df) else np.zeros(0, dtype=np.uint8)
-    if counters:
-        lookups = _int(counters.get("lookup")) or _int(counters.get("walk"))
-        prunes = _int(counters.get("prune"))
-    else:
-        lookups = int(np.isin(kind, _LOOKUP_RETURNS).sum())
-        prunes = int((kind == int(Kind.PRUNE)).sum())
+    lookups = int(np.isin(kind, _LOOKUP_RETURNS).sum())
+    prunes = int((kind == int(Kind.PRUNE)).sum())
     lost = int(df.loc[kind == int(Kind.LOST), "ret"].sum()) if len(df) else 0
     v = correlate(df, unplaced_lost=unplaced_lost) if verdicts is None else verdicts
     counts = v["verdict"].value_counts().to_dict() if len(v) else {}
-    retried = v["verdict"].to_numpy() == "retried" if len(v) else np.zeros(0, dtype=bool)
-    with_prune = (v["overlap"].to_numpy(dtype=bool) if "overlap" in v.columns
-                  else np.zeros(len(v), dtype=bool))
-    ph = Phase(
-        name=name,
-        duration_s=round(float(duration_s), 3),
-        lookups=lookups,
-        prunes=prunes,
-        retried=int(counts.get("retried", 0)),
-        race=int(counts.get("race", 0)),
-        uncertain=int(counts.get("uncertain", 0)),
-        lost=lost,
-    )
-    ph.retried_no_prune = int((retried & ~with_prune).sum())
-    ph.overlaps = ph.retried - ph.retried_no_prune + ph.race
+    ph = _phase(name, duration_s, counters, lookups, prunes, lost, counts, _retried_no_prune(v))
     if ph.race:
         ph.races = _race_rows(df, v)
+    return ph
+
+
+def _retried_no_prune(v) -> int:
+    """Retried verdicts with no prune seen (the kernel's own retries, not overlaps)."""
+    if v is None or not len(v):
+        return 0
+    retried = v["verdict"].to_numpy() == "retried"
+    with_prune = v["overlap"].to_numpy(dtype=bool) if "overlap" in v.columns else np.zeros(len(v), dtype=bool)
+    return int((retried & ~with_prune).sum())
+
+
+def _phase(name: str, duration_s: float, counters: dict | None, lookups: int, prunes: int, lost: int,
+           counts: dict, retried_no_prune: int) -> Phase:
+    """One Phase from what its events gave, whole or part by part. Lookups and
+    prunes come from the kernel-side ``counters`` when there are any (they
+    see every lookup and prune), else from the events."""
+    if counters:
+        lookups = _int(counters.get("lookup")) or _int(counters.get("walk"))
+        prunes = _int(counters.get("prune"))
+    ph = Phase(name=name, duration_s=round(float(duration_s), 3), lookups=lookups, prunes=prunes,
+               retried=int(counts.get("retried", 0)), race=int(counts.get("race", 0)),
+               uncertain=int(counts.get("uncertain", 0)), lost=lost)
+    ph.retried_no_prune = retried_no_prune
+    ph.overlaps = ph.retried - ph.retried_no_prune + ph.race
     return ph
 
 
@@ -343,9 +350,7 @@ class _PhaseParts:
             return
         for k, c in v["verdict"].value_counts().items():
             self.counts[k] = self.counts.get(k, 0) + int(c)
-        retried = v["verdict"].to_numpy() == "retried"
-        with_prune = v["overlap"].to_numpy(dtype=bool) if "overlap" in v.columns else np.zeros(len(v), dtype=bool)
-        self.retried_no_prune += int((retried & ~with_prune).sum())
+        self.retried_no_prune += _retried_no_prune(v)
         race = v[v["verdict"] == "race"]
         if len(race):
             import pandas as pd
@@ -355,16 +360,8 @@ class _PhaseParts:
 
     def phase(self, first, duration_s: float) -> Phase:
         self._verdicts(self.corr.finish())
-        if self.counters:
-            lookups = _int(self.counters.get("lookup")) or _int(self.counters.get("walk"))
-            prunes = _int(self.counters.get("prune"))
-        else:
-            lookups, prunes = self.lookups, self.prunes
-        ph = Phase(name=self.name, duration_s=round(float(duration_s), 3), lookups=lookups, prunes=prunes,
-                   retried=self.counts.get("retried", 0), race=self.counts.get("race", 0),
-                   uncertain=self.counts.get("uncertain", 0), lost=self.lost)
-        ph.retried_no_prune = self.retried_no_prune
-        ph.overlaps = ph.retried - ph.retried_no_prune + ph.race
+        ph = _phase(self.name, duration_s, self.counters, self.lookups, self.prunes, self.lost, self.counts,
+                    self.retried_no_prune)
         if ph.race:
             ph.races = _race_rows(_events_by_id(first, self.races["event_id"].to_numpy()), self.races)
         return ph
