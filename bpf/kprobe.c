@@ -69,6 +69,8 @@ struct walk_state {
 	u32 in_slot;     /* 1: kept in the task's slot of task_walks, 0: in walks */
 	u32 n_rcu;       /* __d_lookup_rcu returns in this walk } counted at the */
 	u32 n_lookup;    /* lookup role returns in this walk    } walk's return  */
+	u32 seq_in_nd;   /* 1: seq not read yet, it is nd->next_seq (SEQ_AT_LOOKUP) */
+	u32 pad;
 };
 
 /*
@@ -153,11 +155,25 @@ static __always_inline u64 walk_owner(u32 tid)
 	return k.owner;
 }
 
+/*
+ * Outside a walk (complete_walk()'s try_to_unlazy, the lookup_fast() that
+ * open_last_lookups() makes before its step_into()) the slot usually still
+ * holds this task's last walk, ended, and no other claim: then this task
+ * has no walk kept aside either, and the hash is not asked. A task's walk
+ * goes aside only when the slot was busy as it began (busy != 0, until the
+ * claimant's walk ends, by which time its tid tags the slot), and only the
+ * task itself tags the slot with its tid, at the start of a later walk.
+ */
 static __always_inline struct walk_state *cur_walk(u32 tid)
 {
 	struct task_slot *t = task_slot(tid);
-	if (t && t->w.owner == walk_owner(tid))
-		return &t->w;
+	if (t) {
+		u64 o = t->w.owner;
+		if (o == walk_owner(tid))
+			return &t->w;
+		if ((u32)o == tid && t->busy == 0)
+			return 0;
+	}
 	struct walk_state *s = walks.lookup(&tid); /* a walk kept aside, if any */
 	if (s && s->active)
 		return s;
@@ -334,6 +350,35 @@ static __always_inline int alive_btf(u64 typed, u64 d)
 /* ---- lookup side -------------------------------------------------------- */
 
 /*
+ * SEQ_AT_LOOKUP: where __d_lookup_rcu()'s d_seq sample is read. Since
+ * "namei: stash the sampled ->d_seq into nameidata" (03fa86e9f79d, v6.0)
+ * lookup_fast() passes it &nd->next_seq, and lookup_fast()'s fexit has nd
+ * as a BTF-typed pointer: the sample is read there by one typed load,
+ * where __d_lookup_rcu()'s fexit needs bpf_probe_read_kernel (its seqp is
+ * an int pointer, which an fentry program reads as a plain number since
+ * 5.17, and bpf_rdonly_cast() is 6.2). Nothing in lookup_fast() writes
+ * nd->next_seq after the lookup; later in the walk a mount crossing does
+ * (__follow_mount_rcu), so the read cannot wait for the walk's return.
+ * Other callers of __d_lookup_rcu (d_alloc_parallel, its own local) are
+ * read at once, as before.
+ */
+#if VFS_MODE_RCU == 2 && VFS_MODE_LOOKUP == 2 && defined(VFS_OFF_ND_NEXT_SEQ)
+#define SEQ_AT_LOOKUP 1
+#else
+#define SEQ_AT_LOOKUP 0
+#endif
+
+/* The walk's d_seq sample, off the hit path (an event is being built). */
+static __always_inline u32 walk_seq(struct walk_state *s)
+{
+#if SEQ_AT_LOOKUP
+	if (s->seq_in_nd)
+		return rd32(s->nd + VFS_OFF_ND_NEXT_SEQ);
+#endif
+	return s->seq;
+}
+
+/*
  * A walk state for this task: walk_component entry (dentry 0: lookup_fast
  * and __d_lookup_rcu fill it in), or step_into entry (step 1: the dentry
  * and its d_seq sample are step_into's arguments). Nothing is counted
@@ -355,6 +400,7 @@ static __always_inline void walk_fill(struct walk_state *w, u64 nd, struct nd_st
 	w->flags = 0;
 	w->rcu_dentry = 0;
 	w->seq = 0;
+	w->seq_in_nd = 0;
 	if (n->flags & LOOKUP_RCU) {
 		/* A barrier, so that the stores stay two and a branch: merged,
 		 * the compiler makes rcu_dentry = dentry & -(flags >> 6 & 1),
@@ -448,7 +494,7 @@ static __always_inline int walk_exit(void *ctx, long ret, u64 nd, int btf)
 		fill_dentry(&e, d, 0);
 		e.parent = s->parent;
 		e.ret = ret;
-		e.seq = s->seq;
+		e.seq = walk_seq(s);
 		e.flags |= flags;
 		if (s->step)
 			e.flags |= VFS_F_STEP;
@@ -525,18 +571,32 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 	if (!ret || is_err(ret))
 		return 0;
 	s->rcu_dentry = ret;
+#if SEQ_AT_LOOKUP
+	s->seq_in_nd = seqp == s->nd + VFS_OFF_ND_NEXT_SEQ;
+	if (s->seq_in_nd)
+		return 0; /* read at lookup_fast's fexit */
+#endif
 	s->seq = rd32(seqp);
 	return 0;
 }
 
-/* ret: BTF-typed (struct dentry *) when btf, from lookup_fast's fexit. */
-static __always_inline int lookup_exit(void *ctx, u64 ret, int btf)
+/*
+ * ret: BTF-typed (struct dentry *) when btf, from lookup_fast's fexit;
+ * nd: lookup_fast's nameidata, BTF-typed when btf (0 otherwise).
+ */
+static __always_inline int lookup_exit(void *ctx, u64 ret, u64 nd, int btf)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct walk_state *s = cur_walk(tid);
 	if (!s)
 		return 0;
 	s->n_lookup++;
+#if SEQ_AT_LOOKUP
+	if (s->seq_in_nd) {
+		s->seq = BTF_LD32(nd, VFS_OFF_ND_NEXT_SEQ);
+		s->seq_in_nd = 0;
+	}
+#endif
 	if (!ret || is_err(ret))
 		return 0;
 	s->dentry = ret;
@@ -569,7 +629,7 @@ static __always_inline int recheck_exit(void *ctx, u16 op, u64 dentry, int ok)
 	if (s) {
 		e.flags |= s->flags | VFS_F_IN_WALK; /* the walk whose WALK_RETURN follows */
 		if (dentry && dentry == s->rcu_dentry)
-			e.seq = s->seq;
+			e.seq = walk_seq(s);
 	}
 	vfs_ev_output(ctx, &e);
 	return 0;
@@ -687,9 +747,9 @@ int VFS_KRETFUNC(VFS_FN_RCU)(u64 *ctx) { return rcu_lookup_exit(ctx[2], ctx[VFS_
 #endif
 
 #if VFS_MODE_LOOKUP == 1
-int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx), 0); }
+int vt_lookup_return(struct pt_regs *ctx) { return lookup_exit(ctx, PT_REGS_RC(ctx), 0, 0); }
 #elif VFS_MODE_LOOKUP == 2
-int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARGS_LOOKUP], 1); }
+int VFS_KRETFUNC(VFS_FN_LOOKUP)(u64 *ctx) { return lookup_exit(ctx, ctx[VFS_NARGS_LOOKUP], ctx[0], 1); }
 #endif
 
 /* Re-check sites: RC<i>_BOOL says the function returns bool (true = the

@@ -195,6 +195,28 @@ def test_fentry_mode(kernel, vm_tmp):
     assert (r.get("verdicts") or {}).get("race", 0) == 0
 
 
+@pytest.mark.vm
+@pytest.mark.parametrize("kernel,tier", [(k, "kprobe") for k in KERNELS] + [(k, "fentry") for k in sorted(FENTRY_KERNELS)])
+def test_walks_carry_the_d_seq_they_sampled(kernel, tier, vm_tmp):
+    """An -ENOENT walk's seq is the d_seq its RCU lookup sampled (tests/vm/seq_sample.py).
+
+    The dentry stat()ed went negative through CYCLES unlinks, each adding 2 to
+    its d_seq (dentry_unlink_inode's write_seqcount), and nothing writes it
+    while it is stat()ed: every RCU walk that found it sampled that value, and
+    reads it again at its return. The sample is taken where the kernel keeps
+    it (__d_lookup_rcu's seqp; on 6.x in fentry mode nd->next_seq at
+    lookup_fast's return), so a sample read from the wrong place, or not at
+    all, is a seq that differs from seq2 or is 0.
+    """
+    r = _run(kernel, vm_tmp, tier)
+    s = r.get("seq_sample")
+    assert s is not None, f"{kernel} {tier}: no seq_sample summary"
+    print(f"{kernel} {tier}: {s}")
+    assert s["walks"] >= s["stats"] // 2 and s["rcu_walks"] >= s["walks"] // 2, s
+    assert s["seq_changed"] == 0, s
+    assert s["pairs"] and all(a == b and a >= 2 and a % 2 == 0 for a, b in s["pairs"]), s
+
+
 SLOTS_KERNEL = "6.12"  # fentry and kprobes both
 
 

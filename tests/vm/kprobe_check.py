@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests/vm"))
 
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 FIXTURE_EVENTS = 3000
@@ -65,6 +66,7 @@ def summarise(trace: Path) -> tuple[dict, object]:
         "meta": {k: meta.get(k) for k in ("tier", "probes", "kernel_counters", "lost_per_cpu", "verdict_counts",
                                           "workload_exit", "stop_reason")},
     }
+    s["seq_sample"] = seq_sample_summary(walks)
     # ECHILD walks whose dentry has a PRUNE in the trace: the kernel's re-check caught a prune.
     echild = walks[(walks["ret"] == ECHILD) & (walks["dentry"] != 0)]
     s["walk_echild_pruned_dentry"] = int(echild["dentry"].isin(set(prunes["dentry"].tolist())).sum())
@@ -97,6 +99,19 @@ def summarise(trace: Path) -> tuple[dict, object]:
     return s, df
 
 
+def seq_sample_summary(walks) -> dict:
+    """seq_sample.py's -ENOENT walks that found its dentry: how many, how many in RCU mode, the (seq, seq2) pairs."""
+    from seq_sample import NAME, STATS
+
+    from vfstrace.events import ENOENT, Flag
+
+    w = walks[(walks["ret"] == ENOENT) & (walks["name"] == NAME) & (walks["dentry"] != 0)]
+    rcu = w[(w["flags"] & int(Flag.RCU)) != 0]
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rcu["seq"].tolist(), rcu["seq2"].tolist())})
+    return {"stats": STATS, "walks": int(len(w)), "rcu_walks": int(len(rcu)), "pairs": pairs[:20],
+            "seq_changed": int(((w["flags"] & int(Flag.SEQ_CHANGED)) != 0).sum())}
+
+
 def fixture_slice(df, window_ns: int = 2_000_000, limit: int = FIXTURE_EVENTS):
     """Every event within ``window_ns`` of the failed walks, -ECHILD ones first, capped.
 
@@ -124,7 +139,11 @@ def fixture_slice(df, window_ns: int = 2_000_000, limit: int = FIXTURE_EVENTS):
 
 def record(out: Path, tier: str, seconds: float, workdir: str) -> dict:
     trace = out / f"{tier}.trace"
-    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + VFSTRACE + [
+    # The workload: seq_sample.py's stat()s of a negative dentry with a known
+    # d_seq history (before any pressure), then, in the same process, stress.
+    seq_dir = f"/tmp/vt-seq-{tier}"
+    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + [
+        sys.executable, str(ROOT / "tests/vm/seq_sample.py"), seq_dir] + VFSTRACE + [
         "stress", "-d", str(seconds), "--churn", "--pressure", "drop_caches", "--files", "1500",
         "-j", "3", "--workdir", workdir, "--json",
     ]
