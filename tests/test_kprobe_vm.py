@@ -2,7 +2,7 @@
 
 One boot per kernel (TCG is slow) runs tests/vm/kprobe_check.py inside:
 `vfstrace record --tier kprobe` (and `--tier fentry` where the kernel has
-fentry) around `vfstrace stress` — parallel cp -a, a stat() loop over
+fentry) around tests/vm/seq_sample.py, then `vfstrace stress` — parallel cp -a, a stat() loop over
 existing files, unlink/rename churn and a drop_caches loop on the overlay
 root — then summarises each trace into summary.json in the results share.
 The tests below assert on that summary:
@@ -14,7 +14,10 @@ The tests below assert on that summary:
 * the fixed kernel's own re-check is visible: -ECHILD walks on dentries that
   were being pruned (the correlator's `retried`), zero `race` verdicts,
   `explained` ones for the churn;
-* the probes are the expected symbols for each kernel.
+* the probes are the expected symbols for each kernel;
+* an -ENOENT walk carries the d_seq its RCU lookup sampled: a negative
+  dentry on ext4 with a known, non-zero d_seq (tests/vm/seq_sample.py, run
+  first in each recording's workload).
 
 VFSTRACE_UPDATE_FIXTURES=1 copies each run's trace slice to
 tests/fixtures/traces/kprobe-<kernel>.jsonl for the recorded-trace tests.
@@ -67,7 +70,9 @@ def _boot(kernel: str, tmp_root) -> dict:
          str(ROOT / "tests/vm/kprobe_check.py"), vm.GUEST_OUT,
          "--kprobe-seconds", str(KPROBE_SECONDS),
          "--fentry-seconds", str(FENTRY_SECONDS if kernel in FENTRY_KERNELS else 0)],
-        timeout=900, out_dir=out, cwd=ROOT,
+        # Two recordings, each a compile under TCG plus its workload: 5.10
+        # took 896 s on a slow host, so the guest's time is not cut at 900.
+        timeout=1500, out_dir=out, cwd=ROOT,
     )
     wall = time.monotonic() - t0
     try:
