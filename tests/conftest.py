@@ -71,3 +71,52 @@ def need_guest_with_statloop(kernel: str) -> None:
     ok, why = vm.can_boot(kernel)
     need(ok, why)
     statloop.build()
+
+
+# --------------------------------------------------------------------------
+# VM tests: last, their boots two at a time (tests/guests.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The VM tests after every host test (a stable sort: each keeps its
+    order), so the guests, which start together, never share the host with a
+    test that times or traces it."""
+    items.sort(key=lambda it: it.get_closest_marker("vm") is not None)
+
+
+_guests_started = False
+
+
+def pytest_runtest_setup(item):
+    """At the first VM test, start every guest boot the session's VM tests
+    will read: each module's ``guest_boots(items)`` names its boots. Before a
+    test of a module with ``GUEST_ALONE``, wait until no pooled guest runs."""
+    global _guests_started
+    if item.get_closest_marker("vm") is None:
+        return
+    import guests
+
+    if getattr(item.module, "GUEST_ALONE", False):
+        # a test timing its guest's own work boots it with no other guest beside it
+        guests.wait_all()
+        return
+    if _guests_started:
+        return
+    _guests_started = True
+
+    by_module: dict = {}
+    for it in item.session.items:
+        if it.get_closest_marker("vm") is not None:
+            by_module.setdefault(it.module, []).append(it)
+    boots = []
+    for mod, its in by_module.items():
+        fn = getattr(mod, "guest_boots", None)
+        if fn is not None:
+            boots += fn(its)
+    guests.start(boots)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import guests
+
+    guests.shutdown()

@@ -36,6 +36,8 @@ import pytest
 from conftest import FIXTURES, ROOT, is_root, need
 from vfstrace import vm
 
+import guests
+
 KERNELS = list(vm.SERIES)  # 5.10, 6.1, 6.12
 KPROBE_SECONDS = float(os.environ.get("VFSTRACE_VM_KPROBE_SECONDS", "40"))
 FENTRY_SECONDS = float(os.environ.get("VFSTRACE_VM_FENTRY_SECONDS", "15"))
@@ -51,12 +53,26 @@ EXPECTED_SYMBOLS = {
     "d_free": "__d_free",
 }
 
-_runs: dict[str, dict] = {}
+# Estimated guest seconds (two recordings where fentry is tested), for the
+# order tests/guests.py starts them in: longest first.
+BOOT_ESTIMATE_S = {"5.10": 900, "6.1": 400, "6.12": 600}
 
 
-def _boot(kernel: str, tmp_root) -> dict:
-    if kernel in _runs:
-        return _runs[kernel]
+def guest_boots(items) -> list:
+    """The boots this session's tests of this module read (conftest starts them)."""
+    kernels = {it.callspec.params["kernel"] for it in items if hasattr(it, "callspec") and "kernel" in it.callspec.params}
+    out = [(BOOT_ESTIMATE_S.get(k, 600), ("kprobe-vm", k), lambda k=k: _boot_now(k)) for k in sorted(kernels)]
+    if any(it.name == "test_walk_state_slots_lose_no_failed_walk" for it in items):
+        out.append((250, ("kprobe-vm", "slots"), _slots_boot))
+    return out
+
+
+def _boot(kernel: str) -> dict:
+    """The summary of ``kernel``'s one boot, shared by every test of it."""
+    return guests.result(("kprobe-vm", kernel), lambda: _boot_now(kernel))
+
+
+def _boot_now(kernel: str) -> dict:
     ok, why = vm.can_boot(kernel)
     need(ok, why)
     need(is_root(), "qemu with 9p passthrough of / needs root")
@@ -72,7 +88,7 @@ def _boot(kernel: str, tmp_root) -> dict:
          "--fentry-seconds", str(FENTRY_SECONDS if kernel in FENTRY_KERNELS else 0)],
         # Two recordings, each a compile under TCG plus its workload: 5.10
         # took 896 s on a slow host, so the guest's time is not cut at 900.
-        timeout=1500, out_dir=out, cwd=ROOT,
+        timeout=guests.timeout(1500), out_dir=out, cwd=ROOT,
     )
     wall = time.monotonic() - t0
     try:
@@ -96,17 +112,11 @@ def _boot(kernel: str, tmp_root) -> dict:
             src = out / f"{tier}-fixture.jsonl"
             if src.exists():
                 shutil.copyfile(src, dst / f"{tier}-{kernel}.jsonl")
-    _runs[kernel] = summary
     return summary
 
 
-@pytest.fixture(scope="session")
-def vm_tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("kprobe-vm")
-
-
-def _run(kernel, vm_tmp, tier="kprobe") -> dict:
-    s = _boot(kernel, vm_tmp)
+def _run(kernel, tier="kprobe") -> dict:
+    s = _boot(kernel)
     need(tier in s["runs"], f"{kernel}: no {tier} run (kernel reports no fentry support)")
     r = s["runs"][tier]
     assert "by_kind" in r, f"{kernel} {tier}: record failed (exit {r['returncode']}): {r['stderr_tail']}"
@@ -115,8 +125,8 @@ def _run(kernel, vm_tmp, tier="kprobe") -> dict:
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_every_attach_site_fires(kernel, vm_tmp):
-    r = _run(kernel, vm_tmp)
+def test_every_attach_site_fires(kernel):
+    r = _run(kernel)
     k = r["by_kind"]
     for kind in ("PRUNE", "UNHASH", "IPUT", "NS_OP", "WALK_RETURN"):
         assert k.get(kind, 0) > 0, f"{kernel}: no {kind} events: {k}"
@@ -130,15 +140,15 @@ def test_every_attach_site_fires(kernel, vm_tmp):
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_real_prunes_and_real_enoent_lookups(kernel, vm_tmp):
-    r = _run(kernel, vm_tmp)
+def test_real_prunes_and_real_enoent_lookups(kernel):
+    r = _run(kernel)
     assert r["prune_with_dentry"] > 0 and r["prune_named"] > 0
     assert r["walk_enoent"] > 0, r["by_kind"]
 
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_fixed_kernel_retries_are_its_own(kernel, vm_tmp):
+def test_fixed_kernel_retries_are_its_own(kernel):
     """The fixed kernel's own re-check, as far as an unwidened run shows it.
 
     Under emulation an unwidened 40 s run sees between 1 and ~20 -ECHILD
@@ -149,7 +159,7 @@ def test_fixed_kernel_retries_are_its_own(kernel, vm_tmp):
     calls `retried` cites the kernel's own retry (a failed re-check or an
     -ECHILD return), and no walk trusted a negative dentry across a prune.
     """
-    r = _run(kernel, vm_tmp)
+    r = _run(kernel)
     c = r["meta"]["kernel_counters"]
     v = r.get("verdicts") or {}
     print(f"{kernel}: -ECHILD walks {r['walk_echild']} (with a dentry {r['walk_echild_with_dentry']}, "
@@ -163,8 +173,8 @@ def test_fixed_kernel_retries_are_its_own(kernel, vm_tmp):
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_correlator_verdicts(kernel, vm_tmp):
-    r = _run(kernel, vm_tmp)
+def test_correlator_verdicts(kernel):
+    r = _run(kernel)
     need(r.get("verdicts") is not None, "vfstrace.correlate is not present in this tree yet")
     v = r["verdicts"]
     assert v.get("race", 0) == 0, v
@@ -174,8 +184,8 @@ def test_correlator_verdicts(kernel, vm_tmp):
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_probes_are_the_expected_symbols(kernel, vm_tmp):
-    r = _run(kernel, vm_tmp)
+def test_probes_are_the_expected_symbols(kernel):
+    r = _run(kernel)
     probes = r["meta"]["probes"]
     for role, sym in EXPECTED_SYMBOLS.items():
         assert any(p.split(":", 1)[1] == f"{sym} ({role})" for p in probes), (role, probes)
@@ -185,8 +195,8 @@ def test_probes_are_the_expected_symbols(kernel, vm_tmp):
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel", sorted(FENTRY_KERNELS))
-def test_fentry_mode(kernel, vm_tmp):
-    r = _run(kernel, vm_tmp, "fentry")
+def test_fentry_mode(kernel):
+    r = _run(kernel, "fentry")
     assert r["meta"]["tier"] == "fentry"
     probes = r["meta"]["probes"]
     assert any(p.startswith("fentry:__dentry_kill") for p in probes), probes
@@ -202,7 +212,7 @@ def test_fentry_mode(kernel, vm_tmp):
 
 @pytest.mark.vm
 @pytest.mark.parametrize("kernel,tier", [(k, "kprobe") for k in KERNELS] + [(k, "fentry") for k in sorted(FENTRY_KERNELS)])
-def test_walks_carry_the_d_seq_they_sampled(kernel, tier, vm_tmp):
+def test_walks_carry_the_d_seq_they_sampled(kernel, tier):
     """An -ENOENT walk's seq is the d_seq its RCU lookup sampled (tests/vm/seq_sample.py).
 
     The dentry stat()ed went negative through CYCLES unlinks, each adding 2 to
@@ -213,7 +223,7 @@ def test_walks_carry_the_d_seq_they_sampled(kernel, tier, vm_tmp):
     lookup_fast's return), so a sample read from the wrong place, or not at
     all, is a seq that differs from seq2 or is 0.
     """
-    r = _run(kernel, vm_tmp, tier)
+    r = _run(kernel, tier)
     s = r.get("seq_sample")
     assert s is not None, f"{kernel} {tier}: no seq_sample summary"
     print(f"{kernel} {tier}: {s}")
@@ -225,6 +235,22 @@ def test_walks_carry_the_d_seq_they_sampled(kernel, tier, vm_tmp):
 SLOTS_KERNEL = "6.12"  # fentry and kprobes both
 
 
+def _slots_boot() -> list:
+    ok, why = vm.can_boot(SLOTS_KERNEL)
+    need(ok, why)
+    need(is_root(), "qemu with 9p passthrough of / needs root")
+    out = ROOT / ".cache" / "kprobe-vm" / "slots"
+    shutil.rmtree(out, ignore_errors=True)
+    py = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
+    res = vm.run(SLOTS_KERNEL, [py, str(ROOT / "tests/vm/slots_check.py"), vm.GUEST_OUT],
+                 timeout=guests.timeout(900), out_dir=out, cwd=ROOT)
+    try:
+        runs = json.loads((out / "slots.json").read_text())["runs"]
+    except (OSError, ValueError):
+        pytest.fail(f"no slots.json (exit {res.returncode}); stderr: {res.stderr[-3000:]}")
+    return runs
+
+
 @pytest.mark.vm
 def test_walk_state_slots_lose_no_failed_walk():
     """bpf/kprobe.c keeps each walk's state in a tid-indexed slot, or in a hash
@@ -233,18 +259,7 @@ def test_walk_state_slots_lose_no_failed_walk():
     walk_component returning -ENOENT, so exactly as many failed walks must be
     reported per loop as it made calls, with nothing lost, in fentry and kprobe
     mode, and with the default slots (tests/vm/slots_check.py)."""
-    ok, why = vm.can_boot(SLOTS_KERNEL)
-    need(ok, why)
-    need(is_root(), "qemu with 9p passthrough of / needs root")
-    out = ROOT / ".cache" / "kprobe-vm" / "slots"
-    shutil.rmtree(out, ignore_errors=True)
-    py = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
-    res = vm.run(SLOTS_KERNEL, [py, str(ROOT / "tests/vm/slots_check.py"), vm.GUEST_OUT],
-                 timeout=900, out_dir=out, cwd=ROOT)
-    try:
-        runs = json.loads((out / "slots.json").read_text())["runs"]
-    except (OSError, ValueError):
-        pytest.fail(f"no slots.json (exit {res.returncode}); stderr: {res.stderr[-3000:]}")
+    runs = guests.result(("kprobe-vm", "slots"), _slots_boot)
     for r in runs:
         print(f"\n  {r.get('tier')} slots={r.get('slots')}: {r.get('enoent_walks')} of {r.get('calls')} each, "
               f"lost {r.get('lost')}, slot_busy {(r.get('counters') or {}).get('slot_busy')}")

@@ -26,25 +26,58 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT, is_root, need
+import guests
+from conftest import ROOT, is_root, need
 
 SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "60"))
 SELFTEST_SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SELFTEST_SECONDS", "20"))
-_runs: dict[str, dict] = {}
 # The kprobe tier on both kernels; the fentry tier too where the race is
 # (the control kernel's no-race check is the kprobe tier's: each tier run
 # is minutes under TCG).
 TIERS = {"6.1-prepatch": ("kprobe", "fentry"), "6.1-control": ("kprobe",)}
 
 
+# Estimated guest seconds, for the order tests/guests.py starts boots in; the
+# first of the two also builds both kernels (incrementally, one tree).
+BOOT_ESTIMATE_S = {"6.1-prepatch": 1600, "6.1-control": 550}
+
+
+def guest_boots(items) -> list:
+    """The boots this session's tests of this module read (conftest starts them)."""
+    kernels = {k for it in items for k in TIERS if k.split("-")[1] in it.name}
+    kernels |= {it.callspec.params["kernel"] for it in items
+                if hasattr(it, "callspec") and "kernel" in it.callspec.params}
+    return [(BOOT_ESTIMATE_S[k], ("prepatch-vm", k), lambda k=k: _boot_now(k)) for k in sorted(kernels & set(TIERS))]
+
+
 def _boot(kernel: str) -> dict:
-    """Boot ``kernel`` once for all tests of this module; its summary."""
-    if kernel in _runs:
-        return _runs[kernel]
+    """``kernel``'s one boot, shared by all tests of this module; its summary."""
+    return guests.result(("prepatch-vm", kernel), lambda: _boot_now(kernel))
+
+
+def _build(kernel: str) -> None:
+    """Build ``kernel`` unless the VM cache has it (then this takes seconds).
+
+    Here rather than before the session, so that the build, which only
+    these boots need, runs beside the first guests instead of before all.
+    """
+    from vfstrace.errors import MissingDependency
+    from vfstrace.vm import build
+
+    try:
+        build.build(kernel)
+    except MissingDependency as e:
+        need(False, str(e))
+    except build.BuildError as e:
+        pytest.fail(f"{kernel}: {e}")
+
+
+def _boot_now(kernel: str) -> dict:
     from vfstrace import vm
     from vfstrace.workload import statloop
 
     need(is_root(), "booting guests with the host root shared needs root")
+    _build(kernel)
     ok, why = vm.can_boot(kernel)
     need(ok, why)
     statloop.build()  # the selftest's compiled lookup loop, built on the host (the guest's root is read-only)
@@ -58,13 +91,13 @@ def _boot(kernel: str) -> dict:
     tiers = TIERS[kernel]
     res = vm.run(kernel, [py, str(script), "/vmout", "--tiers", ",".join(tiers), "--seconds", str(SECONDS),
                           "--selftest-seconds", str(SELFTEST_SECONDS)],
-                 timeout=len(tiers) * (SECONDS + 400) + 2 * SELFTEST_SECONDS + 500, out_dir=out, cwd=str(ROOT))
+                 timeout=guests.timeout(len(tiers) * (SECONDS + 400) + 2 * SELFTEST_SECONDS + 500),
+                 out_dir=out, cwd=str(ROOT))
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         pytest.fail(f"{kernel}: guest wrote no summary (exit {res.returncode}); stderr: {res.stderr[-3000:]}")
     summary["boot_seconds"] = res.duration_s
-    _runs[kernel] = summary
     k = summary["runs"]["kprobe"]
     st = k.get("stress") or {}
     sel = (summary.get("selftest") or {}).get("result") or {}

@@ -24,6 +24,7 @@ import sys
 
 import pytest
 
+import guests
 from conftest import ROOT, is_root, need, need_tracing
 
 CHECK = ROOT / "tests" / "vm" / "sigkill_check.py"
@@ -41,21 +42,35 @@ def _assert_nothing_left(r: dict, min_probes: int) -> None:
     assert r["vt_progs_after_kill"] == [], r
 
 
-@pytest.mark.vm
-def test_sigkill_kprobe_recorder_leaves_nothing_in_guest():
+KERNEL = os.environ.get("VFSTRACE_SIGKILL_KERNEL", "6.12")
+
+
+def guest_boots(items) -> list:
+    """This module's one boot (conftest starts it with the other VM tests')."""
+    return [(300, ("sigkill-vm", KERNEL), _boot_now)]
+
+
+def _boot_now() -> dict:
     from vfstrace import vm
 
-    kernel = os.environ.get("VFSTRACE_SIGKILL_KERNEL", "6.12")
+    kernel = KERNEL
     ok, why = vm.can_boot(kernel)
     need(ok, why)
     need(is_root(), "qemu with 9p passthrough of / needs root")
     out = ROOT / ".cache" / "sigkill-vm" / kernel
     shutil.rmtree(out, ignore_errors=True)
-    res = vm.run(kernel, [PY, str(CHECK), vm.GUEST_OUT, "--tier", "kprobe"], timeout=2400, out_dir=out, cwd=ROOT)
+    res = vm.run(kernel, [PY, str(CHECK), vm.GUEST_OUT, "--tier", "kprobe"], timeout=guests.timeout(2400), out_dir=out, cwd=ROOT)
     try:
         r = json.loads((out / "sigkill-kprobe.json").read_text())
     except (OSError, ValueError):
         pytest.fail(f"{kernel}: no result (guest exit {res.returncode}): {res.stderr[-3000:]}\n{res.console[-2000:]}")
+    return r
+
+
+@pytest.mark.vm
+def test_sigkill_kprobe_recorder_leaves_nothing_in_guest():
+    r = guests.result(("sigkill-vm", KERNEL), _boot_now)
+    kernel = KERNEL
     print(f"\n{kernel}: attached in {r['attach_s']} s: {len(r['perf_while_running'])} perf events, "
           f"{len(r['progs_while_running'])} programs; after SIGKILL, gone in {r['settle_s']} s; "
           f"planted {r.get('plant_line')}: {r.get('cleanup_notes')}")

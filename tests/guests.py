@@ -1,0 +1,81 @@
+"""The VM tests' guest boots, run two at a time.
+
+A guest under TCG spends most of its time on one vCPU: the interpreter
+starting, clang compiling the BCC program, pandas summarising a trace. One
+boot at a time leaves the second core of a two-core host idle for most of
+the VM tests, which are most of the suite's time. So each VM test module
+hands its boots (one per kernel, each shared by all the tests that read its
+summary) to one pool of ``VFSTRACE_VM_JOBS`` workers (default 2, 1 for the
+old one-at-a-time order), and conftest starts every boot of the session,
+longest first, as the first VM test runs. The VM tests run last, after the
+host tests, so a guest never competes with a test timing the host.
+
+A boot's outcome, its summary or the skip/failure it raised, is what every
+test of that boot gets: a guest that wrote nothing fails all of its tests
+once, not one boot per test.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+JOBS = max(1, int(os.environ.get("VFSTRACE_VM_JOBS", "2")))
+# A guest that shares the host with another runs slower; its time limit
+# (a guard against a hung guest, not a performance bound) grows with that.
+TIMEOUT_FACTOR = 1.0 if JOBS == 1 else 1.6
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_boots: dict[tuple, Future] = {}
+
+
+def timeout(seconds: float) -> float:
+    """A guest's time limit, allowing for the guests beside it."""
+    return seconds * TIMEOUT_FACTOR
+
+
+def submit(key: tuple, boot: Callable[[], object]) -> Future:
+    """Start ``boot`` (once per ``key``) on the pool; its future."""
+    global _pool
+    with _lock:
+        f = _boots.get(key)
+        if f is None:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="guest")
+            f = _boots[key] = _pool.submit(boot)
+        return f
+
+
+def result(key: tuple, boot: Callable[[], object]):
+    """The outcome of the boot ``key``, starting it if nothing has: its
+    return value, or the skip/failure it raised, raised again here."""
+    return submit(key, boot).result()
+
+
+def start(boots: list[tuple[float, tuple, Callable[[], object]]]) -> None:
+    """Start every ``(estimated seconds, key, boot)``, longest first, so the
+    two workers finish close together."""
+    for _, key, boot in sorted(boots, key=lambda b: -b[0]):
+        submit(key, boot)
+
+
+def wait_all() -> None:
+    """Return when every boot started has ended (before a test that must
+    have the host to its guest alone)."""
+    with _lock:
+        futures = list(_boots.values())
+    for f in futures:
+        f.exception()  # waits; the outcome is its tests' to read
+
+
+def shutdown() -> None:
+    """Wait for the boots already running and drop the ones not started (the
+    session is over: nothing will read them)."""
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
