@@ -142,13 +142,14 @@ def record(out: Path, tier: str, seconds: float, workdir: str) -> dict:
     # The workload: seq_sample.py's stat()s of a negative dentry with a known
     # d_seq history (before any pressure), then, in the same process, stress.
     seq_dir = f"/tmp/vt-seq-{tier}"
-    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json", "--"] + [
+    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 240), "--json", "--"] + [
         sys.executable, str(ROOT / "tests/vm/seq_sample.py"), seq_dir] + VFSTRACE + [
         "stress", "-d", str(seconds), "--churn", "--pressure", "drop_caches", "--files", "1500",
         "-j", "3", "--workdir", workdir, "--json",
     ]
     t0 = time.monotonic()
-    r = run(argv, timeout=seconds + 400)
+    # generous: this guest may share the host with another (tests/guests.py)
+    r = run(argv, timeout=seconds + 800)
     res = {"tier": tier, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
            "stderr_tail": r.stderr[-3000:], "stdout_tail": r.stdout[-3000:]}
     print(r.stderr[-3000:], flush=True)
