@@ -69,7 +69,7 @@ struct walk_state {
 	u32 in_slot;     /* 1: kept in the task's slot of task_walks, 0: in walks */
 	u32 n_rcu;       /* __d_lookup_rcu returns in this walk } counted at the */
 	u32 n_lookup;    /* lookup role returns in this walk    } walk's return  */
-	u32 seq_in_nd;   /* 1: seq not read yet, it is nd->next_seq (SEQ_AT_LOOKUP) */
+	u32 seq_in_nd;   /* 1: seq not read yet, it is nd->next_seq (VFS_SEQ_AT_LOOKUP) */
 	u32 pad;
 };
 
@@ -350,7 +350,7 @@ static __always_inline int alive_btf(u64 typed, u64 d)
 /* ---- lookup side -------------------------------------------------------- */
 
 /*
- * SEQ_AT_LOOKUP: where __d_lookup_rcu()'s d_seq sample is read. Since
+ * VFS_SEQ_AT_LOOKUP: where __d_lookup_rcu()'s d_seq sample is read. Since
  * "namei: stash the sampled ->d_seq into nameidata" (03fa86e9f79d, v6.0)
  * lookup_fast() passes it &nd->next_seq, and lookup_fast()'s fexit has nd
  * as a BTF-typed pointer: the sample is read there by one typed load,
@@ -363,15 +363,15 @@ static __always_inline int alive_btf(u64 typed, u64 d)
  * read at once, as before.
  */
 #if VFS_MODE_RCU == 2 && VFS_MODE_LOOKUP == 2 && defined(VFS_OFF_ND_NEXT_SEQ)
-#define SEQ_AT_LOOKUP 1
+#define VFS_SEQ_AT_LOOKUP 1
 #else
-#define SEQ_AT_LOOKUP 0
+#define VFS_SEQ_AT_LOOKUP 0
 #endif
 
 /* The walk's d_seq sample, off the hit path (an event is being built). */
 static __always_inline u32 walk_seq(struct walk_state *s)
 {
-#if SEQ_AT_LOOKUP
+#if VFS_SEQ_AT_LOOKUP
 	if (s->seq_in_nd)
 		return rd32(s->nd + VFS_OFF_ND_NEXT_SEQ);
 #endif
@@ -571,7 +571,7 @@ static __always_inline int rcu_lookup_exit(u64 seqp, u64 ret)
 	if (!ret || is_err(ret))
 		return 0;
 	s->rcu_dentry = ret;
-#if SEQ_AT_LOOKUP
+#if VFS_SEQ_AT_LOOKUP
 	s->seq_in_nd = seqp == s->nd + VFS_OFF_ND_NEXT_SEQ;
 	if (s->seq_in_nd)
 		return 0; /* read at lookup_fast's fexit */
@@ -591,7 +591,7 @@ static __always_inline int lookup_exit(void *ctx, u64 ret, u64 nd, int btf)
 	if (!s)
 		return 0;
 	s->n_lookup++;
-#if SEQ_AT_LOOKUP
+#if VFS_SEQ_AT_LOOKUP
 	if (s->seq_in_nd) {
 		s->seq = BTF_LD32(nd, VFS_OFF_ND_NEXT_SEQ);
 		s->seq_in_nd = 0;

@@ -77,32 +77,31 @@ def need_guest_with_statloop(kernel: str) -> None:
 # VM tests: last, their boots two at a time (tests/guests.py)
 
 
+def _vm_rank(item) -> int:
+    if item.get_closest_marker("vm") is None:
+        return 0
+    return 1 if getattr(item.module, "GUEST_TIMED", False) else 2
+
+
 def pytest_collection_modifyitems(config, items):
-    """The VM tests after every host test (a stable sort: each keeps its
-    order), so the guests, which start together, never share the host with a
-    test that times or traces it."""
-    items.sort(key=lambda it: it.get_closest_marker("vm") is not None)
+    """The VM tests after every host test, those that time their guest
+    first among them (a stable sort: each keeps its order), so the pooled
+    guests, which start together, never share the host with a test that times
+    or traces it, and run beside the timed guests at the lowest priority."""
+    items.sort(key=_vm_rank)
 
 
 _guests_started = False
 
 
 def pytest_runtest_setup(item):
-    """At the first VM test, start every guest boot the session's VM tests
-    will read: each module's ``guest_boots(items)`` names its boots. Before a
-    test of a module with ``GUEST_ALONE``, wait until no pooled guest runs."""
+    """At the first VM test, start every pooled guest boot the session's VM
+    tests will read: each module's ``guest_boots(items)`` names its boots."""
     global _guests_started
-    if item.get_closest_marker("vm") is None:
-        return
-    import guests
-
-    if getattr(item.module, "GUEST_ALONE", False):
-        # a test timing its guest's own work boots it with no other guest beside it
-        guests.wait_all()
-        return
-    if _guests_started:
+    if _guests_started or item.get_closest_marker("vm") is None:
         return
     _guests_started = True
+    import guests
 
     by_module: dict = {}
     for it in item.session.items:

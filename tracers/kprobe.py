@@ -321,7 +321,7 @@ class KprobeTracer(Tracer):
             d["VFS_STEP_SEQ"] = self.step_seq_arg
         if self._btf.has_member("nameidata", "next_seq"):
             # step_into's d_seq sample on 6.x, and where lookup_fast() has
-            # __d_lookup_rcu() put its own (bpf/kprobe.c SEQ_AT_LOOKUP).
+            # __d_lookup_rcu() put its own (bpf/kprobe.c VFS_SEQ_AT_LOOKUP).
             d["VFS_OFF_ND_NEXT_SEQ"] = self._btf.offsetof("nameidata", "next_seq")
         for p in self.probes:
             d[f"VFS_MODE_{p.define}"] = _MODE[p.mode]
