@@ -61,15 +61,20 @@ BOOT_ESTIMATE_S = {"5.10": 900, "6.1": 400, "6.12": 600}
 def guest_boots(items) -> list:
     """The boots this session's tests of this module read (conftest starts them)."""
     kernels = {it.callspec.params["kernel"] for it in items if hasattr(it, "callspec") and "kernel" in it.callspec.params}
-    out = [(BOOT_ESTIMATE_S.get(k, 600), ("kprobe-vm", k), lambda k=k: _boot_now(k)) for k in sorted(kernels)]
+    out = [(BOOT_ESTIMATE_S.get(k, 600), *_job(k)) for k in sorted(kernels)]
     if any(it.name == "test_walk_state_slots_lose_no_failed_walk" for it in items):
-        out.append((250, ("kprobe-vm", "slots"), _slots_boot))
+        out.append((250, *SLOTS_JOB))
     return out
+
+
+def _job(kernel: str) -> tuple:
+    """The pool's key for ``kernel``'s boot, and the boot."""
+    return ("kprobe-vm", kernel), lambda: _boot_now(kernel)
 
 
 def _boot(kernel: str) -> dict:
     """The summary of ``kernel``'s one boot, shared by every test of it."""
-    return guests.result(("kprobe-vm", kernel), lambda: _boot_now(kernel))
+    return guests.result(*_job(kernel))
 
 
 def _boot_now(kernel: str) -> dict:
@@ -251,6 +256,9 @@ def _slots_boot() -> list:
     return runs
 
 
+SLOTS_JOB = (("kprobe-vm", "slots"), _slots_boot)
+
+
 @pytest.mark.vm
 def test_walk_state_slots_lose_no_failed_walk():
     """bpf/kprobe.c keeps each walk's state in a tid-indexed slot, or in a hash
@@ -259,7 +267,7 @@ def test_walk_state_slots_lose_no_failed_walk():
     walk_component returning -ENOENT, so exactly as many failed walks must be
     reported per loop as it made calls, with nothing lost, in fentry and kprobe
     mode, and with the default slots (tests/vm/slots_check.py)."""
-    runs = guests.result(("kprobe-vm", "slots"), _slots_boot)
+    runs = guests.result(*SLOTS_JOB)
     for r in runs:
         print(f"\n  {r.get('tier')} slots={r.get('slots')}: {r.get('enoent_walks')} of {r.get('calls')} each, "
               f"lost {r.get('lost')}, slot_busy {(r.get('counters') or {}).get('slot_busy')}")

@@ -38,7 +38,8 @@ TIERS = {"6.1-prepatch": ("kprobe", "fentry"), "6.1-control": ("kprobe",)}
 
 
 # Estimated guest seconds, for the order tests/guests.py starts boots in; the
-# first of the two also builds both kernels (incrementally, one tree).
+# first also builds the shared tree in full (the other's build is then
+# incremental: the patch applied or reversed, what it touches rebuilt).
 BOOT_ESTIMATE_S = {"6.1-prepatch": 1600, "6.1-control": 550}
 
 
@@ -47,12 +48,17 @@ def guest_boots(items) -> list:
     kernels = {k for it in items for k in TIERS if k.split("-")[1] in it.name}
     kernels |= {it.callspec.params["kernel"] for it in items
                 if hasattr(it, "callspec") and "kernel" in it.callspec.params}
-    return [(BOOT_ESTIMATE_S[k], ("prepatch-vm", k), lambda k=k: _boot_now(k)) for k in sorted(kernels & set(TIERS))]
+    return [(BOOT_ESTIMATE_S[k], *_job(k)) for k in sorted(kernels & set(TIERS))]
+
+
+def _job(kernel: str) -> tuple:
+    """The pool's key for ``kernel``'s boot, and the boot."""
+    return ("prepatch-vm", kernel), lambda: _boot_now(kernel)
 
 
 def _boot(kernel: str) -> dict:
     """``kernel``'s one boot, shared by all tests of this module; its summary."""
-    return guests.result(("prepatch-vm", kernel), lambda: _boot_now(kernel))
+    return guests.result(*_job(kernel))
 
 
 def _build(kernel: str) -> None:

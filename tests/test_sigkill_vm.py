@@ -47,7 +47,7 @@ KERNEL = os.environ.get("VFSTRACE_SIGKILL_KERNEL", "6.12")
 
 def guest_boots(items) -> list:
     """This module's one boot (conftest starts it with the other VM tests')."""
-    return [(300, ("sigkill-vm", KERNEL), _boot_now)]
+    return [(300, *JOB)]
 
 
 def _boot_now() -> dict:
@@ -67,11 +67,13 @@ def _boot_now() -> dict:
     return r
 
 
+JOB = (("sigkill-vm", KERNEL), _boot_now)
+
+
 @pytest.mark.vm
 def test_sigkill_kprobe_recorder_leaves_nothing_in_guest():
-    r = guests.result(("sigkill-vm", KERNEL), _boot_now)
-    kernel = KERNEL
-    print(f"\n{kernel}: attached in {r['attach_s']} s: {len(r['perf_while_running'])} perf events, "
+    r = guests.result(*JOB)
+    print(f"\n{KERNEL}: attached in {r['attach_s']} s: {len(r['perf_while_running'])} perf events, "
           f"{len(r['progs_while_running'])} programs; after SIGKILL, gone in {r['settle_s']} s; "
           f"planted {r.get('plant_line')}: {r.get('cleanup_notes')}")
     # walk, lookup, prune, unhash, iput at least; kretprobes among them
