@@ -13,6 +13,10 @@
  *    that explains an ENOENT is usually someone else's), prefix-filtered;
  *  - D_FREE / D_ALLOC: kmem_cache_free/alloc on the "dentry" cache, with
  *    the dentry address (prune evidence; VFS_STREAM_DENTRY 0 counts only);
+ *    the alloc probe is compiled only when the tracer asks for it
+ *    (VFS_HAVE_kmem_cache_alloc / VFS_RAW_KMEM_CACHE_ALLOC_ARG): it runs on
+ *    every slab allocation of the machine for records no verdict of this
+ *    tier reads;
  *  - SHRINK_START / SHRINK_END: vmscan:mm_shrink_slab_start/end.
  *
  * Built by tracers/tracepoint.py through bpf.program("tracepoint.c") (the

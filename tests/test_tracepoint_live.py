@@ -374,10 +374,11 @@ def test_dentry_cache_probes_are_raw_where_btf_describes_the_cache_argument():
     plan = raw_kmem_plan(btf)
     assert plan["VFS_RAW_KMEM_CACHE_FREE_ARG"] == str(args.index("struct kmem_cache"))
     assert plan["VFS_OFF_KMEM_CACHE_NAME"] == str(btf.offsetof("kmem_cache", "name"))
-    t = TracepointTracer(TraceOptions(extra={"recheck": False}))
+    t = TracepointTracer(TraceOptions(extra={"recheck": False, "dentry_allocs": True}))
     t.load()
     try:
         assert "raw_tracepoint:kmem_cache_free" in t.attached()
+        assert "raw_tracepoint:kmem_cache_alloc" in t.attached()
         d = f"/var/tmp/vfstrace-raw-{uuid.uuid4().hex}"
         os.mkdir(d)
         for i in range(200):
@@ -403,6 +404,42 @@ def test_dentry_cache_probes_are_raw_where_btf_describes_the_cache_argument():
         df = pd.concat(frames, ignore_index=True)
         assert c["dentry_allocs"] >= 200 and c["dentry_frees"] >= 200, c
         assert (df["kind"] == int(Kind.D_FREE)).sum() >= 1  # D_FREE records with their addresses
+    finally:
+        t.close()
+
+
+def test_dentry_allocations_are_probed_only_on_request():
+    """By default the tier has no program on kmem_cache_alloc (none of its
+    verdicts reads D_ALLOC, and the probe would run on every slab allocation
+    of the machine): nothing attached there, none in the program, and no
+    dentry_allocs counter, whose 0 would claim that none happened. Asked
+    for, the probe is there and counts."""
+    need_tracing()
+    from tracers.tracepoint import TracepointTracer
+    from vfstrace.options import TraceOptions
+
+    t = TracepointTracer(TraceOptions(extra={"recheck": False}))
+    t.load()
+    try:
+        assert not any("kmem_cache_alloc" in a for a in t.attached()), t.attached()
+        assert any(a.endswith("kmem_cache_free") for a in t.attached()), t.attached()
+        text = t.program_text()
+        assert "#define VFS_RAW_KMEM_CACHE_ALLOC_ARG" not in text and "#define VFS_HAVE_kmem_cache_alloc" not in text
+        assert "dentry_allocs" not in t.counters()
+        assert "dentry_frees" in t.counters()
+    finally:
+        t.close()
+    t = TracepointTracer(TraceOptions(extra={"recheck": False, "dentry_allocs": True}))
+    t.load()
+    try:
+        assert any("kmem_cache_alloc" in a for a in t.attached()), t.attached()
+        d = f"/var/tmp/vfstrace-alloc-{uuid.uuid4().hex}"
+        os.mkdir(d)
+        os.rmdir(d)  # a dentry allocated (and a positive one made negative)
+        deadline = time.monotonic() + 10
+        while t.counters().get("dentry_allocs", 0) < 1 and time.monotonic() < deadline:
+            t.poll(100)
+        assert t.counters()["dentry_allocs"] >= 1, t.counters()
     finally:
         t.close()
 

@@ -5,7 +5,7 @@ share one program, one set of defines and one drain: the tier's whole kernel edg
 
 This is the tier that runs on kernels built without kprobes or fentry
 (CONFIG_KPROBES and CONFIG_FPROBE unset, as on many production kernels). It sees
-syscall results, namespace operations, dentry-cache frees/allocations and
+syscall results, namespace operations, dentry-cache frees and
 shrinker runs (bpf/tracepoint.c says exactly what crosses to user space), so
 its verdicts are of lower resolution than the kprobe tier: it cannot see the
 walk's d_seq, only that an ENOENT happened while dentries were being freed.
@@ -40,11 +40,19 @@ when this process makes a traced syscall there: :meth:`TracepointTracer.flush_re
 does, on every CPU, on each drain (``poll(0)``) and every FLUSH_EVERY_S.
 ``coalesce_ns`` 0 turns it off.
 
-Dentry-cache frees and allocations: on raw tracepoints where the kernel's
-BTF describes the kmem tracepoints' cache argument (:func:`raw_kmem_plan`),
-so the test for the dentry cache is a pointer compare and no trace record
-is built for every other slab operation of the machine; classic
-tracepoints otherwise (``kmem_probe``: auto, raw, tracepoint).
+Dentry-cache frees: on raw tracepoints where the kernel's BTF describes
+the kmem tracepoints' cache argument (:func:`raw_kmem_plan`), so the test
+for the dentry cache is a pointer compare and no trace record is built for
+every other slab operation of the machine; classic tracepoints otherwise
+(``kmem_probe``: auto, raw, tracepoint).
+
+Dentry-cache allocations (D_ALLOC) only on request
+(``options.extra["dentry_allocs"]``, ``--dentry-allocs``): no verdict this
+tier gives reads them (its syscall-level verdicts take D_FREE and shrinker
+runs as the activity around a failure; an address's incarnation matters
+only to a walk that recorded its dentry, which is the kprobe tier's), and
+the probe would run on every slab allocation of the machine, among them
+the getname() of every path syscall.
 
 Kernel headers: tracepoint programs read tracepoint argument records, whose
 layout BCC takes from the format files, and (in "regs" mode) x86-64
@@ -270,6 +278,7 @@ class TracepointTracer(Tracer):
         self.path_pages = 4096 * scale
         self.stream_success = bool(self.options.extra.get("stream_success", False))
         self.stream_dentry = bool(self.options.extra.get("stream_dentry", True))
+        self.dentry_allocs = bool(self.options.extra.get("dentry_allocs", False))
         self.recheck = bool(self.options.extra.get("recheck", True))
         self.use_perf = bool(self.options.extra.get("perf_buffer", False)) or (
             choice is not None and getattr(choice, "ringbuf", True) is False
@@ -320,19 +329,25 @@ class TracepointTracer(Tracer):
         if (self.mode or self._first_mode()) == "regs":
             d.append("VFS_EXIT_ONLY=1")
         have = self._have if self._have is not None else {}
-        d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v]
+        d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v and self._wanted(k)]
         d += [f"{k}={v}" for k, v in sorted(self._raw_kmem_defines().items())]
         return d
 
+    def _wanted(self, event: str) -> bool:
+        """Whether this recording probes ``event`` where the kernel has it
+        (kmem_cache_alloc only with ``dentry_allocs``: see the module docstring)."""
+        return event != "kmem_cache_alloc" or self.dentry_allocs
+
     def _raw_kmem_defines(self) -> dict[str, str]:
-        """The raw-tracepoint plan (raw_kmem_plan) unless kmem_probe says tracepoint."""
+        """The raw-tracepoint plan (raw_kmem_plan) unless kmem_probe says tracepoint,
+        without the allocation probe unless ``dentry_allocs``."""
         if self.kmem_probe == "tracepoint":
             return {}
         if self._raw_kmem is None:
             self._raw_kmem = raw_kmem_plan()
             if not self._raw_kmem and self.kmem_probe == "raw":
                 raise TierUnavailable("kmem_probe=raw: this kernel's BTF does not describe the kmem tracepoints' cache argument")
-        return self._raw_kmem
+        return {k: v for k, v in self._raw_kmem.items() if self.dentry_allocs or k != "VFS_RAW_KMEM_CACHE_ALLOC_ARG"}
 
     def _first_mode(self) -> str:
         if self.syscall_args == "auto":
@@ -402,7 +417,7 @@ class TracepointTracer(Tracer):
         ]
         raw = self._raw_kmem_defines()
         self._attached += [f"raw_tracepoint:{e}" if f"VFS_RAW_{e.upper()}_ARG" in raw else f"tracepoint:kmem:{e}"
-                           for e in KMEM_EVENTS if self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw]
+                           for e in KMEM_EVENTS if self._wanted(e) and (self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw)]
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
         if self.options.path_prefix is not None:
             self._set_prefix(self.options.path_prefix.encode())
@@ -519,6 +534,8 @@ class TracepointTracer(Tracer):
         if self._bpf is None:
             return {}
         out = counter_totals(self._bpf[b"counts"], COUNTER_NAMES)
+        if not self.dentry_allocs:
+            out.pop("dentry_allocs", None)  # not probed: a 0 would read as "none happened"
         # The kernel counts each path syscall once, in the slot of its outcome
         # (bpf/tracepoint.c result_wanted): the total is their sum.
         if "path_syscalls" in out:
