@@ -189,6 +189,10 @@ def run_bcc(loop, miss, hit, n, env):
     return e, h, kept
 
 
+# The vfstrace rows: name -> extra `vfstrace record` flags.
+VFSTRACE_RUNS = {"vfstrace record": (), "vfstrace --dentry-allocs": ("--dentry-allocs",)}
+
+
 def run_vfstrace(loop, miss, hit, n, work, env, flags=()):
     import pandas as pd
 
@@ -241,8 +245,7 @@ def main():
     hit = os.path.join(work, "present")
     open(hit, "w").close()
     miss = os.path.join(work, "absent")
-    names = ["untraced"] + (list(bpftrace_programs()) if have_bpftrace else []) + ["BCC perf + callback", "vfstrace record",
-                                                                               "vfstrace --dentry-allocs"]
+    names = ["untraced"] + (list(bpftrace_programs()) if have_bpftrace else []) + ["BCC perf + callback", *VFSTRACE_RUNS]
     res = {k: {"enoent": [], "hit": [], "kept": []} for k in names}
     errors = {}
     try:
@@ -258,8 +261,7 @@ def main():
                     elif name.startswith("BCC"):
                         e, h, kept = run_bcc(loop, miss, hit, a.calls, env)
                     else:
-                        flags = ("--dentry-allocs",) if name == "vfstrace --dentry-allocs" else ()
-                        e, h, kept = run_vfstrace(loop, miss, hit, a.calls, work, env, flags)
+                        e, h, kept = run_vfstrace(loop, miss, hit, a.calls, work, env, VFSTRACE_RUNS[name])
                 except (RuntimeError, subprocess.CalledProcessError, OSError) as ex:
                     errors[name] = str(ex).splitlines()[0][:200]
                     continue

@@ -149,7 +149,7 @@ KMEM_EVENTS = ("kmem_cache_free", "kmem_cache_alloc")
 KMEM_PROBES = ("auto", "raw", "tracepoint")
 
 
-def raw_kmem_plan(btf=None) -> dict[str, str]:
+def raw_kmem_plan(btf=None, events=KMEM_EVENTS) -> dict[str, str]:
     """-D defines for the raw-tracepoint dentry-cache probes (bpf/tracepoint.c), or {}.
 
     A classic kmem tracepoint builds its whole record, the cache's name
@@ -161,7 +161,8 @@ def raw_kmem_plan(btf=None) -> dict[str, str]:
     tracepoints" passes the cache itself) or, 5.12 to 6.1, its `const char
     *name`, which is as constant per cache ("mm, tracing: record slab name
     for kmem_cache_free()"). Which one this kernel passes, and where, is
-    read from the tracepoint's BTF prototype, never assumed.
+    read from the tracepoint's BTF prototype, never assumed. ``events``:
+    the kmem events the recording probes.
     """
     from tracers.btf import Btf, BtfError, tracepoint_arg_pointees
 
@@ -171,7 +172,7 @@ def raw_kmem_plan(btf=None) -> dict[str, str]:
         return {}
     d: dict[str, str] = {}
     how = None
-    for ev in KMEM_EVENTS:
+    for ev in events:
         args = tracepoint_arg_pointees(btf, ev)
         if not args or len(args) < 3 or args[1] != "void":
             continue  # no BTF prototype, or ptr is not the second argument
@@ -279,6 +280,8 @@ class TracepointTracer(Tracer):
         self.stream_success = bool(self.options.extra.get("stream_success", False))
         self.stream_dentry = bool(self.options.extra.get("stream_dentry", True))
         self.dentry_allocs = bool(self.options.extra.get("dentry_allocs", False))
+        # The kmem events this recording probes (allocations only on request: module docstring).
+        self.kmem_events = KMEM_EVENTS if self.dentry_allocs else ("kmem_cache_free",)
         self.recheck = bool(self.options.extra.get("recheck", True))
         self.use_perf = bool(self.options.extra.get("perf_buffer", False)) or (
             choice is not None and getattr(choice, "ringbuf", True) is False
@@ -329,25 +332,19 @@ class TracepointTracer(Tracer):
         if (self.mode or self._first_mode()) == "regs":
             d.append("VFS_EXIT_ONLY=1")
         have = self._have if self._have is not None else {}
-        d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v and self._wanted(k)]
+        d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v and (k not in KMEM_EVENTS or k in self.kmem_events)]
         d += [f"{k}={v}" for k, v in sorted(self._raw_kmem_defines().items())]
         return d
 
-    def _wanted(self, event: str) -> bool:
-        """Whether this recording probes ``event`` where the kernel has it
-        (kmem_cache_alloc only with ``dentry_allocs``: see the module docstring)."""
-        return event != "kmem_cache_alloc" or self.dentry_allocs
-
     def _raw_kmem_defines(self) -> dict[str, str]:
-        """The raw-tracepoint plan (raw_kmem_plan) unless kmem_probe says tracepoint,
-        without the allocation probe unless ``dentry_allocs``."""
+        """The raw-tracepoint plan (raw_kmem_plan) for ``kmem_events`` unless kmem_probe says tracepoint."""
         if self.kmem_probe == "tracepoint":
             return {}
         if self._raw_kmem is None:
-            self._raw_kmem = raw_kmem_plan()
+            self._raw_kmem = raw_kmem_plan(events=self.kmem_events)
             if not self._raw_kmem and self.kmem_probe == "raw":
                 raise TierUnavailable("kmem_probe=raw: this kernel's BTF does not describe the kmem tracepoints' cache argument")
-        return {k: v for k, v in self._raw_kmem.items() if self.dentry_allocs or k != "VFS_RAW_KMEM_CACHE_ALLOC_ARG"}
+        return self._raw_kmem
 
     def _first_mode(self) -> str:
         if self.syscall_args == "auto":
@@ -417,7 +414,7 @@ class TracepointTracer(Tracer):
         ]
         raw = self._raw_kmem_defines()
         self._attached += [f"raw_tracepoint:{e}" if f"VFS_RAW_{e.upper()}_ARG" in raw else f"tracepoint:kmem:{e}"
-                           for e in KMEM_EVENTS if self._wanted(e) and (self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw)]
+                           for e in self.kmem_events if self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw]
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
         if self.options.path_prefix is not None:
             self._set_prefix(self.options.path_prefix.encode())

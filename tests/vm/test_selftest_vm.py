@@ -11,8 +11,9 @@ in 228,548 lookups and 19,868 prunes, against 116 widened). The baseline
 then counts as BASE_FLOOR overlaps, the 95 % upper bound of a Poisson mean
 when none is seen (-ln 0.05 = 3.0), and so does a baseline of one or two:
 the factor asserted is a lower bound, never the infinity the selftest
-reports for an empty baseline. The correlator's own check on simulated kernels runs on the
-host (tests/test_selftest.py), so the guest skips it (--kernel-only).
+reports for an empty baseline. The correlator's own check on simulated
+kernels runs on the host (tests/test_selftest.py), so the guest skips it
+(--kernel-only).
 """
 
 import json
