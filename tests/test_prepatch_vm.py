@@ -13,8 +13,9 @@ arguments through BTF and tell a live dentry by a typed load), then
   the kernel counts spurious ENOENTs, at least one `race` verdict matches a
   ground-truth event by (task, dentry, time), every `race` cites a prune
   event of its own dentry, those on an open()'s last component
-  (open_last_lookups) are matched at the step_into site, and selftest says
-  FAIL (exit 1);
+  (open_last_lookups; the stress's compiled loop open()s its names every
+  other pass, so they are not left to cp's opens alone) are matched at the
+  step_into site, and selftest says FAIL (exit 1);
 * control: no cp error, no `race`, selftest PASS (exit 0).
 """
 

@@ -172,7 +172,7 @@ def test_refused_without_kprobes_in_one_line():
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-@pytest.mark.parametrize("op", ["stat", "access"])
+@pytest.mark.parametrize("op", ["stat", "access", "open", "stat+open"])
 def test_stat_loop_contract(impl, op, tmp_path, monkeypatch):
     """Both loops: "ready", then on SIGTERM one JSON line; only the dir's first N regular files."""
     import shutil

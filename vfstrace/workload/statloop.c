@@ -2,7 +2,7 @@
 /*
  * vfstrace statloop: the selftest's stat() loop, in C.
  *
- *   statloop DIR NFILES RATE [stat|access]
+ *   statloop DIR NFILES RATE [stat|access|open|stat+open]
  *
  * Picks the first NFILES regular files of DIR (sorted by name), prints
  * "ready", then fstatat()s them round-robin, one path component per call
@@ -18,6 +18,13 @@
  * ->getattr that follows it. On 9p without caching (the VM harness's root)
  * every getattr is a round trip to the host, which caps a stat() loop at
  * ~2k calls/s under emulation; the walk alone runs several times faster.
+ *
+ * "open" opens each name read-only (and closes it): an open()'s last
+ * component is looked up by open_last_lookups(), which calls lookup_fast()
+ * and step_into() itself rather than through walk_component(), so this is
+ * the loop that exercises that site. "stat+open" takes turns: one pass over
+ * the names with fstatat(), the next with open(), so one process (one
+ * CPU's worth of load) keeps both sites busy.
  *
  * A Python loop manages only ~100 stat()/s under qemu TCG, too few for a
  * prune to ever meet an unwidened lookup; this one does tens of thousands.
@@ -76,12 +83,14 @@ static void put_json_str(const char *s)
 int main(int argc, char **argv)
 {
 	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: statloop DIR NFILES RATE [stat|access]\n");
+		fprintf(stderr, "usage: statloop DIR NFILES RATE [stat|access|open|stat+open]\n");
 		return 2;
 	}
-	int use_access = argc == 5 && strcmp(argv[4], "access") == 0;
-	if (argc == 5 && !use_access && strcmp(argv[4], "stat") != 0) {
-		fprintf(stderr, "statloop: the operation is stat or access\n");
+	const char *op = argc == 5 ? argv[4] : "stat";
+	int use_access = strcmp(op, "access") == 0, use_open = strcmp(op, "open") == 0;
+	int take_turns = strcmp(op, "stat+open") == 0;
+	if (!use_access && !use_open && !take_turns && strcmp(op, "stat") != 0) {
+		fprintf(stderr, "statloop: the operation is stat, access, open or stat+open\n");
 		return 2;
 	}
 	const char *dir = argv[1];
@@ -133,7 +142,15 @@ int main(int argc, char **argv)
 	while (!stop) {
 		for (int b = 0; b < BATCH; b++) {
 			const char *nm = all[stats % n];
-			int rc = use_access ? faccessat(dfd, nm, F_OK, 0) : fstatat(dfd, nm, &st, AT_SYMLINK_NOFOLLOW);
+			int rc;
+			if (use_open || (take_turns && (stats / n) % 2)) {
+				int fd = openat(dfd, nm, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+				rc = fd < 0 ? -1 : close(fd);
+			} else if (use_access) {
+				rc = faccessat(dfd, nm, F_OK, 0);
+			} else {
+				rc = fstatat(dfd, nm, &st, AT_SYMLINK_NOFOLLOW);
+			}
 			if (rc != 0 && errno == ENOENT)
 				enoent++;
 			stats++;
@@ -151,7 +168,7 @@ int main(int argc, char **argv)
 		}
 	}
 	double secs = now_s() - t0;
-	printf("{\"worker\": \"stat\", \"impl\": \"c\", \"op\": \"%s\", \"dir\": ", use_access ? "access" : "stat");
+	printf("{\"worker\": \"stat\", \"impl\": \"c\", \"op\": \"%s\", \"dir\": ", op);
 	put_json_str(dir);
 	printf(", \"files\": %zu, \"stats\": %llu, \"enoent\": %llu, \"rate\": %.1f, \"seconds\": %.3f, "
 	       "\"stats_per_s\": %.1f, \"sleeps\": %llu}\n",

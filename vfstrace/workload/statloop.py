@@ -23,7 +23,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("statloop.c")
 
-# Same contract as statloop.c: DIR NFILES RATE [stat|access]; "ready"; SIGTERM -> one JSON line.
+# Same contract as statloop.c: DIR NFILES RATE [stat|access|open|stat+open]; "ready"; SIGTERM -> one JSON line.
 PY_LOOP = r"""
 import json, os, signal, sys, time
 stop = []
@@ -41,6 +41,8 @@ while not stop:
             if op == "access":
                 if not os.access(nm, os.F_OK, dir_fd=fd):
                     missing += 1
+            elif op == "open" or (op == "stat+open" and (stats // len(names)) % 2):
+                os.close(os.open(nm, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd))
             else:
                 os.stat(nm, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -118,14 +120,17 @@ def build() -> tuple[Path | None, str]:
     return None, why
 
 
-OPS = ("stat", "access")
+OPS = ("stat", "access", "open", "stat+open")
 
 
 def command(directory: str, files: int, rate: float, op: str = "stat") -> tuple[list[str], str]:
     """(argv of the loop, a notice when it is the slow Python fallback, else '').
 
     ``op`` "access" walks each name with faccessat(F_OK): the same lookup as
-    stat() without the filesystem's getattr (a host round trip on 9p).
+    stat() without the filesystem's getattr (a host round trip on 9p);
+    "open" opens and closes it, so the last component is looked up by
+    open_last_lookups() instead of walk_component(); "stat+open" takes
+    turns, a pass over the names each.
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}")

@@ -14,7 +14,9 @@ the same, so the symptom can be counted and traced:
   seconds apart, each repeated until the duration ends (DST removed between
   rounds so the disk does not fill);
 * a stat() loop over the tree's existing files in a process named
-  ``vfs-statter``, so the lookup side has load of its own;
+  ``vfs-statter``, so the lookup side has load of its own, and a compiled
+  loop that stat()s and open()s a few names of one directory in turn (an
+  open()'s last component is looked up at a site of its own);
 * memory pressure: cgroup v2 ``memory.max`` on a child cgroup the command
   creates and joins (where the memory controller is on cgroup v2), else a
   loop writing 2 to /proc/sys/vm/drop_caches (frees dentries and inodes);
@@ -57,6 +59,8 @@ from vfstrace.options import Duration
 
 CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
 STATTER_COMM = "vfs-statter"
+# The compiled loop's operation: passes of stat() and of open() in turn.
+FAST_LOOP_OP = "stat+open"
 CGROUP_MEMORY_MAX = 64 * 1024 * 1024
 # Share of the workload's lookups --widen holds. On the 6.1-prepatch kernel
 # (2 vCPUs under TCG, drop_caches pressure) a quarter gave 16 spurious
@@ -451,18 +455,22 @@ class Stress:
         """The compiled per-name lookup loop (vfstrace/workload/statloop.c) on a few files.
 
         The Python statter walks full paths at ~100 calls/s under emulation;
-        this one fstatat()s a handful of names in one directory tens of
+        this one looks a handful of names in one directory up tens of
         thousands of times a second, so the RCU lookups of files whose
         dentries the pressure prunes are frequent enough for the fixed
-        kernel's d_seq re-check (-ECHILD, then ref-walk) to show. None when
-        no compiler is there to build it (the Python statter still runs).
+        kernel's d_seq re-check (-ECHILD, then ref-walk) to show. It takes
+        turns between fstatat() and open() (FAST_LOOP_OP): a stat()'s last
+        component is walk_component()'s, an open()'s is open_last_lookups()'s,
+        which calls step_into() itself; the two places a walk can trust a
+        dentry being pruned. None when no compiler is there to build it
+        (the Python statter still runs).
         """
         from vfstrace.workload import statloop
 
         leaf = next((Path(dp) for dp, _, fn in os.walk(src) if fn), None)
         if leaf is None:
             return None
-        argv, notice = statloop.command(str(leaf), 8, 0, "stat")
+        argv, notice = statloop.command(str(leaf), 8, 0, FAST_LOOP_OP)
         if notice:
             self.notices.append("compiled stat loop unavailable: " + notice)
             return None
@@ -612,7 +620,7 @@ def render(r: dict) -> str:
         ("pressure", r["pressure_detail"]),
         ("churn operations", r["churn_ops"]),
         ("stat() calls by " + STATTER_COMM, f"{r['stat_calls']} ({r['stat_errors']} failed)"),
-        ("stat() calls by the compiled loop", r.get("fast_stat_calls", 0)),
+        ("stat()/open() calls by the compiled loop", r.get("fast_stat_calls", 0)),
     ]
     w = r.get("widen")
     if w:
