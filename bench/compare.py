@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """vfstrace beside its peers on a stat() storm: ns per call, ratio to untraced, events kept. One run.
 
-    sudo .venv/bin/python bench/compare.py [--calls N] [--rounds R] [--small]
+    sudo .venv/bin/python bench/compare.py [--calls N] [--rounds R] [--small] [--breakdown]
 
 What runs, each as its own real process, on the same C loop of N stat()
 calls (bench/_statgen.py: first a path that does not exist, the ENOENT
@@ -29,6 +29,14 @@ summed: vfstrace folds identical repeats in the kernel, see
 bpf/tracepoint.c); "counted" where only a number leaves the kernel. The
 loops run at a raised priority (nice -10) so a busy machine's background
 work disturbs both sides alike less. It prints numbers; it asserts nothing.
+
+``--breakdown`` adds one untimed pass after the rounds: with
+kernel.bpf_stats_enabled on, the loops run once more under `vfstrace
+record` with empty programs on the same tracepoints beside it, and each
+program's own run time per call is printed (bpftool's run_time_ns /
+run_cnt, read between the loops). The empty programs' figure is the
+dispatch floor bpf_stats itself measures (its clock reads included); what
+a vfstrace program shows above it is its body.
 """
 
 import argparse
@@ -189,6 +197,82 @@ def run_bcc(loop, miss, hit, n, env):
     return e, h, kept
 
 
+BCC_EMPTY = r'''
+import signal
+from bcc import BPF
+b = BPF(text=b"""
+TRACEPOINT_PROBE(syscalls, sys_exit_newfstatat) { return 0; }
+RAW_TRACEPOINT_PROBE(kmem_cache_free) { return 0; }
+""")
+signal.signal(signal.SIGINT, lambda *a: None)
+print("attached", flush=True)
+signal.pause()
+'''
+
+
+def bpf_runs(path):
+    """{program id: (name, run_cnt, run_time_ns)} from a `bpftool prog show -j` snapshot."""
+    import json
+
+    with open(path) as f:
+        return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in json.load(f)}
+
+
+def breakdown(loop, miss, hit, n, work, env):
+    """Lines: each BPF program's own ns per stat() on the ENOENT and the hit loop, vfstrace's and empty ones."""
+    bpftool = shutil.which("bpftool")
+    if not bpftool:
+        return ["breakdown: not run: needs bpftool"]
+    knob = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(knob) as f:
+        was = f.read().strip()
+    snaps = [os.path.join(work, f"progs{i}.json") for i in range(4)]
+
+    def snapshot(path):
+        with open(path, "w") as f:
+            subprocess.run([bpftool, "prog", "show", "-j"], stdout=f, check=True)
+        return bpf_runs(path)
+
+    before = snapshot(snaps[3])
+    empty = subprocess.Popen([sys.executable, "-c", BCC_EMPTY], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env=env)
+    try:
+        if not wait_for(empty, "attached"):
+            return ["breakdown: not run: the empty programs did not attach"]
+        empty_ids = set(snapshot(snaps[3])) - set(before)
+        with open(knob, "w") as f:
+            f.write("1")
+        show = f"{bpftool} prog show -j > "
+        script = " && ".join([show + snaps[0], " ".join(loop.argv(miss, n)), show + snaps[1],
+                              " ".join(loop.argv(hit, n)), show + snaps[2]])
+        trace = os.path.join(work, "breakdown.vft")
+        vft = os.path.join(ROOT, ".venv", "bin", "vfstrace")
+        r = subprocess.run([vft, "record", "--tier", "tracepoint", "-o", trace, "--", "sh", "-c", script],
+                           capture_output=True, text=True, env=env)
+        shutil.rmtree(trace, ignore_errors=True)
+        if r.returncode != 0:
+            return [f"breakdown: vfstrace record failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-200:]}"]
+    finally:
+        with open(knob, "w") as f:
+            f.write(was)
+        stop(empty)
+    s = [bpf_runs(p) for p in snaps[:3]]
+    out = [f"per-program run time (kernel.bpf_stats_enabled; one pass of {n:,} calls per loop; ns per stat() call)",
+           f"{'program':<54} {'ENOENT ns':>10} {'hit ns':>9}  runs per call (ENOENT, hit)"]
+    for pid, (name, _, _) in sorted(s[2].items(), key=lambda kv: (kv[0] in empty_ids, kv[1][0])):
+        rows = []
+        for a_, b_ in ((0, 1), (1, 2)):
+            _, c0, t0 = s[a_].get(pid, (name, 0, 0))
+            _, c1, t1 = s[b_].get(pid, (name, 0, 0))
+            rows.append((c1 - c0, t1 - t0))
+        if max(c for c, _ in rows) < n // 10:
+            continue  # a program the loops do not run (another syscall's, the shrinker's)
+        label = ("empty: " if pid in empty_ids else "vfstrace: ") + name
+        out.append(f"{label:<54} {rows[0][1] / n:10.1f} {rows[1][1] / n:9.1f}  "
+                   f"{rows[0][0] / n:.2f}, {rows[1][0] / n:.2f}")
+    return out
+
+
 # The vfstrace rows: name -> extra `vfstrace record` flags.
 VFSTRACE_RUNS = {"vfstrace record": (), "vfstrace --dentry-allocs": ("--dentry-allocs",)}
 
@@ -223,6 +307,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--small", action="store_true", help="CI size: 200k calls, 1 round")
     ap.add_argument("--wall", action="store_true", help="time the loops in wall time, not their CPU time")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="then one untimed pass: each BPF program's own run time per call (bpf_stats)")
     a = ap.parse_args()
     if a.small:
         a.calls, a.rounds = 200_000, 1
@@ -248,6 +334,7 @@ def main():
     names = ["untraced"] + (list(bpftrace_programs()) if have_bpftrace else []) + ["BCC perf + callback", *VFSTRACE_RUNS]
     res = {k: {"enoent": [], "hit": [], "kept": []} for k in names}
     errors = {}
+    per_program = []
     try:
         loop.run(miss, a.calls // 10)  # warm the dcache: the negative dentry, the hit's dentry
         loop.run(hit, a.calls // 10)
@@ -268,6 +355,11 @@ def main():
                 res[name]["enoent"].append(e)
                 res[name]["hit"].append(h)
                 res[name]["kept"].append(kept)
+        if a.breakdown:
+            try:
+                per_program = breakdown(loop, miss, hit, a.calls, work, env)
+            except (OSError, ValueError, subprocess.CalledProcessError) as ex:
+                per_program = [f"breakdown: not run: {str(ex).splitlines()[0][:200]}"]
     finally:
         gen.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -305,6 +397,8 @@ def main():
         print(f"vfstrace: keeps {verdict['kept']:.1f} % (goal >= 99: {'met' if verdict['kept'] >= 99 else 'NOT met'}), "
               f"ENOENT ratio {verdict['enoent']:.2f} (goal <= 1.75: {'met' if verdict['enoent'] <= 1.75 else 'NOT met'}), "
               f"hit ratio {verdict['hit']:.2f} (goal <= 1.25: {'met' if verdict['hit'] <= 1.25 else 'NOT met'})")
+    for line in per_program:
+        print(line)
 
 
 if __name__ == "__main__":
