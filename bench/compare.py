@@ -210,12 +210,11 @@ signal.pause()
 '''
 
 
-def bpf_runs(path):
-    """{program id: (name, run_cnt, run_time_ns)} from a `bpftool prog show -j` snapshot."""
+def bpf_runs(text):
+    """{program id: (name, run_cnt, run_time_ns)} from the JSON of `bpftool prog show -j`."""
     import json
 
-    with open(path) as f:
-        return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in json.load(f)}
+    return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in json.loads(text)}
 
 
 def breakdown(loop, miss, hit, n, work, env):
@@ -226,20 +225,20 @@ def breakdown(loop, miss, hit, n, work, env):
     knob = "/proc/sys/kernel/bpf_stats_enabled"
     with open(knob) as f:
         was = f.read().strip()
-    snaps = [os.path.join(work, f"progs{i}.json") for i in range(4)]
+    # Three snapshots taken inside the recorded command, between its loops.
+    snaps = [os.path.join(work, f"progs{i}.json") for i in range(3)]
 
-    def snapshot(path):
-        with open(path, "w") as f:
-            subprocess.run([bpftool, "prog", "show", "-j"], stdout=f, check=True)
-        return bpf_runs(path)
+    def loaded():
+        return set(bpf_runs(subprocess.run([bpftool, "prog", "show", "-j"], capture_output=True, text=True,
+                                           check=True).stdout))
 
-    before = snapshot(snaps[3])
+    before = loaded()
     empty = subprocess.Popen([sys.executable, "-c", BCC_EMPTY], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True, env=env)
     try:
         if not wait_for(empty, "attached"):
             return ["breakdown: not run: the empty programs did not attach"]
-        empty_ids = set(snapshot(snaps[3])) - set(before)
+        empty_ids = loaded() - before
         with open(knob, "w") as f:
             f.write("1")
         show = f"{bpftool} prog show -j > "
@@ -256,7 +255,10 @@ def breakdown(loop, miss, hit, n, work, env):
         with open(knob, "w") as f:
             f.write(was)
         stop(empty)
-    s = [bpf_runs(p) for p in snaps[:3]]
+    s = []
+    for p in snaps:
+        with open(p) as f:
+            s.append(bpf_runs(f.read()))
     out = [f"per-program run time (kernel.bpf_stats_enabled; one pass of {n:,} calls per loop; ns per stat() call)",
            f"{'program':<54} {'ENOENT ns':>10} {'hit ns':>9}  runs per call (ENOENT, hit)"]
     for pid, (name, _, _) in sorted(s[2].items(), key=lambda kv: (kv[0] in empty_ids, kv[1][0])):
