@@ -377,3 +377,22 @@ def test_property_round_trip_every_form(tmp_path_factory, rows):
     b = store.load(d / "t.jsonl")
     for got in (a, b):
         pd.testing.assert_frame_equal(canon(got), full)
+
+
+def test_a_failed_metadata_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """ENOSPC during the write: the file keeps its old bytes and its temporary file is gone."""
+    import errno
+
+    from vfstrace.store import files
+
+    target = tmp_path / "_meta.json"
+    files._atomic_write_bytes(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(OSError):
+        files._atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.glob(".*.tmp")) == []

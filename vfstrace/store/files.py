@@ -178,12 +178,25 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> None:
+    """``path`` replaced by ``data`` whole, or left as it was.
+
+    A write that fails (a full disk) takes its temporary file with it, as a
+    part that is not committed does (encoder.discard_part): what a stopped
+    recording leaves behind is only what it committed.
+    """
     tmp = path.with_name("." + path.name + ".tmp")
-    with open_private(tmp, shared=shared) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_private(tmp, shared=shared) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error that brought us here is the one to report
+        raise
     _fsync_dir(path.parent)
 
 
