@@ -66,7 +66,8 @@ struct walk_state {
 	u32 flags;       /* VFS_F_RCU, VFS_F_PRUNE_INFLIGHT */
 	u64 rc_dentry;   /* re-check site argument, between entry and return */
 	u32 step;        /* 1: opened by step_into (no walk_component around it) */
-	u32 in_slot;     /* 1: kept in the task's slot of task_walks, 0: in walks */
+	u32 in_slot;     /* 1: kept in the task's slot of task_walks, 0: in walks,
+			  * 2: in walks, holding a claim on the slot (below) */
 	u32 n_rcu;       /* __d_lookup_rcu returns in this walk } counted at the */
 	u32 n_lookup;    /* lookup role returns in this walk    } walk's return  */
 	u32 seq_in_nd;   /* 1: seq not read yet, it is nd->next_seq (VFS_SEQ_AT_LOOKUP) */
@@ -87,10 +88,16 @@ struct walk_state {
  * and a task's probes look there when the slot does not hold its walk.
  * Plain adds, not compare-and-swap, so that 5.10 (before BPF_FETCH and
  * BPF_CMPXCHG, 5.12) has the same slots as later kernels.
+ * Two claimants that add at once can both read 2 and both give way, the
+ * slot then free again: so a walk that goes aside while the slot still
+ * carries its own task's tid (its last walk, ended) holds a claim on `busy`
+ * until it ends (in_slot 2), or cur_walk() would take that ended walk for
+ * the task's latest and never look aside.
  * A walk whose return was never seen (its kretprobe missed, or the probes
  * were attached between its entry and its return) leaves the slot marked
- * active: the same task's next walk takes it over, and until then the tasks
- * sharing that slot keep their walks in `walks` (slower, nothing lost).
+ * active, or its claim held: the same task's next walk takes it over, and
+ * until then the tasks sharing that slot keep their walks in `walks`
+ * (slower, nothing lost).
  */
 #ifndef VFS_TASK_SLOTS
 #define VFS_TASK_SLOTS 16384 /* a power of two */
@@ -159,10 +166,10 @@ static __always_inline u64 walk_owner(u32 tid)
  * Outside a walk (complete_walk()'s try_to_unlazy, the lookup_fast() that
  * open_last_lookups() makes before its step_into()) the slot usually still
  * holds this task's last walk, ended, and no other claim: then this task
- * has no walk kept aside either, and the hash is not asked. A task's walk
- * goes aside only when the slot was busy as it began (busy != 0, until the
- * claimant's walk ends, by which time its tid tags the slot), and only the
- * task itself tags the slot with its tid, at the start of a later walk.
+ * has no walk kept aside either, and the hash is not asked. A walk that
+ * goes aside while its task's tid tags the slot keeps a claim on it (busy
+ * != 0) until it ends, and only the task itself tags the slot with its tid,
+ * at the start of a later walk.
  */
 static __always_inline struct walk_state *cur_walk(u32 tid)
 {
@@ -190,7 +197,7 @@ static __always_inline int slot_claimed(struct task_slot *t)
 	return 0;
 }
 
-/* The walk ends: the slot it owned is free again. */
+/* The walk ends: the slot it owned (or held a claim on) is free again. */
 static __always_inline void walk_end(struct walk_state *s)
 {
 	s->active = 0;
@@ -434,15 +441,25 @@ static __always_inline int walk_begin(u64 id, u64 nd, u64 dentry, u32 seq, u32 s
 		return 0;
 	}
 	vfs_count(VFS_C_SLOT_BUSY);
+	struct walk_state *old = walks.lookup(&tid);
+	/* Its earlier walk aside, whose return was not seen, may hold a claim
+	 * already; otherwise a claim is held if the slot carries this tid. */
+	u32 in_slot = old && old->active && old->in_slot == 2 ? 2 : 0;
+	if (!in_slot && t && (u32)t->w.owner == tid) {
+		__sync_fetch_and_add(&t->busy, 1);
+		in_slot = 2;
+	}
 	struct walk_state s = {};
-	walk_fill(&s, nd, &n, dentry, seq, step, 0);
+	walk_fill(&s, nd, &n, dentry, seq, step, in_slot);
 	s.tid = tid;
 	s.active = 1;
-	struct walk_state *old = walks.lookup(&tid);
 	if (old)
 		*old = s;
-	else if (walks.update(&tid, &s))
+	else if (walks.update(&tid, &s)) {
 		vfs_count(VFS_C_STATE_FULL);
+		if (in_slot && t)
+			__sync_fetch_and_add(&t->busy, -1); /* no walk holds it */
+	}
 	return 0;
 }
 
