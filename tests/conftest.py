@@ -7,6 +7,7 @@ the same condition fails the test instead, so CI cannot pass by skipping.
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,33 @@ def pytest_runtest_setup(item):
     guests.start(boots)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A timed VM test boots its guest in its own thread: its time goes in
+    the session's guest timeline too."""
+    timed = item.get_closest_marker("vm") is not None and getattr(item.module, "GUEST_TIMED", False)
+    t = time.monotonic()
+    yield
+    if timed:
+        import guests
+
+        guests.note(("timed", item.name), t, time.monotonic())
+
+
 def pytest_sessionfinish(session, exitstatus):
     import guests
 
     guests.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where the VM tests' time went: every guest boot, started/ended in
+    seconds from the first VM test, in start order."""
+    if "guests" not in sys.modules:
+        return
+    rows = sys.modules["guests"].timeline()
+    if rows:
+        terminalreporter.section("guest boots (seconds from the first VM test)")
+        terminalreporter.write_line(f"{'boot':<32} {'start':>7} {'end':>7} {'took':>8}")
+        for r in rows:
+            terminalreporter.write_line(r)

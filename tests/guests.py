@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -38,6 +39,21 @@ NICE = 19
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _boots: dict[tuple, Future] = {}
+# key -> [started, ended] (time.monotonic()): the session's guest timeline,
+# printed at its end (timeline()), so that CI's log says where the VM tests'
+# time went.
+_times: dict[tuple, list] = {}
+_t0 = time.monotonic()
+
+
+def _timed(key: tuple, boot: Callable[[], object]) -> Callable[[], object]:
+    def run():
+        _times[key] = [time.monotonic(), None]
+        try:
+            return boot()
+        finally:
+            _times[key][1] = time.monotonic()
+    return run
 
 
 def _lowest_priority() -> None:
@@ -57,7 +73,7 @@ def submit(key: tuple, boot: Callable[[], object]) -> Future:
         if f is None:
             if _pool is None:
                 _pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="guest", initializer=_lowest_priority)
-            f = _boots[key] = _pool.submit(boot)
+            f = _boots[key] = _pool.submit(_timed(key, boot))
         return f
 
 
@@ -69,9 +85,29 @@ def result(key: tuple, boot: Callable[[], object]):
 
 def start(boots: list[tuple[float, tuple, Callable[[], object]]]) -> None:
     """Start every ``(estimated seconds, key, boot)``, longest first, so the
-    two workers finish close together."""
+    two workers finish close together. The session's guest timeline
+    counts from here (the first VM test)."""
+    global _t0
+    _t0 = time.monotonic()
     for _, key, boot in sorted(boots, key=lambda b: -b[0]):
         submit(key, boot)
+
+
+def note(key: tuple, started: float, ended: float) -> None:
+    """A boot that ran outside the pool (a timed test's, in its own thread),
+    for timeline()."""
+    _times[key] = [started, ended]
+
+
+def timeline() -> list[str]:
+    """A line per guest boot of the session: when it started and ended
+    (seconds from the session's start) and how long it took, in start order."""
+    rows = []
+    for key, (a, b) in sorted(_times.items(), key=lambda kv: kv[1][0]):
+        end = f"{b - _t0:7.0f}" if b is not None else "running"
+        took = f"{b - a:6.0f} s" if b is not None else ""
+        rows.append(f"{'/'.join(map(str, key)):<32} {a - _t0:7.0f} {end} {took}")
+    return rows
 
 
 def shutdown() -> None:
