@@ -138,13 +138,23 @@ def parse_loop(text):
 def wait_for(proc, word, timeout=120.0):
     """Read the tracer's output until a line containing ``word`` (it attached)."""
     t0 = time.monotonic()
+    proc.seen = []  # what it said before, for why()
     while time.monotonic() - t0 < timeout:
         line = proc.stdout.readline()
         if not line:
             return False
         if word in line:
             return True
+        proc.seen.append(line)
     return False
+
+
+def why(proc, out: str) -> str:
+    """What a tracer that did not attach said last, on one line, and how it ended."""
+    lines = [ln.strip() for ln in [*getattr(proc, "seen", []), *out.splitlines()] if ln.strip()]
+    rc = proc.returncode
+    said = " | ".join(lines[-3:])[-300:] or "no output"
+    return f"{said} (exit {rc})" if rc is not None else said
 
 
 def stop(proc):
@@ -166,7 +176,7 @@ def run_bpftrace(name, prog, loop, miss, hit, n):
                          env=dict(os.environ, BPFTRACE_NO_CPP_DEMANGLE="1"))
     try:
         if not wait_for(p, "Attaching"):
-            raise RuntimeError(f"{name}: bpftrace did not attach: {stop(p)[-300:]}")
+            raise RuntimeError(f"{name}: bpftrace did not attach: {why(p, stop(p))}")
         time.sleep(ATTACH_WAIT_S)
         e, h = loop.run(miss, n), loop.run(hit, n)
     finally:
@@ -182,10 +192,10 @@ def run_bpftrace(name, prog, loop, miss, hit, n):
 
 def run_bcc(loop, miss, hit, n, env):
     p = subprocess.Popen([sys.executable, "-c", BCC_CALLBACK, COMM], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, env=env)
+                         stderr=subprocess.STDOUT, text=True, env=env)
     try:
         if not wait_for(p, "attached"):
-            raise RuntimeError("BCC callback baseline did not attach")
+            raise RuntimeError(f"BCC callback baseline did not attach: {why(p, stop(p))}")
         time.sleep(ATTACH_WAIT_S)
         e, h = loop.run(miss, n), loop.run(hit, n)
     finally:
@@ -352,7 +362,7 @@ def main():
                     else:
                         e, h, kept = run_vfstrace(loop, miss, hit, a.calls, work, env, VFSTRACE_RUNS[name])
                 except (RuntimeError, subprocess.CalledProcessError, OSError) as ex:
-                    errors[name] = str(ex).splitlines()[0][:200]
+                    errors[name] = " ".join(str(ex).split())[:400]
                     continue
                 res[name]["enoent"].append(e)
                 res[name]["hit"].append(h)
