@@ -212,3 +212,51 @@ def test_paths_the_guest_mounts_over_are_recognised(tmp_path):
     assert vm._hidden_in_guest(Path("/runfoo/x")) is None
     assert vm._hidden_in_guest(Path("/tmp/x/6.1/root")) is None
     assert vm._hidden_in_guest(ROOT / ".cache" / "vm") is None
+
+
+def test_a_cancelled_build_stops_make_and_every_job_under_it(tmp_path):
+    """A test session that ends with a kernel build under way (tests/guests.py
+    prebuild) cancels it: make and the jobs it started, all in one process
+    group, are gone, the build fails with one line, and nothing it was
+    writing is left to look up to date next time (make deleted the target)."""
+    import threading
+    import time
+
+    from vfstrace.vm import build
+
+    need(shutil.which("make") is not None, "make is not installed")
+    tag = f"vt-cancel-{os.getpid()}"
+    # Two jobs (-j2): each a shell writing its target, then sleeping in it.
+    (tmp_path / "Makefile").write_text(
+        "all: a.o b.o\n"
+        f"%.o:\n\techo partial > $@; exec sh -c 'sleep 300; : {tag}'\n"
+    )
+    log = tmp_path / "build.log"
+    out = {}
+
+    def run():
+        try:
+            build._make(tmp_path, ["all"], "test", log, jobs=2)
+        except build.BuildError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not ((tmp_path / "a.o").exists() and (tmp_path / "b.o").exists()):
+            time.sleep(0.1)
+        assert (tmp_path / "a.o").exists() and (tmp_path / "b.o").exists(), "make did not start its two jobs"
+        t0 = time.monotonic()
+        build.cancel()
+        t.join(30)
+        assert not t.is_alive(), "the build did not end when cancelled"
+        assert time.monotonic() - t0 < 25
+        assert "cancelled" in out.get("error", ""), out
+        left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout.split()
+        assert left == [], f"jobs of the cancelled make still run: {left}"
+        assert not (tmp_path / "a.o").exists() and not (tmp_path / "b.o").exists(), \
+            "make left a target it was writing"
+    finally:
+        build._cancelled.clear()
+        subprocess.run(["pkill", "-f", tag], capture_output=True)

@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -261,15 +262,48 @@ def config_mismatches(config_text: str) -> list[str]:
     return bad
 
 
+_running: set = set()  # the makes this process runs, for cancel()
+_cancelled = threading.Event()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """A make and every compiler under it: SIGTERM first, so that make
+    deletes the targets it was writing (no truncated object is left to look
+    up to date next time), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def cancel() -> None:
+    """Stop the builds this process runs (from another thread: a test
+    session ending with a build still under way); build() then fails."""
+    _cancelled.set()
+    for proc in list(_running):
+        _stop_group(proc)
+
+
 def _make(tree: Path, args: list[str], label: str, log: Path, jobs: int | None = None) -> float:
     """Run make in ``tree`` at low priority, printing progress every 30 s; return its seconds."""
     argv = ["nice", "-n", "10", "make", f"-j{jobs or os.cpu_count() or 1}", *args]
+    if _cancelled.is_set():
+        raise BuildError(f"{label}: cancelled")
     t0 = time.monotonic()
     with open(log, "a") as lf:
         lf.write(f"\n### {' '.join(argv)}\n")
         lf.flush()
+        # A session of its own: make and its compilers are stopped as one
+        # group (cancel(), an exception here), never left running.
         proc = subprocess.Popen(argv, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
+                                errors="replace", start_new_session=True)
+        _running.add(proc)
         state = {"steps": 0, "last": ""}
 
         def pump():
@@ -282,18 +316,22 @@ def _make(tree: Path, args: list[str], label: str, log: Path, jobs: int | None =
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        while True:
-            try:
-                proc.wait(timeout=PROGRESS_EVERY_S)
-                break
-            except subprocess.TimeoutExpired:
-                _say(f"{label}: {_fmt_s(time.monotonic() - t0)}, {state['steps']} steps, last: {state['last']}")
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=PROGRESS_EVERY_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    _say(f"{label}: {_fmt_s(time.monotonic() - t0)}, {state['steps']} steps, last: {state['last']}")
+        except BaseException:
+            _stop_group(proc)
+            raise
+        finally:
+            _running.discard(proc)
         reader.join(10)
     secs = time.monotonic() - t0
+    if _cancelled.is_set():
+        raise BuildError(f"{label}: cancelled")
     if proc.returncode != 0:
         errs = [ln.strip() for ln in log.read_text(errors="replace").splitlines()
                 if re.search(r"\berror\b|\*\*\*", ln)]
