@@ -111,10 +111,10 @@ def prebuild(builds: list[tuple[tuple, Callable[[], object]]]) -> None:
 
     def run():
         _lowest_priority()
-        from vfstrace.vm.build import cancelled
+        from vfstrace.vm.build import _cancelled
 
         for key, build in builds:
-            if cancelled():
+            if _cancelled.is_set():
                 return
             try:
                 _timed(key, build)()

@@ -282,11 +282,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def cancelled() -> bool:
-    """Whether cancel() was called: no build of this process starts again."""
-    return _cancelled.is_set()
-
-
 def cancel() -> None:
     """Stop the builds this process runs (from another thread: a test
     session ending with a build still under way); build() then fails."""
