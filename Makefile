@@ -15,9 +15,9 @@ demo: setup
 	$(VFSTRACE) watch -d $(DEMO_SECONDS) --workload stress
 
 # The whole suite: unit, recorded-trace, live-kernel and VM tests. The two
-# 6.1 kernels are built for the VM tests that boot them (tests/guests.py
-# starts that build beside the host tests that trace nothing), or
-# beforehand by `vfstrace vm build --kernel all`; either way they are cached.
+# 6.1 kernels are built by the VM tests that boot them (tests/guests.py
+# runs that build beside the first guests), or beforehand by `vfstrace vm
+# build --kernel all`; either way they are cached.
 test: setup
 	$(VFSTRACE) vm fetch --kernel all
 	$(PY) -m pytest -v --durations=25 $(PYTEST_ARGS)

@@ -78,55 +78,42 @@ def need_guest_with_statloop(kernel: str) -> None:
 # VM tests: last, their boots two at a time (tests/guests.py)
 
 
-def _rank(item) -> int:
+def _vm_rank(item) -> int:
     if item.get_closest_marker("vm") is None:
-        return 0 if item.get_closest_marker("live") is not None else 1
-    return 2 if getattr(item.module, "GUEST_TIMED", False) else 3
+        return 0
+    return 1 if getattr(item.module, "GUEST_TIMED", False) else 2
 
 
 def pytest_collection_modifyitems(config, items):
-    """The host tests that trace this kernel first, then the other host
-    tests, then the VM tests, those that time their guest first among them
-    (a stable sort: each keeps its order). The kernel builds the VM tests
-    need start at the first host test that traces nothing, at the lowest
-    priority, and the pooled guests, which start together, at the first VM
-    test: so neither shares the host with a test that times or traces it,
-    and the guests run beside the timed guests at the lowest priority."""
-    items.sort(key=_rank)
+    """The VM tests after every host test, those that time their guest
+    first among them (a stable sort: each keeps its order), so the pooled
+    guests, which start together, never share the host with a test that times
+    or traces it, and run beside the timed guests at the lowest priority."""
+    items.sort(key=_vm_rank)
 
 
-_started = set()
-
-
-def _vm_items_by_module(session) -> dict:
-    by_module: dict = {}
-    for it in session.items:
-        if it.get_closest_marker("vm") is not None:
-            by_module.setdefault(it.module, []).append(it)
-    return by_module
+_guests_started = False
 
 
 def pytest_runtest_setup(item):
-    """At the first host test that traces nothing, start the builds the
-    session's VM tests need (each module's ``guest_builds(items)``); at the
-    first VM test, every pooled guest boot they will read (``guest_boots``)."""
-    rank = _rank(item)
-    stage = "builds" if rank == 1 else "boots" if rank >= 2 else None
-    if stage is None or stage in _started:
+    """At the first VM test, start every pooled guest boot the session's VM
+    tests will read: each module's ``guest_boots(items)`` names its boots."""
+    global _guests_started
+    if _guests_started or item.get_closest_marker("vm") is None:
         return
+    _guests_started = True
     import guests
 
-    work = []
-    for mod, its in _vm_items_by_module(item.session).items():
-        fn = getattr(mod, "guest_" + stage, None)
+    by_module: dict = {}
+    for it in item.session.items:
+        if it.get_closest_marker("vm") is not None:
+            by_module.setdefault(it.module, []).append(it)
+    boots = []
+    for mod, its in by_module.items():
+        fn = getattr(mod, "guest_boots", None)
         if fn is not None:
-            work += fn(its)
-    _started.add(stage)
-    if stage == "builds":
-        guests.prebuild(work)
-    else:
-        _started.add("builds")
-        guests.start(work)
+            boots += fn(its)
+    guests.start(boots)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -149,13 +136,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Where the VM tests' time went: every kernel build and guest boot,
-    started/ended in seconds from the first, in start order."""
+    """Where the VM tests' time went: every guest boot, started/ended in
+    seconds from the first VM test, in start order."""
     if "guests" not in sys.modules:
         return
     rows = sys.modules["guests"].timeline()
     if rows:
-        terminalreporter.section("guest builds and boots (seconds from the first)")
+        terminalreporter.section("guest boots (seconds from the first VM test)")
         terminalreporter.write_line(f"{'boot':<32} {'start':>7} {'end':>7} {'took':>8}")
         for r in rows:
             terminalreporter.write_line(r)

@@ -43,7 +43,7 @@ _boots: dict[tuple, Future] = {}
 # printed at its end (timeline()), so that CI's log says where the VM tests'
 # time went.
 _times: dict[tuple, list] = {}
-_t0 = time.monotonic()  # again at the first build or boot (start(), prebuild())
+_t0 = time.monotonic()
 
 
 def _timed(key: tuple, boot: Callable[[], object]) -> Callable[[], object]:
@@ -86,43 +86,11 @@ def result(key: tuple, boot: Callable[[], object]):
 def start(boots: list[tuple[float, tuple, Callable[[], object]]]) -> None:
     """Start every ``(estimated seconds, key, boot)``, longest first, so the
     two workers finish close together. The session's guest timeline
-    counts from here (the first VM test) unless prebuild() began it."""
+    counts from here (the first VM test)."""
     global _t0
-    if _builder is None:
-        _t0 = time.monotonic()
+    _t0 = time.monotonic()
     for _, key, boot in sorted(boots, key=lambda b: -b[0]):
         submit(key, boot)
-
-
-_builder: threading.Thread | None = None
-
-
-def prebuild(builds: list[tuple[tuple, Callable[[], object]]]) -> None:
-    """Run every ``(key, build)`` in turn in a thread of its own, at the
-    lowest priority, while the host tests that trace nothing run: a kernel
-    build is minutes of both cores, and the VM tests' boots that need it
-    find it cached or wait for it (vfstrace/vm/build.py locks the tree).
-    A build that fails here is only noted: the boot that needs it builds
-    it again and reports that failure as its own."""
-    global _builder, _t0
-    if not builds or _builder is not None:
-        return
-    _t0 = time.monotonic()
-
-    def run():
-        _lowest_priority()
-        from vfstrace.vm.build import _cancelled
-
-        for key, build in builds:
-            if _cancelled.is_set():
-                return
-            try:
-                _timed(key, build)()
-            except BaseException:  # noqa: BLE001 (the boot that needs it reports it)
-                pass
-
-    _builder = threading.Thread(target=run, name="guest-build", daemon=True)
-    _builder.start()
 
 
 def note(key: tuple, started: float, ended: float) -> None:
@@ -146,14 +114,6 @@ def shutdown() -> None:
     """Wait for the boots already running and drop the ones not started (the
     session is over: nothing will read them)."""
     global _pool
-    if _builder is not None and _builder.is_alive():
-        # The session ended before the builds did (interrupted, or stopped
-        # at a failure): no make outlives it, and a boot waiting for the
-        # build fails at once instead of building.
-        from vfstrace.vm import build
-
-        build.cancel()
-        _builder.join()
     with _lock:
         pool, _pool = _pool, None
     if pool is not None:

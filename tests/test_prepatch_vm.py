@@ -52,18 +52,6 @@ def guest_boots(items) -> list:
     return [(BOOT_ESTIMATE_S[k], *_job(k)) for k in sorted(kernels & set(TIERS))]
 
 
-def guest_builds(items) -> list:
-    """The kernels this session's boots of this module need built, started
-    before the VM tests (conftest, tests/guests.py prebuild): the full
-    build first, the other's incremental rebuild after it."""
-    from vfstrace.vm import build
-
-    if not is_root():
-        return []
-    boots = sorted(guest_boots(items), key=lambda b: -b[0])  # (estimate, ("prepatch-vm", kernel), boot)
-    return [(("build", key[1]), lambda k=key[1]: build.build(k)) for _, key, _ in boots]
-
-
 def _job(kernel: str) -> tuple:
     """The pool's key for ``kernel``'s boot, and the boot."""
     return ("prepatch-vm", kernel), lambda: _boot_now(kernel)
@@ -77,9 +65,8 @@ def _boot(kernel: str) -> dict:
 def _build(kernel: str) -> None:
     """Build ``kernel`` unless the VM cache has it (then this takes seconds).
 
-    Normally guest_builds() started it, beside the host tests that trace
-    nothing, and this finds it cached or waits for it; a build that failed
-    there fails here, as this boot's own failure.
+    Here rather than before the session, so that the build, which only
+    these boots need, runs beside the first guests instead of before all.
     """
     from vfstrace.errors import MissingDependency
     from vfstrace.vm import build
