@@ -241,12 +241,11 @@ print(json.dumps(out), flush=True)
 
 
 def test_a_cancelled_build_stops_make_and_every_job_under_it(tmp_path):
-    """A test session that ends with a kernel build under way (tests/guests.py
-    prebuild) cancels it: make and the jobs it started, all in one process
+    """A cancelled kernel build (vfstrace.vm.build.cancel(), from another
+    thread) stops make and the jobs it started, all in one process
     group, are gone, the build fails with one line, and nothing it was
     writing is left to look up to date next time (make deleted the target).
-    In a process of its own: cancel() stops every build of its process, and
-    this session's own kernel builds may be running beside this test."""
+    In a process of its own: cancel() stops every build of its process."""
     need(shutil.which("make") is not None, "make is not installed")
     tag = f"vt-cancel-{os.getpid()}"
     # Two jobs (-j2): each a shell writing its target, then sleeping in it.
