@@ -328,13 +328,12 @@ def main():
         raise SystemExit("bench/compare.py: needs root (BPF)")
     have_bpftrace = shutil.which("bpftrace") is not None
 
-    from tracers.tracepoint import bcc_kernel_source, find_fallback_headers
+    from tracers.headers import prepare
 
+    # The baseline BCC programs compile in children: they get the tree the
+    # tracers would use through the environment prepare() sets.
+    prepare("the BCC baseline", fallback_ok=True, why_fallback="tracepoint records only")
     env = dict(os.environ)
-    if not os.path.isdir(f"/lib/modules/{os.uname().release}/build") and "BCC_KERNEL_SOURCE" not in env:
-        src = bcc_kernel_source(find_fallback_headers())
-        if src:
-            env["BCC_KERNEL_SOURCE"] = src
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
 
     gen = StatGen()

@@ -240,7 +240,7 @@ def test_real_verifier_accepts_every_kprobe_program(btf, ringbuf, monkeypatch):
 
     c = _choice(ringbuf=ringbuf)
     need(c.headers is not None, "no kernel headers at all (apt-get install linux-headers-amd64)")
-    from tracers.tracepoint import bcc_kernel_source
+    from tracers.headers import bcc_kernel_source
 
     # compile() sets BCC_KERNEL_SOURCE itself; monkeypatch it so it is unset again afterwards
     monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
@@ -266,7 +266,7 @@ def test_verifier_error_is_one_line(btf, monkeypatch):
     _need_bcc()
     from tracers import kprobe
 
-    from tracers.tracepoint import bcc_kernel_source
+    from tracers.headers import bcc_kernel_source
 
     c = _choice()
     monkeypatch.setenv("BCC_KERNEL_SOURCE", bcc_kernel_source(c.headers) or "")
@@ -299,7 +299,7 @@ def test_the_empty_program_is_planned_on_the_tiers_own_attach_points(btf):
 def test_real_verifier_accepts_the_empty_program(btf, monkeypatch):
     _need_bcc()
     from tracers.kprobe import EmptyKprobeTracer
-    from tracers.tracepoint import bcc_kernel_source
+    from tracers.headers import bcc_kernel_source
 
     c = _choice()
     need(c.headers is not None, "no kernel headers at all (apt-get install linux-headers-amd64)")

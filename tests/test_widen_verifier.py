@@ -135,7 +135,7 @@ def bcc_headers(monkeypatch):
         need(False, "bcc is not importable (bash scripts/setup.sh installs python3-bpfcc)")
     hdr = _debian_headers()
     need(hdr is not None, "Debian 6.1 headers missing under /usr/src (apt-get install linux-headers-amd64)")
-    from tracers.tracepoint import bcc_kernel_source
+    from tracers.headers import bcc_kernel_source
 
     src = bcc_kernel_source(hdr)
     need(src is not None, f"could not assemble a BCC kernel source tree from {hdr}")

@@ -344,25 +344,16 @@ class KprobeTracer(Tracer):
     # -- compile / load / attach ------------------------------------------
 
     def _headers_env(self, verify_only: bool) -> None:
-        hdr = self.choice.headers
-        if self.choice.headers_match == "exact":
-            return  # libbcc finds them itself (and unpacks /sys/kernel/kheaders.tar.xz when that is what they are)
-        if not verify_only:
-            raise TierUnavailable(
-                f"the {self.tier} tier needs kernel headers matching {self.release} to compile its "
-                "program (LOOKUP_RCU and BCC's own includes); none found (see `vfstrace doctor`)"
-            )
-        from tracers.tracepoint import bcc_kernel_source
+        from tracers.headers import prepare
 
-        src = bcc_kernel_source(hdr)
-        if not src:
-            raise TierUnavailable(f"no kernel headers BCC can compile with for {self.release}: cannot compile BPF")
-        os.environ["BCC_KERNEL_SOURCE"] = src
-        log.warning(
-            f"compiling the kprobe program against {src} (not {self.release}'s own "
-            "headers) for verification only; struct offsets come from BTF, but LOOKUP_RCU and BCC's "
-            "includes are those headers' and are not trusted for tracing"
-        )
+        h = prepare(f"the {self.tier} tier's program", fallback_ok=verify_only, choice=self.choice,
+                    why_fallback="for verification only")
+        if not h.exact:
+            log.warning(
+                f"compiling the kprobe program against {h.source} (not {self.release}'s own "
+                "headers) for verification only; struct offsets come from BTF, but LOOKUP_RCU and BCC's "
+                "includes are those headers' and are not trusted for tracing"
+            )
 
     def compile(self, verify_only: bool = False):
         """Compile bpf/kprobe.c with BCC (fentry programs attach at this point)."""

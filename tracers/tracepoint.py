@@ -57,10 +57,9 @@ the getname() of every path syscall.
 Kernel headers: tracepoint programs read tracepoint argument records, whose
 layout BCC takes from the format files, and (in "regs" mode) x86-64
 ``struct pt_regs``, whose layout is the user ABI, so mismatched headers are
-safe here; BCC still needs *some* headers to compile. :func:`bcc_kernel_source`
-turns the headers doctor found into a tree libbcc accepts (a Debian split
--common/-amd64 pair becomes one symlink farm) and the tracer prints a notice
-when they are not the running kernel's.
+safe here; BCC still needs *some* headers to compile. tracers/headers.py
+finds them (the one place every compiled program does) and the tracer
+prints a notice when they are not the running kernel's.
 """
 
 from __future__ import annotations
@@ -82,7 +81,6 @@ log = logging.getLogger("vfstrace.tracers.tracepoint")
 
 SOURCE = "tracepoint.c"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-HEADER_CACHE = Path(os.environ.get("VFSTRACE_CACHE", "/var/cache/vfstrace")) / "bcc-headers"
 
 # Path syscalls and namespace operations, by tracepoint name (sys_enter_<name>).
 PATH_SYSCALLS = (
@@ -205,64 +203,6 @@ def regs_unavailable() -> str | None:
     return None
 
 
-def _has_full_tree(d: Path) -> bool:
-    return (d / "include/linux/kconfig.h").is_file() and (d / "include/generated/autoconf.h").is_file()
-
-
-def bcc_kernel_source(headers: str | None) -> str | None:
-    """A directory libbcc accepts as BCC_KERNEL_SOURCE for ``headers``.
-
-    Debian splits headers into linux-headers-<v>-common (sources) and
-    -<arch> (generated config); /lib/modules/<v>/ links them as source and
-    build. libbcc wants both in one tree, so such a pair becomes a symlink
-    farm under /var/cache/vfstrace/bcc-headers/<v> (built once).
-    """
-    if not headers:
-        return None
-    d = Path(headers)
-    if _has_full_tree(d):
-        return str(d)
-    build, source = d, None
-    if (d / "build").is_dir() and (d / "source").is_dir():
-        build, source = (d / "build").resolve(), (d / "source").resolve()
-    elif d.name.startswith("linux-headers-"):
-        common = d.parent / (d.name.rsplit("-", 1)[0] + "-common")
-        if common.is_dir():
-            source = common
-        else:
-            mk = d / "Makefile"
-            if mk.is_file():  # Debian's -amd64 Makefile includes the -common one
-                for line in mk.read_text(errors="replace").splitlines():
-                    if line.startswith("include ") and "-common" in line:
-                        source = Path(line.split()[1]).parent
-    if source is None or not source.is_dir() or not build.is_dir():
-        return None
-    farm = HEADER_CACHE / build.name
-    if not _has_full_tree(farm):
-        tmp = farm.with_name(farm.name + f".tmp{os.getpid()}")
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-        tmp.mkdir(parents=True, exist_ok=True)
-        for src in (source, build):
-            r = subprocess.run(["cp", "-rsf", f"{src}/.", f"{tmp}/"], capture_output=True, text=True)
-            if r.returncode != 0 and not _has_full_tree(tmp):
-                raise MissingDependency(f"could not assemble kernel headers for BCC from {src}: {r.stderr.strip()[:200]}")
-        subprocess.run(["rm", "-rf", str(farm)], check=False)
-        os.replace(tmp, farm)
-    return str(farm) if _has_full_tree(farm) else None
-
-
-def find_fallback_headers() -> str | None:
-    """Any installed kernel headers BCC can compile tracepoint programs with."""
-    cands = sorted(Path("/lib/modules").glob("*/build"), reverse=True)
-    cands += sorted(Path("/usr/src").glob("linux-headers-*"), reverse=True)
-    for c in cands:
-        if c.name.endswith("-common"):
-            continue
-        if _has_full_tree(c.resolve()) or (c.resolve().is_dir() and "linux-headers-" in c.resolve().name):
-            return str(c.resolve())
-    return None
-
-
 def _ring_bytes(pages: int) -> int:
     return max(1, pages) * PAGE_SIZE
 
@@ -363,26 +303,12 @@ class TracepointTracer(Tracer):
 
     # -- lifecycle ---------------------------------------------------------
     def _prepare_headers(self) -> None:
-        release = os.uname().release
-        if os.environ.get("BCC_KERNEL_SOURCE"):
-            return
-        choice = self.choice  # None when built without doctor (tests, the bench): look for headers here
-        if (choice is not None and choice.headers_match == "exact") or Path(f"/lib/modules/{release}/build").is_dir():
-            return  # libbcc finds the running kernel's own headers itself
-        headers = (choice.headers if choice is not None else None) or find_fallback_headers()
-        src = bcc_kernel_source(headers)
-        if src is None:
-            raise MissingDependency(
-                f"no kernel headers BCC can compile with (none for {release}): "
-                "install linux-headers-amd64 (scripts/setup.sh does)"
-            )
-        os.environ["BCC_KERNEL_SOURCE"] = src
-        self.notice = (
-            f"notice: no headers for {release}; compiling the tracepoint program against {src} "
-            "(safe here: tracepoint records are laid out from the kernel's format files; the one struct read, "
-            "x86-64 pt_regs, has the user ABI layout and the verifier checks it against the kernel's BTF)"
-        )
-        log.info(self.notice)
+        from tracers.headers import prepare
+
+        h = prepare("the tracepoint program", fallback_ok=True, choice=self.choice, why_fallback=(
+            "safe here: tracepoint records are laid out from the kernel's format files; the one struct read, "
+            "x86-64 pt_regs, has the user ABI layout and the verifier checks it against the kernel's BTF"))
+        self.notice = h.notice or self.notice  # the second mode's compile finds the tree the first set
 
     def load(self) -> None:
         if self._bpf is not None:
@@ -394,7 +320,6 @@ class TracepointTracer(Tracer):
         self._have = available_tracepoints(root)
         if not any(self._have.get(s) for s in PATH_SYSCALLS):
             raise TierUnavailable("no syscalls:sys_enter_* tracepoints on this kernel (CONFIG_FTRACE_SYSCALLS off)")
-        self._prepare_headers()
         first = self._first_mode()
         why = regs_unavailable() if self.syscall_args == "auto" else None
         if first == "regs":
@@ -433,6 +358,7 @@ class TracepointTracer(Tracer):
 
     def _compile(self, bcc, mode: str) -> str | None:
         """Compile, load and attach in ``mode``; the first error line on failure."""
+        self._prepare_headers()
         from tracers import BuildError, build_bpf
 
         self.mode = mode

@@ -382,7 +382,11 @@ class Widener:
         if self.bpf is not None:
             return
         from tracers import BuildError, build_bpf
+        from tracers.headers import prepare
 
+        # The same headers the tracers find (kheaders unpacked once per boot):
+        # before this, libbcc's own /tmp unpack failed inside a memory cgroup.
+        prepare(f"the widening program ({self.how})", choice=self.choice)
         try:
             self.bpf = build_bpf(bcc, program("widen.c"), self.cflags())
         except BuildError as e:
@@ -483,6 +487,9 @@ def verify_only(delay_ns: int = DEFAULT_DELAY_NS, cgroup_id: int = 1, share: flo
     w = Widener.__new__(Widener)
     w.delay_ns, w.cgroup_id, w.mode = parse_delay(int(delay_ns)), int(cgroup_id), "kprobe"
     w.share = parse_share(share)
+    from tracers.headers import prepare
+
+    prepare("the widening program", fallback_ok=True, why_fallback="for verification only")
     b = bcc.BPF(text=program("widen.c").encode(), cflags=w.cflags())
     try:
         return b.load_func("widen_ret", bcc.BPF.KPROBE).fd
