@@ -97,3 +97,50 @@ def test_sigterm_while_the_tree_is_generated_still_cleans_up(tmp_path):
     assert p.returncode == 0, err
     assert "SIGTERM" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_limit_leaves_the_workers_their_memory_and_squeezes_the_tree():
+    from vfstrace.workload.stress import WORKER_ANON_BYTES, memory_limit
+
+    gib = 1 << 30
+    small, large = memory_limit(200, 1024, 4, 2 * gib), memory_limit(20000, 1024, 4, 2 * gib)
+    assert WORKER_ANON_BYTES <= small < large
+    # below the tree's footprint (source + one per copy), so the cgroup reclaims its own dentries
+    footprint = 20000 * (4096 + 2048) * 5
+    assert large - WORKER_ANON_BYTES < footprint
+    # a quarter of the machine at most, the workers' own memory at least
+    assert memory_limit(10**7, 1 << 20, 8, 2 * gib) == gib // 2
+    assert memory_limit(1, 0, 1, 64 << 20) == WORKER_ANON_BYTES
+
+
+def _cgroup2_root() -> str | None:
+    for line in open("/proc/self/mounts"):
+        p = line.split()
+        if len(p) >= 3 and p[2] == "cgroup2":
+            return p[1]
+    return None
+
+
+@pytest.mark.live
+def test_a_worker_is_in_the_cgroup_before_it_runs_and_the_controller_never_is(tmp_path):
+    """join_and_exec: the worker's first instruction runs inside the cgroup;
+    the path reaches sh as data, so a hostile one is written to, not run."""
+    from vfstrace.workload.stress import join_and_exec
+
+    need(is_root(), "creating a cgroup needs root")
+    root = _cgroup2_root()
+    need(root is not None, "no cgroup v2 hierarchy mounted")
+    cg = Path(root) / f"vfstrace-test-join-{os.getpid()}"
+    cg.mkdir()
+    try:
+        mine = Path("/proc/self/cgroup").read_text()
+        r = subprocess.run(join_and_exec(cg / "cgroup.procs", ["cat", "/proc/self/cgroup"]), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        rel = "/" + str(cg.relative_to(root))
+        assert f"0::{rel}" in r.stdout.splitlines()
+        assert Path("/proc/self/cgroup").read_text() == mine
+        evil = tmp_path / "$(touch pwned)"
+        r = subprocess.run(join_and_exec(evil, ["true"]), capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0 and not (tmp_path / "pwned").exists() and evil.is_file()
+    finally:
+        cg.rmdir()

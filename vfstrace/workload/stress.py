@@ -17,9 +17,12 @@ the same, so the symptom can be counted and traced:
   ``vfs-statter``, so the lookup side has load of its own, and a compiled
   loop that stat()s and open()s a few names of one directory in turn (an
   open()'s last component is looked up at a site of its own);
-* memory pressure: cgroup v2 ``memory.max`` on a child cgroup the command
-  creates and joins (where the memory controller is on cgroup v2), else a
-  loop writing 2 to /proc/sys/vm/drop_caches (frees dentries and inodes);
+* memory pressure (:class:`Pressure`): a cgroup v2 ``memory.max`` that the
+  workers alone are started in, sized from the tree and the machine's
+  memory (:func:`memory_limit`), and a loop writing 2 to
+  /proc/sys/vm/drop_caches every ``--drop-interval`` (frees dentries and
+  inodes); the command itself, which compiles BPF programs, stays outside
+  the cgroup it squeezes, and a worker the OOM killer takes is counted;
 * ``--churn``: rename-over and unlink/re-create loops inside the source tree
   that make real, explainable ENOENT (and NS_OPs that explain them);
 * ``--widen DELAY`` (kernels with kprobes only): the workload runs in a
@@ -61,7 +64,6 @@ CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
 STATTER_COMM = "vfs-statter"
 # The compiled loop's operation: passes of stat() and of open() in turn.
 FAST_LOOP_OP = "stat+open"
-CGROUP_MEMORY_MAX = 64 * 1024 * 1024
 # Share of the workload's lookups --widen holds. On the 6.1-prepatch kernel
 # (2 vCPUs under TCG, drop_caches pressure) a quarter gave 16 spurious
 # ENOENTs in a 40 s run while cp kept copying; every lookup held stalls cp.
@@ -146,6 +148,17 @@ def _copied(dst: Path) -> int:
     return sum(len(fn) for _, _, fn in os.walk(dst))
 
 
+def _mean_size(root: Path, sample: int = 2000) -> int:
+    """Mean size of up to ``sample`` files of a given tree (for the memory limit)."""
+    sizes = []
+    for f in list_files(root, sample):
+        try:
+            sizes.append(os.lstat(f).st_size)
+        except OSError:
+            pass
+    return int(sum(sizes) / len(sizes)) if sizes else 0
+
+
 def list_files(root: Path, limit: int = 20000) -> list[str]:
     out = []
     for dp, dn, fn in os.walk(root):
@@ -177,28 +190,84 @@ def cgroup2_memory_root() -> str | None:
     return None
 
 
-class Pressure:
-    """Memory pressure for the copies; undone by :meth:`stop`."""
+# What the workers use besides the tree's pages and dentries: a Python
+# statter (~12 MiB resident), up to 64 cp (~2 MiB each), the compiled loop.
+WORKER_ANON_BYTES = 48 * 1024 * 1024
+# Page cache and slab a file of the tree costs: its data pages plus about
+# 2 KiB of dentry and inode (ext4/overlayfs/9p inodes run 0.7-1.2 KiB).
+FILE_META_BYTES = 2048
 
-    def __init__(self, mode: str, stop: threading.Event, interval: float = 0.5):
+
+def memory_limit(files: int, size: int, copies: int, mem_total: int) -> int:
+    """memory.max for the workers' cgroup: their own memory plus half of what the tree costs.
+
+    The tree is in memory once as the source and once per copy in flight;
+    a limit under that sum makes the cgroup reclaim its own page cache and
+    dentries (prune_dcache_sb through the memcg-aware shrinker) while cp
+    and the statter look those dentries up, which is the race's
+    precondition. Anonymous memory is never reclaimed (no swap in a
+    guest), so the limit keeps WORKER_ANON_BYTES above that: the workers
+    squeeze their cache, not themselves. Capped at a quarter of the
+    machine's memory, so a large tree cannot take a small guest's.
+    """
+    page = 4096
+    per_file = -(-max(size, 1) // page) * page + FILE_META_BYTES
+    footprint = per_file * files * (copies + 1)
+    limit = WORKER_ANON_BYTES + footprint // 2
+    return int(max(WORKER_ANON_BYTES, min(limit, mem_total // 4)))
+
+
+def mem_total_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2 << 30
+
+
+class Pressure:
+    """Memory pressure on the workers; undone by :meth:`stop`.
+
+    Two kinds, each pruning dentries the workload is looking up:
+
+    * ``cgroup``: a cgroup v2 child with memory.max (:func:`memory_limit`)
+      that the workers, and only they, are started in (:meth:`wrap`). The
+      controller stays outside: it compiles BPF programs (clang in process,
+      hundreds of MiB) and must outlive its workers, so an OOM kill in the
+      cgroup takes a worker, which is counted (memory.events ``oom_kill``)
+      and restarted by its loop, never the run.
+    * ``drop_caches``: a loop writing 2 to /proc/sys/vm/drop_caches every
+      ``interval`` seconds: every unused dentry of the machine is pruned
+      at once, the very shrink the 2011 report's memory pressure did.
+
+    ``auto`` (the default) takes both where the memory controller is on
+    cgroup v2, else drop_caches alone; it needs root, and without it runs
+    with none and says so.
+    """
+
+    def __init__(self, mode: str, stop: threading.Event, interval: float = 0.1, limit_bytes: int | None = None):
         self.requested = mode
         self.mode = "none"
         self.stop_ev = stop
         self.interval = interval
         self.drop_caches = 0
         self.memory_max = None
+        self.limit_bytes = limit_bytes
         self.cgroup: Path | None = None
-        self._orig_cgroup: Path | None = None
+        self.oom_kills = 0
+        self._drop = False
         self._thread = None
         self.notice = None
 
     def start(self, loop: bool = True) -> None:
-        """Set the pressure up; ``loop=False`` leaves a drop_caches loop to :meth:`begin`.
+        """Set the pressure up; ``loop=False`` leaves the drop_caches loop to :meth:`begin`.
 
-        A drop_caches pass during BCC's first compile on a kernel whose
-        headers are /sys/kernel/kheaders.tar.xz breaks their extraction on
-        an overlayfs /tmp (tar sees the directories it just made change
-        identity once their inodes are evicted), so --widen compiles first.
+        A drop_caches pass during a BCC compile that unpacks headers breaks
+        the unpacking on an overlayfs (tar sees the directories it just made
+        change identity once their inodes are evicted), so --widen compiles
+        before the loop begins.
         """
         mode = self.requested
         if mode == "none":
@@ -208,38 +277,38 @@ class Pressure:
                 self.notice = "memory pressure needs root: running without it"
                 return
             raise PrivilegeError(f"--pressure {mode} needs root")
+        parts = []
         if mode in ("auto", "cgroup"):
             root = cgroup2_memory_root()
             if root:
-                self._join_cgroup(Path(root))
-                self.mode = "cgroup"
-                return
-            if mode == "cgroup":
+                self._make_cgroup(Path(root))
+                parts.append("cgroup")
+            elif mode == "cgroup":
                 raise VfstraceError("--pressure cgroup: no cgroup v2 hierarchy with the memory controller here")
-        self.mode = "drop_caches"
+        if mode in ("auto", "drop_caches"):
+            self._drop = True
+            parts.append("drop_caches")
+        self.mode = "+".join(parts)
         if loop:
             self.begin()
 
     def begin(self) -> None:
-        """Start the drop_caches loop (once; nothing in the other modes)."""
-        if self.mode == "drop_caches" and self._thread is None:
+        """Start the drop_caches loop (once; nothing when that kind is off)."""
+        if self._drop and self._thread is None:
             self._thread = threading.Thread(target=self._drop_loop, name="drop-caches", daemon=True)
             self._thread.start()
 
-    def _join_cgroup(self, root: Path) -> None:
+    def _make_cgroup(self, root: Path) -> None:
+        """The workers' memory cgroup; this process does not join it."""
         try:
             sub = root / "cgroup.subtree_control"
             if "memory" not in sub.read_text().split():
                 sub.write_text("+memory")
             self.cgroup = root / f"vfstrace-stress-{os.getpid()}"
             self.cgroup.mkdir()
-            (self.cgroup / "memory.max").write_text(str(CGROUP_MEMORY_MAX))
-            self.memory_max = CGROUP_MEMORY_MAX
-            for line in Path("/proc/self/cgroup").read_text().splitlines():
-                if line.startswith("0::"):
-                    self._orig_cgroup = root / line[3:].lstrip("/")
-            # The copies, the statter and the churn are children: they inherit it.
-            (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            limit = self.limit_bytes or WORKER_ANON_BYTES
+            (self.cgroup / "memory.max").write_text(str(limit))
+            self.memory_max = limit
         except OSError as e:
             self.stop()
             raise VfstraceError(f"cannot set up a memory cgroup under {root}: {e.strerror}") from None
@@ -253,15 +322,24 @@ class Pressure:
             except OSError:
                 return
 
+    def read_oom_kills(self) -> int:
+        """Workers the OOM killer took inside the cgroup so far (memory.events, kernel-counted)."""
+        if self.cgroup is None:
+            return self.oom_kills
+        try:
+            for line in (self.cgroup / "memory.events").read_text().splitlines():
+                k, _, v = line.partition(" ")
+                if k == "oom_kill":
+                    self.oom_kills = int(v)
+        except (OSError, ValueError):
+            pass
+        return self.oom_kills
+
     def stop(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.cgroup is not None:
-            try:
-                if self._orig_cgroup is not None and self._orig_cgroup.is_dir():
-                    (self._orig_cgroup / "cgroup.procs").write_text(str(os.getpid()))
-            except OSError:
-                pass
+            self.read_oom_kills()
             for _ in range(50):
                 try:
                     self.cgroup.rmdir()
@@ -273,17 +351,29 @@ class Pressure:
             self.cgroup = None
 
     def describe(self) -> str:
-        if self.mode == "cgroup":
-            return f"cgroup v2 memory.max={self.memory_max} bytes"
-        if self.mode == "drop_caches":
-            return f"drop_caches=2 written {self.drop_caches} times (every {self.interval}s)"
-        return "none" + (f" ({self.notice})" if self.notice else "")
+        out = []
+        if self.memory_max:
+            out.append(f"cgroup v2 memory.max={self.memory_max} bytes on the workers"
+                       + (f" ({self.oom_kills} OOM-killed)" if self.oom_kills else ""))
+        if self._drop:
+            out.append(f"drop_caches=2 written {self.drop_caches} times (every {self.interval}s)")
+        return ", ".join(out) or ("none" + (f" ({self.notice})" if self.notice else ""))
+
+
+def join_and_exec(procs_file: str | os.PathLike, argv: list[str]) -> list[str]:
+    """``argv`` run from a shell that first moves itself into the cgroup whose cgroup.procs is ``procs_file``.
+
+    The worker is in the cgroup before it runs a single instruction of its
+    own, and the controller never is. The path and the command reach sh as
+    positional parameters, never as code.
+    """
+    return ["sh", "-c", 'echo $$ > "$1" || exit 126; shift; exec "$@"', "sh", str(procs_file), *argv]
 
 
 class Stress:
     def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
                  churn=False, pressure="auto", workdir=None, out=None, widen_ns=None, widen_share=WIDEN_SHARE,
-                 drop_interval=0.5):
+                 drop_interval=0.1):
         if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
             raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
         self.duration = float(duration)
@@ -301,6 +391,7 @@ class Stress:
         self.cp_failed_rounds = 0
         self.cp_enoent: list[str] = []
         self.cp_other_errors = 0
+        self.cp_killed = 0
         self.churn_ops = 0
         self.stat_calls = 0
         self.stat_errors = 0
@@ -336,9 +427,9 @@ class Stress:
         self.widener = Widener(choice, self.widen_ns, share=self.widen_share)
 
     def _start_widen(self) -> None:
-        """Put this process (so every worker it starts from now on) in a fresh
-        cgroup, nested in the memory cgroup when that is the pressure, and
-        hold that cgroup's lookups."""
+        """A fresh cgroup for the workers started from now on, nested in the
+        memory cgroup when that is part of the pressure, whose lookups are
+        held; this process stays outside it."""
         from tracers.widen import WorkloadCgroup
 
         self.out(f"vfstrace stress: compiling the widening program ({self.widener.how})")
@@ -350,18 +441,11 @@ class Stress:
         self.widener.cgroup_id = self.widen_cgroup.id  # reaches the program as a -D number at compile
         self.widener.compile()
         self.widener.attach(arm=True)
-        self.widen_cgroup.add(os.getpid())
 
     def _stop_widen(self) -> None:
         if self.widener is not None and self.widener.bpf is not None:
             self.widen_stats = self.widener.stats().to_dict()
             self.widen_stats["how"] = self.widener.how
-        if self.widen_cgroup is not None:
-            back = self.pressure.cgroup or self.widen_cgroup.root
-            try:
-                (Path(back) / "cgroup.procs").write_text(str(os.getpid()))
-            except OSError:
-                pass
         if self.widener is not None:
             self.widener.close()
         if self.widen_cgroup is not None:
@@ -369,7 +453,17 @@ class Stress:
             self.widen_cgroup = None
 
     # -- workers -----------------------------------------------------------
+    def _worker_cgroup(self) -> Path | None:
+        """Where workers are started: the widened cgroup (nested in the memory
+        one) when widening, else the memory cgroup, else none."""
+        if self.widen_cgroup is not None and self.widen_cgroup.path is not None:
+            return self.widen_cgroup.path
+        return self.pressure.cgroup
+
     def _popen(self, argv, **kw):
+        cg = self._worker_cgroup()
+        if cg is not None:
+            argv = join_and_exec(cg / "cgroup.procs", list(argv))
         p = subprocess.Popen(argv, **kw)
         with self.lock:
             self._procs.add(p)
@@ -403,6 +497,14 @@ class Stress:
                     self.cp_enoent += enoent
                     self.files_copied += _copied(dst)
                 break
+            if p.returncode == -signal.SIGKILL:
+                # The OOM killer of the workers' memory cgroup (memory.events
+                # counts it): a lost round, not a failure of the run.
+                with self.lock:
+                    self.cp_killed += 1
+                shutil.rmtree(dst, ignore_errors=True)
+                k += 1
+                continue
             with self.lock:
                 self.rounds += 1
                 self.files_copied += max(0, nfiles - len(enoent))
@@ -499,9 +601,12 @@ class Stress:
                 if not src.is_dir():
                     raise VfstraceError(f"--tree {self.tree}: not a directory")
                 nfiles = len(list_files(src, 10**7))
+                size = _mean_size(src)
             else:
                 src = self.session / "src"
                 nfiles = generate_tree(src, self.files, self.depth, self.size, self.stop_ev)
+                size = self.size
+            self.pressure.limit_bytes = memory_limit(nfiles, size, self.copies, mem_total_bytes())
             if self.churn:
                 if self.tree:
                     raise VfstraceError("--churn modifies the source tree: use it with the generated tree (no --tree)")
@@ -574,6 +679,8 @@ class Stress:
             "pressure_detail": self.pressure.describe(),
             "drop_caches_writes": self.pressure.drop_caches,
             "memory_max": self.pressure.memory_max,
+            "oom_kills": self.pressure.oom_kills,
+            "cp_killed": self.cp_killed,
             "churn_ops": self.churn_ops,
             "stat_calls": self.stat_calls,
             "stat_errors": self.stat_errors,
@@ -622,6 +729,9 @@ def render(r: dict) -> str:
         ("stat() calls by " + STATTER_COMM, f"{r['stat_calls']} ({r['stat_errors']} failed)"),
         ("stat()/open() calls by the compiled loop", r.get("fast_stat_calls", 0)),
     ]
+    if r.get("memory_max"):
+        rows.insert(7, ("cp killed (OOM in the workers' cgroup)",
+                        f"{r.get('cp_killed', 0)} ({r.get('oom_kills', 0)} OOM kills counted by the kernel)"))
     w = r.get("widen")
     if w:
         share = w.get("share", 1.0)
@@ -648,8 +758,8 @@ def render(r: dict) -> str:
 @click.option("--stagger", type=Duration(0, min_open=False), default=0.05, show_default=True, help="Seconds between starting copies.")
 @click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
 @click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
-@click.option("--drop-interval", type=Duration(0.01, min_open=False), default=0.5, show_default=True,
-              help="With --pressure drop_caches: seconds between passes (more passes, more prunes of looked-up dentries).")
+@click.option("--drop-interval", type=Duration(0.01, min_open=False), default=0.1, show_default=True,
+              help="With drop_caches pressure (auto, drop_caches): seconds between passes (more passes, more prunes of looked-up dentries).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put trees and copies (not tmpfs, ideally).")
 @click.option("--widen", "widen", metavar="DELAY",
               help="Hold the workload's RCU lookups DELAY (e.g. 200us, at most 1ms) at the race window; kprobes only.")
