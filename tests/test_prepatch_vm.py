@@ -28,6 +28,7 @@ import os
 import pytest
 
 import guests
+import readme
 from conftest import ROOT, is_root, need
 
 SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "60"))
@@ -41,7 +42,7 @@ TIERS = {"6.1-prepatch": ("kprobe", "fentry"), "6.1-control": ("kprobe",)}
 # Estimated guest seconds, for the order tests/guests.py starts boots in; the
 # first also builds the shared tree in full (the other's build is then
 # incremental: the patch applied or reversed, what it touches rebuilt).
-BOOT_ESTIMATE_S = {"6.1-prepatch": 1600, "6.1-control": 550}
+BOOT_ESTIMATE_S = {"6.1-prepatch": 1850, "6.1-control": 950}
 
 
 def guest_boots(items) -> list:
@@ -96,9 +97,13 @@ def _boot_now(kernel: str) -> dict:
     script = ROOT / "tests" / "vm" / "prepatch_check.py"
     py = str(ROOT / ".venv" / "bin" / "python")
     tiers = TIERS[kernel]
+    # The README's examples for this kernel run in this boot too, after the checks (tests/test_readme.py).
+    examples = [e.to_dict() for e in readme.for_kernel(kernel)]
+    (out / "readme-commands.json").write_text(json.dumps(examples))
+    readme_s = sum(2 * readme.seconds(e["argv"]) + 400 for e in examples)
     res = vm.run(kernel, [py, str(script), "/vmout", "--tiers", ",".join(tiers), "--seconds", str(SECONDS),
-                          "--selftest-seconds", str(SELFTEST_SECONDS)],
-                 timeout=guests.timeout(len(tiers) * (SECONDS + 400) + 2 * SELFTEST_SECONDS + 500),
+                          "--selftest-seconds", str(SELFTEST_SECONDS), "--readme", "/vmout/readme-commands.json"],
+                 timeout=guests.timeout(len(tiers) * (SECONDS + 400) + 2 * SELFTEST_SECONDS + 500 + readme_s),
                  out_dir=out, cwd=str(ROOT))
     try:
         summary = json.loads((out / "summary.json").read_text())
@@ -117,6 +122,11 @@ def _boot_now(kernel: str) -> dict:
         print(f"{kernel} {t}: spurious ENOENT (kernel) {r.get('truth_count')}, race {r.get('suspects')} "
               f"(matched {r.get('matched')}), verdicts {r.get('verdicts')}")
     return summary
+
+
+def readme_results(kernel: str) -> list[dict]:
+    """What the README's examples for ``kernel`` did in its boot (tests/test_readme.py asserts on them)."""
+    return _boot(kernel).get("readme") or []
 
 
 def _kprobe(kernel, tier: str = "kprobe"):

@@ -8,7 +8,8 @@ kernel's ground truth (vfstrace/vm/groundtruth.py: one line per spurious
 ENOENT) is read back, the trace is loaded and correlated, and every
 suspect verdict (`race` on kprobe/fentry, `transient` on tracepoint) is
 matched to a ground-truth event by task, dentry (or name) and time.
-Optionally `vfstrace selftest --kernel-only` runs after, in the same boot.
+Optionally `vfstrace selftest --kernel-only` runs after, in the same boot,
+and then the README's examples for this kernel, as written (``--readme``).
 
 Everything lands in OUT/summary.json; the host side (tests/test_prepatch_vm.py,
 bench/eval_kernel.py) makes the assertions and prints the figures.
@@ -190,6 +191,46 @@ def selftest(out: Path, seconds: float) -> dict:
     return res
 
 
+def readme_runs(out: Path, commands: list[dict]) -> list[dict]:
+    """The README's examples for this kernel, each run as written (tests/readme.py).
+
+    With the venv's bin first on PATH, as for a user who activated it, from
+    the checkout. Each gets a time limit from the guest's measured speed:
+    twice the longest duration its command line names plus 300 s of set-up
+    (imports, BCC's compile) scaled by how much slower than 2 s this guest
+    imported vfstrace's CLI and pandas.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import readme
+    from vfstrace.vm import groundtruth
+
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import vfstrace.cli, pandas"], capture_output=True)
+    speed = max(1.0, (time.monotonic() - t0) / 2.0)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+    res = []
+    for c in commands:
+        argv = c["argv"]
+        limit = 2 * readme.seconds(argv) + 300 * speed
+        c0 = groundtruth.count()
+        t = time.monotonic()
+        print("+ readme:", c["command"], f"(limit {limit:.0f} s)", flush=True)
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=limit, cwd=str(ROOT), env=env)
+            rc, text = r.returncode, r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = None
+            text = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+            text += f"\n(readme_runs: killed after its {limit:.0f} s limit)"
+        c1 = groundtruth.count()
+        res.append({"command": c["command"], "returncode": rc, "output": text[-200_000:],
+                    "truth_count": (c1 - c0) if c0 is not None and c1 is not None else None,
+                    "seconds": round(time.monotonic() - t, 1), "limit_s": round(limit), "speed": round(speed, 2)})
+        (out / "readme.json").write_text(json.dumps(res, indent=1))
+        print(text[-1500:], flush=True)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -202,6 +243,7 @@ def main():
     # the very dentries cp and the statter look up, ten times a second.
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--pressure", default="drop_caches")
+    ap.add_argument("--readme", default=None, help="JSON list of README examples to run as written (tests/readme.py)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +258,9 @@ def main():
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if a.selftest_seconds > 0:
         summary["selftest"] = selftest(out, a.selftest_seconds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if a.readme:
+        summary["readme"] = readme_runs(out, json.loads(Path(a.readme).read_text()))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     brief = {t: {k: r.get(k) for k in ("returncode", "truth_count", "suspects", "matched", "verdicts")}
              for t, r in summary["runs"].items()}
