@@ -67,7 +67,7 @@ def test_stress_20s_leaves_nothing_behind(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["copy_rounds"] >= 1 and res["files_copied"] > 0
-    assert res["pressure"] in ("cgroup", "drop_caches")
+    assert res["pressure"] in ("cgroup+drop_caches", "drop_caches")
     assert res["drop_caches_writes"] > 0 or res["memory_max"]
     assert res["stat_calls"] > 0 and res["churn_ops"] > 0
     assert list(tmp_path.iterdir()) == []  # no tree, no copies
