@@ -30,7 +30,11 @@ def _fake_kheaders(tmp_path: Path) -> Path:
 def no_headers(monkeypatch, tmp_path):
     """A kernel release with no /lib/modules tree, a private cache, no BCC_KERNEL_SOURCE."""
     monkeypatch.setenv("VFSTRACE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    # set, then deleted: monkeypatch then restores the variable's state at teardown
+    # even though prepare() sets it directly (a deletion of an unset variable records nothing)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "unset-by-the-fixture")
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
+    monkeypatch.setattr(headers, "_SET", {})
     real = os.uname()
     fake = os.uname_result((real.sysname, real.nodename, "0.0.0-vfstrace-test", real.version, real.machine))
     monkeypatch.setattr(headers.os, "uname", lambda: fake)
@@ -47,7 +51,7 @@ def test_kheaders_are_unpacked_once_into_a_private_cache(no_headers, monkeypatch
     assert headers.has_full_tree(src)
     assert (src.parent.stat().st_mode & 0o777) == 0o700
     before = src.stat().st_mtime_ns
-    monkeypatch.delenv("BCC_KERNEL_SOURCE")
+    del os.environ["BCC_KERNEL_SOURCE"]
     assert headers.prepare("a test program").source == h.source
     assert src.stat().st_mtime_ns == before  # reused, not unpacked again
     assert not [p for p in src.parent.iterdir() if ".tmp" in p.name]
@@ -58,6 +62,21 @@ def test_no_matching_headers_is_one_clear_error_unless_a_fallback_is_safe(no_hea
         headers.prepare("the widening program")
     assert "the widening program needs kernel headers matching 0.0.0-vfstrace-test" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_fallback_set_for_one_program_is_not_taken_as_matching_by_the_next(no_headers, monkeypatch):
+    """The tracepoint tier may compile against another kernel's headers; a
+    kprobe program compiled later in the same process must still refuse them."""
+    tree = no_headers / "other"
+    (tree / "include/linux").mkdir(parents=True)
+    (tree / "include/generated").mkdir(parents=True)
+    (tree / "include/linux/kconfig.h").write_text("")
+    (tree / "include/generated/autoconf.h").write_text("")
+    monkeypatch.setattr(headers, "find_fallback_headers", lambda: str(tree))
+    h = headers.prepare("the tracepoint program", fallback_ok=True)
+    assert not h.exact and os.environ["BCC_KERNEL_SOURCE"] == str(tree)
+    with pytest.raises(TierUnavailable, match="headers matching"):
+        headers.prepare("the kprobe tier's program")
 
 
 def test_a_corrupt_kheaders_archive_is_one_line(no_headers, monkeypatch):

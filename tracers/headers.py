@@ -34,6 +34,10 @@ from vfstrace.errors import MissingDependency, TierUnavailable
 log = logging.getLogger("vfstrace.tracers.headers")
 
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+# BCC_KERNEL_SOURCE values this process set, and whether each is the running
+# kernel's own tree: a fallback set for the tracepoint tier must not pass
+# for matching headers when a kprobe program compiles next in the process.
+_SET: dict[str, bool] = {}
 
 
 def cache_root() -> Path:
@@ -155,15 +159,18 @@ def prepare(program: str, *, fallback_ok: bool = False, choice=None, why_fallbac
     ``why_fallback`` (why that is safe for this program).
     """
     release = os.uname().release
-    env = os.environ.get("BCC_KERNEL_SOURCE")
-    if env:
-        return Headers(env, exact=True)
     mods = Path(f"/lib/modules/{release}")
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env and (_SET.get(env, True) or fallback_ok):
+        return Headers(env, exact=_SET.get(env, True))
+    if env:
+        del os.environ["BCC_KERNEL_SOURCE"]  # another kernel's, set here for a program that could take it
     if has_full_tree((mods / "build").resolve()) or ((mods / "build").is_dir() and (mods / "source").is_dir()):
         return Headers(str(mods / "build"), exact=True)  # libbcc finds these itself, split or not
     if KHEADERS.is_file():
         src = str(unpack_kheaders(KHEADERS, release))
         os.environ["BCC_KERNEL_SOURCE"] = src
+        _SET[src] = True
         return Headers(src, exact=True)
     if not fallback_ok:
         raise TierUnavailable(
@@ -178,6 +185,7 @@ def prepare(program: str, *, fallback_ok: bool = False, choice=None, why_fallbac
             "install linux-headers-amd64 (scripts/setup.sh does)"
         )
     os.environ["BCC_KERNEL_SOURCE"] = src
+    _SET[src] = False
     notice = f"notice: no headers for {release}; compiling {program} against {src}" + (f" ({why_fallback})" if why_fallback else "")
     log.info(notice)
     return Headers(src, exact=False, notice=notice)
