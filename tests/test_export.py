@@ -93,3 +93,34 @@ def test_cli(tmp_path):
     r = subprocess.run([str(VFSTRACE), "export", "--format", "csv", str(RACE), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--format" in r.stderr and "Traceback" not in r.stderr
+
+
+# Code points that drive a terminal though JSON lets them stand raw: C1 controls (U+009B is the one-byte CSI,
+# U+0085 NEL), bidi overrides and isolates, the line and paragraph separators.
+TERMINAL_DRIVING = ["\x9b31m", "\x80\x85\x9f", "\u202eexe.txt", "\u202a\u202b\u202c\u202d", "\u2066x\u2067\u2068\u2069",
+                    "\u2028\u2029", "\x7f", "\u200e\u061c"]
+DRIVING = set("\x7f\u061c\u200e\u2028\u2029") | {chr(c) for c in (*range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                                                  *range(0x2066, 0x206A))}
+
+
+def test_written_json_escapes_what_drives_a_terminal(tmp_path):
+    # `cat` of a converted trace or an export used to recolour the terminal or reverse a name.
+    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
+    df = store.load(RACE)
+    df["name"] = [TERMINAL_DRIVING[i % len(TERMINAL_DRIVING)] + n for i, n in enumerate(df["name"])]
+    df["comm"] = df["comm"] + "\u202e"
+    src = tmp_path / "t.vft"
+    store.save(df, src)
+    j, p = tmp_path / "t.jsonl", tmp_path / "p.json"
+    for argv in (["convert", str(src), str(j)], ["export", "--perfetto", str(src), "-o", str(p)]):
+        r = subprocess.run([str(VFSTRACE), *argv], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    for f in (j, p):
+        text = f.read_text(encoding="utf-8")
+        raw = sorted(c for c in set(text) if c in DRIVING or ord(c) < 0x20 and c != "\n")
+        assert raw == [], (f.name, raw)
+        assert "\\u009b31m" in text and "\\u202eexe.txt" in text
+    back = store.load(j)
+    assert back["name"].tolist() == df["name"].tolist() and back["comm"].tolist() == df["comm"].tolist()
+    names = {e["name"] for e in json.loads(p.read_text())["traceEvents"] if e["ph"] == "B"}
+    assert "walk \x9b31mf" in names

@@ -104,10 +104,12 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def run_command(command: str, trace: Path, out_dir: Path, timeout: float = TIMEOUT_S) -> Outcome:
+def run_command(command: str, trace: Path, out_dir: Path, timeout: float = TIMEOUT_S,
+                argv: list[str] | None = None) -> Outcome:
     """Run one vfstrace command in-process, as the CLI would, with stdout and
     stderr encoded strictly as UTF-8 (a name a terminal could not take must
-    fail here too) and a timer that turns a blocked read into a Hang."""
+    fail here too) and a timer that turns a blocked read into a Hang.
+    ``argv`` replaces the command's usual arguments (_argv())."""
     out_dir.mkdir(parents=True, exist_ok=True)
     res = Outcome(command)
     bout, berr = io.BytesIO(), io.BytesIO()
@@ -117,7 +119,7 @@ def run_command(command: str, trace: Path, out_dir: Path, timeout: float = TIMEO
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         with contextlib.redirect_stdout(tout), contextlib.redirect_stderr(terr):
-            main(_argv(command, trace, out_dir))
+            main(_argv(command, trace, out_dir) if argv is None else argv)
     except SystemExit as e:
         res.exit_code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Hang:
@@ -217,6 +219,17 @@ def _foreign_parquet(name: str, *, schema_meta: dict | None = None, same_columns
             if schema_meta:
                 t = t.replace_schema_metadata(schema_meta)
         pq.write_table(t, p)
+    return mutate
+
+
+def _null_column(name: str, column: str):
+    """``column`` of part ``name`` all null (the rest of the part as TraceWriter wrote it)."""
+    def mutate(d: Path, work: Path):
+        p = d / name
+        t = pq.read_table(p)
+        i = t.schema.get_field_index(column)
+        t = t.set_column(i, t.schema.field(i), pa.nulls(t.num_rows, t.schema.field(i).type))
+        pq.write_table(t, p, write_page_checksum=True)
     return mutate
 
 
@@ -349,6 +362,9 @@ def corruptions(flips: int = 8) -> list[tuple[str, object]]:
         ("part of schema version 2", _foreign_parquet(P1, same_columns=True,
                                                       schema_meta={b"vfstrace.schema_version": b"2"})),
         ("part of another trace", _part_of_another_trace(P1)),
+        ("part ts_ns all null", _null_column(P1, "ts_ns")),
+        ("part name all null", _null_column(P1, "name")),
+        ("part tid all null", _null_column(P1, "tid")),
         ("parts swapped", _swap_parts(P0, P2)),
         ("listed part missing", lambda d, w: (d / P2).unlink()),
         ("part not in the listing", _edit_meta(lambda m: m["parts"].pop())),
@@ -413,7 +429,8 @@ def test_corrupt_trace_directory(name, mutate, base_trace, tmp_path):
 
 @pytest.mark.parametrize("name", ["meta FIFO", "part FIFO", "part foreign Parquet", "part of another trace",
                                   "parts[].file list", "meta nested 1000 deep", "parts[].first_event_id 2^64",
-                                  "listed part missing", "parts swapped"])
+                                  "listed part missing", "parts swapped", "part ts_ns all null",
+                                  "part name all null"])
 def test_refused_with_exit_3(name, base_trace, tmp_path):
     # These damage what the events are: refusing them is the only right answer.
     d = make_case(base_trace, tmp_path, dict(CASES)[name])
@@ -595,3 +612,126 @@ def test_fifo_named_as_a_jsonl_trace_is_refused_at_once(tmp_path):
     os.mkfifo(p)
     o = run_command("analyze", p, tmp_path / "out", timeout=5)
     assert not o.hang and o.exit_code == 3 and "FIFO" in o.stderr
+
+
+# --------------------------------------------------------------------------
+# What the hostile-trace runs of issue #29 showed, each from its input
+
+EVERY_OUTPUT = [["analyze"], ["analyze", "--json"], ["report"], ["report", "--format", "html"],
+                ["report", "--format", "json"], ["export", "--perfetto"], ["convert", "-f"],
+                ["selftest", "--from-trace"]]
+
+
+def run_argv(argv: list[str], trace: Path, out_dir: Path) -> Outcome:
+    """run_command() for one of EVERY_OUTPUT (an output file named where the command takes one)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = list(argv) + [str(trace)]
+    if argv[0] == "export":
+        args += ["-o", str(out_dir / "export.json")]
+    elif argv[0] == "convert":
+        args.append(str(out_dir / ("c.jsonl" if trace.is_dir() else "c.vft")))
+    elif "--format" in argv:
+        args += ["-o", str(out_dir / "report.out")]
+    return run_command(argv[0], trace, out_dir, argv=args)
+
+
+@pytest.mark.parametrize("column", ["ts_ns", "name"])
+def test_an_all_null_column_is_refused_by_every_output(column, base_trace, tmp_path):
+    # Was a ValueError (NaN to integer) in the part-by-part correlator, and a
+    # convert/export that wrote ts_ns = 2^63 and blank names with exit 0.
+    d = make_case(base_trace, tmp_path, _null_column(P1, column))
+    for argv in EVERY_OUTPUT:
+        o = run_argv(argv, d, tmp_path / "out")
+        assert o.exit_code == 3 and o.problem() is None, (argv, o.exit_code, o.stderr)
+        assert f"{P1}: column {column} holds {PART_EVENTS} null value(s)" in o.stderr, o.stderr
+    assert not (tmp_path / "out" / "c.jsonl").exists() and not (tmp_path / "out" / "export.json").exists()
+
+
+def _jsonl(tmp_path: Path, *events, head: bytes = META_LINE.encode()) -> Path:
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(b"\n".join([head] + [e if isinstance(e, bytes) else json.dumps(e).encode() for e in events])
+                  + b"\n")
+    return p
+
+
+def _refused_everywhere(p: Path, tmp_path: Path, says: str) -> None:
+    for cmd in COMMANDS:
+        o = run_command(cmd, p, tmp_path / "out")
+        assert o.exit_code == 3 and o.problem() is None, (cmd, o.exit_code, o.stderr)
+        assert says in o.stderr, (cmd, o.stderr)
+
+
+def test_the_largest_id_next_to_an_event_without_one_is_refused(tmp_path):
+    # Was an OverflowError: the event without an id numbered 2^64.
+    first, second = dict(GOOD_EVENTS[0]), dict(GOOD_EVENTS[1])
+    first["event_id"] = 2**64 - 1
+    del second["event_id"]
+    _refused_everywhere(_jsonl(tmp_path, first, second), tmp_path, "no ids left after the largest given")
+
+
+def test_ids_up_to_the_largest_still_number_the_events_without_one(tmp_path):
+    first, second = dict(GOOD_EVENTS[0]), dict(GOOD_EVENTS[1])
+    first["event_id"] = 2**64 - 2
+    del second["event_id"]
+    assert store.load(_jsonl(tmp_path, first, second))["event_id"].tolist() == [2**64 - 2, 2**64 - 1]
+
+
+@pytest.mark.parametrize("text", ["\u0663", "1_000", "0o17", "0b1", " 12 ", "12 ", "+12", "１２", "1e3", ""])
+def test_an_integer_is_a_json_number_or_decimal_text(text, tmp_path):
+    # int() takes all of these; another reader would not, or would read another number.
+    ev = dict(GOOD_EVENTS[0], ino=text)
+    _refused_everywhere(_jsonl(tmp_path, ev), tmp_path, f"{tmp_path / 't.jsonl'}:2: bad value for ino")
+
+
+def test_null_is_no_value(tmp_path):
+    # It used to be read as 0 (or "" for a name): a column holds a value or is left out.
+    for col in ("ino", "name"):
+        _refused_everywhere(_jsonl(tmp_path, dict(GOOD_EVENTS[0], **{col: None})), tmp_path,
+                            f"t.jsonl:2: {col} is null")
+
+
+def test_integers_as_numbers_and_as_decimal_or_hex_text_read_alike(tmp_path):
+    evs = [dict(GOOD_EVENTS[0], ino=v) for v in (12, 12.0, "12", "0xc", "-0", "012")]
+    got = store.load(_jsonl(tmp_path, *[{k: v for k, v in e.items() if k != "event_id"} for e in evs]))
+    assert got["ino"].tolist() == [12, 12, 12, 12, 0, 12]
+
+
+def test_a_byte_order_mark_before_line_1_is_read_past(tmp_path):
+    plain = store.load(RACE)
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + RACE.read_bytes())
+    got = store.load(p)
+    assert got.drop(columns=[]).equals(plain)
+    for cmd in COMMANDS:
+        o = run_command(cmd, p, tmp_path / "out")
+        assert o.problem() is None and o.exit_code in (0, *SELFTEST_VERDICT_EXITS), (cmd, o.stderr)
+
+
+def test_unknown_keys_are_ignored_with_one_note(tmp_path):
+    # A newer writer's column: read what is known, say what was not (the schema version is for breaking changes).
+    lines = RACE.read_text().splitlines()
+    evs = [dict(json.loads(x), extra=i, **({"more": "x"} if i % 2 else {})) for i, x in enumerate(lines[1:])]
+    p = _jsonl(tmp_path, *evs, head=lines[0].encode())
+    got = store.load(p)
+    notes = got.attrs["meta"]["notes"]
+    assert [n for n in notes if "unknown" in n] == [
+        f"ignored unknown column(s) 'extra', 'more' in {len(evs)} lines: written by a newer vfstrace? "
+        "(this one reads schema version 1)"]
+    got.attrs = {}
+    assert got.equals(base_frame())
+    o = run_command("analyze", p, tmp_path / "out")
+    assert o.exit_code == 0 and "ignored unknown column(s) 'extra'" in o.stdout
+
+
+def test_a_json_error_says_where_once(tmp_path):
+    # "Unterminated string starting at" + " at line 1 column 10" read "at at line 1 column".
+    p = _jsonl(tmp_path, b'{"name": "f')
+    o = run_command("analyze", p, tmp_path / "out")
+    assert o.exit_code == 3 and o.problem() is None
+    assert f"{p}:2: corrupt or truncated line: invalid JSON (Unterminated string starting at column 10)" in o.stderr
+    assert "at at" not in o.stderr
+    m = tmp_path / "m.vft"
+    write_base(m)
+    (m / M).write_text('{\n "schema_version": 1,\n "host": "x')
+    o = run_command("analyze", m, tmp_path / "out")
+    assert o.exit_code == 3 and "at at" not in o.stderr and "starting at line 3 column 10" in o.stderr, o.stderr

@@ -150,7 +150,7 @@ class Flag(enum.IntFlag):
     STEP = 512  # WALK_RETURN: step_into()'s return outside walk_component() (an open()'s last component)
 
 
-# Column order is part of the format; see docs/trace-format.md.
+# The order vfstrace writes columns in (readers find them by name); see docs/trace-format.md.
 ARROW_SCHEMA = pa.schema(
     [
         ("event_id", pa.uint64()),

@@ -25,6 +25,7 @@ from vfstrace.correlate import correlate
 from vfstrace.report.analyze import _evidence_list
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind, kind_name, op_name
+from vfstrace.report.terminal import json_text
 from vfstrace.store.files import open_private
 
 _BEGIN = {int(Kind.WALK_ENTER): "walk", int(Kind.LOOKUP_ENTER): "lookup"}
@@ -132,7 +133,7 @@ def write_perfetto(df, out, verdicts=None, meta: dict | None = None) -> int:
             for ev in trace_events(df, verdicts):
                 if n:
                     f.write(",\n")
-                f.write(json.dumps(ev, ensure_ascii=False))
+                f.write(json_text(ev))  # names a terminal would act on, escaped
                 n += 1
             f.write("\n]}\n")
         tmp.replace(out)

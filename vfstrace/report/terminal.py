@@ -6,8 +6,9 @@ the terminal), hold ESC sequences that move the cursor or recolour the
 screen, a newline that adds a fake row to a table, or a right-to-left
 override that shows ``txt.exe`` as ``exe.txt``. Every command that prints
 trace text for a person passes it through :func:`term` first; JSON output
-stays exact (a JSON encoder escapes control characters itself) and HTML is
-escaped by html.escape.
+stays exact (a JSON encoder escapes C0 controls itself, and files written
+as UTF-8 go through :func:`json_text` for the rest) and HTML is escaped by
+html.escape.
 
 What is escaped, to a visible form that says exactly which code point it
 was: C0 controls, DEL and C1 controls (``\\x1b``, ``\\n``, ``\\t``, ``\\x9b``),
@@ -23,6 +24,7 @@ looks like one holding ESC; ``--json`` output is exact when that matters.
 
 from __future__ import annotations
 
+import json
 import re
 
 _UNSAFE = re.compile(
@@ -60,3 +62,21 @@ def term_tree(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(term_tree(x) for x in obj)
     return obj
+
+
+def _json_escape(m: re.Match) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def json_text(obj, **kw) -> str:
+    """``json.dumps(obj, ensure_ascii=False, **kw)`` with every character :func:`term` escapes written ``\\uXXXX``.
+
+    Why: a JSON file vfstrace writes (a converted trace, a Perfetto export)
+    keeps names as UTF-8 text, but a raw C1 control (U+009B, the one-byte
+    CSI) or a bidi override (U+202E) in it is valid JSON that drives the
+    terminal of whoever runs ``cat`` on the file. JSON's own escape is exact:
+    every reader decodes it to the same string. The encoder escapes C0
+    controls already, and outside strings JSON text is ASCII, so only the
+    inside of strings changes.
+    """
+    return _UNSAFE.sub(_json_escape, json.dumps(obj, ensure_ascii=False, **kw))

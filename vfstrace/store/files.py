@@ -150,19 +150,92 @@ def parse_json(data: bytes, where, what: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise TraceFormatError(f"{where}: {what}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise TraceFormatError(f"{where}: {what}: invalid JSON ({_json_error(e, text)})") from None
     except RecursionError:
         raise TraceFormatError(f"{where}: {what}: nested too deep") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise TraceFormatError(f"{where}: {what}: {_one_line(e)}") from None
 
 
+def _json_error(e: json.JSONDecodeError, text: str) -> str:
+    """Where the parser stopped, said once: some of its messages end in "at" already
+    ("Unterminated string starting at"), and one line of text (a JSON Lines
+    event, named by its line number already) needs only the column."""
+    where = f"column {e.colno}" if "\n" not in text else f"line {e.lineno} column {e.colno}"
+    return f"{e.msg} {where}" if e.msg.endswith(" at") else f"{e.msg} at {where}"
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark.
+
+    Why: editors on other systems start a UTF-8 file with one; it says
+    nothing but "UTF-8", which a trace file is anyway, so the metadata (the
+    start of ``_meta.json`` or of a JSON Lines trace) is read past it.
+    """
+    return data[len(BOM):] if data.startswith(BOM) else data
+
+
 def parse_json_meta(data: bytes, where) -> dict:
-    """The metadata object of a trace (``_meta.json`` or a JSON Lines trace's first line)."""
-    meta = parse_json(data, where, "corrupt metadata")
+    """The metadata object of a trace (``_meta.json`` or a JSON Lines trace's first line, a byte-order mark
+    before it skipped)."""
+    meta = parse_json(strip_bom(data), where, "corrupt metadata")
     if not isinstance(meta, dict):
         raise TraceFormatError(f"{where}: metadata is not a JSON object")
     return meta
+
+
+class UnknownColumns:
+    """Columns this reader does not know, met in a trace's lines or parts: left out, and said once, as a note.
+
+    Why: a newer writer's trace may hold a column added since (a change that
+    older readers cannot read past bumps the schema version instead);
+    reading what is known and saying what was not, as Parquet readers do,
+    keeps such a trace readable. The names are shown as repr() text, cut
+    short: they are whatever the file held.
+    """
+
+    SHOWN = 5
+
+    def __init__(self):
+        self.names: set = set()
+        self.more = False  # names beyond those kept (a file could hold a new key on every line)
+        self.seen = 0
+
+    def add(self, names) -> None:
+        self.seen += 1
+        for name in names:
+            if len(self.names) >= 100:
+                self.more = self.more or name not in self.names
+            else:
+                self.names.add(name)
+
+    def note(self, notes: list, unit: str) -> None:
+        if not self.seen:
+            return
+        names = sorted(self.names, key=str)
+        shown = ", ".join(reprlib.repr(str(x)) for x in names[: self.SHOWN])
+        if len(names) > self.SHOWN or self.more:
+            shown += ", ..."
+        notes.append(f"ignored unknown column(s) {shown} in {self.seen} {unit}: written by a newer vfstrace? "
+                     f"(this one reads schema version {SCHEMA_VERSION})")
+
+
+CLOSED_NOTE = "the recording did not finish cleanly (closed=false): events after the last flush are lost"
+
+
+def carried_notes(meta: dict) -> list[str]:
+    """The notes a copy of a trace keeps in its metadata (``notes``): what the loader of the original said.
+
+    Why: a trace converted from one that was damaged or cut short is no
+    better for it; without them the copy would read as a clean recording
+    (a JSON Lines trace's loader does not say "not closed cleanly" itself:
+    hand-written ones never are). A loader that says a note again says it
+    once (read._finish_meta()).
+    """
+    return [n for n in meta.get("notes") or [] if isinstance(n, str)]
 
 
 def _now_iso() -> str:

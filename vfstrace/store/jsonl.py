@@ -1,7 +1,11 @@
 """JSON Lines traces: the form people and tests write by hand.
 
 Kinds, ops, flags and errnos may be given by name; every value is checked
-with its line number.
+with its line number. Integers are JSON numbers or ASCII strings of decimal
+(or 0x hex) digits, nothing Python's int() would also take ("1_000",
+"0o17", " 12 ", other scripts' digits): a trace must read the same in any
+reader. ``null`` is no value: every column holds one, or is left out.
+Keys of no column are a newer writer's columns: ignored, with one note.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from vfstrace.events import (
 )
 from vfstrace.store.files import (
     MAX_META_BYTES,
+    UnknownColumns,
     _check_version,
     _normalize_meta,
+    carried_notes,
     open_private,
     open_regular,
     parse_json,
     parse_json_meta,
+    strip_bom,
 )
+from vfstrace.report.terminal import json_text
 from vfstrace.store.table import to_table
 
 # Hand-written JSON Lines: names for kinds/ops/flags/errnos are accepted.
@@ -51,15 +59,20 @@ def _utf8(s: str) -> bool:
     return True
 
 
+# The integer strings a trace may hold: decimal, or hex (addresses are written that way).
+_INT_TEXT = re.compile(r"-?(?:[0-9]{1,40}|0[xX][0-9a-fA-F]{1,32})")
+_EXACT_FLOAT = 2**53  # a JSON float beyond this may not be the integer written
+
+
 def _parse_int(col: str, v, lineno: int, where: Path) -> int:
     if isinstance(v, bool):
         raise TraceFormatError(f"{where}:{lineno}: {col} must be a number, got {v!r}")
     if isinstance(v, int):
         return v
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, float) and v.is_integer() and abs(v) <= _EXACT_FLOAT:
         return int(v)
     if isinstance(v, str):
-        s = v.strip()
+        s = v
         low = s.lower()
         if col == "kind" and low in _KIND_BY_NAME:
             return _KIND_BY_NAME[low]
@@ -79,15 +92,14 @@ def _parse_int(col: str, v, lineno: int, where: Path) -> int:
             m = re.fullmatch(r"(-?)(E[A-Z0-9]+)", s)
             if m and hasattr(_errno, m.group(2)):
                 return -getattr(_errno, m.group(2))
-        try:
-            return int(s, 0)
-        except ValueError:
-            pass
+        if _INT_TEXT.fullmatch(s):
+            return int(s, 16) if "x" in low else int(s, 10)
     if isinstance(v, list) and col == "flags":
         if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
             raise TraceFormatError(f"{where}:{lineno}: flags must be names or numbers, got {reprlib.repr(v)}")
         return _parse_int("flags", "|".join(str(x) for x in v), lineno, where)
-    raise TraceFormatError(f"{where}:{lineno}: bad value for {col.rstrip('#')}: {reprlib.repr(v)}")
+    hint = " (integers are JSON numbers or strings of decimal or 0x-hex ASCII digits)" if isinstance(v, str) else ""
+    raise TraceFormatError(f"{where}:{lineno}: bad value for {col.rstrip('#')}: {reprlib.repr(v)}{hint}")
 
 
 def _load_jsonl(path: Path):
@@ -95,32 +107,36 @@ def _load_jsonl(path: Path):
     meta["notes"] = list(meta.get("notes") or [])
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     known = set(COLUMNS)
+    unknown = UnknownColumns()
     n = 0
     with open_regular(path) as f:
         f.readline()
         for lineno, raw in enumerate(f, start=2):
             if not raw.strip():
                 continue
-            rec = parse_json(raw, f"{path}:{lineno}", "corrupt or truncated line")
+            rec = parse_json(raw.rstrip(b"\r\n"), f"{path}:{lineno}", "corrupt or truncated line")
             if not isinstance(rec, dict):
                 raise TraceFormatError(f"{path}:{lineno}: an event must be a JSON object")
-            extra = set(rec) - known
-            if extra:
-                raise TraceFormatError(f"{path}:{lineno}: unknown column {sorted(extra)[0]!r}")
+            if not known.issuperset(rec):
+                unknown.add(set(rec) - known)
             for c in COLUMNS:
-                v = rec.get(c)
+                if c not in rec:
+                    cols[c].append("" if c in STRING_COLUMNS else COLUMN_DEFAULTS.get(c, 0))
+                    continue
+                v = rec[c]
+                if v is None:
+                    raise TraceFormatError(f"{path}:{lineno}: {c} is null: a column holds a value or is left out")
                 if c in STRING_COLUMNS:
-                    if v is None:
-                        v = ""
-                    elif not isinstance(v, str):
+                    if not isinstance(v, str):
                         raise TraceFormatError(f"{path}:{lineno}: {c} must be a string, got {type(v).__name__}")
                     elif not _utf8(v):
                         # A \ud800-style escape: JSON allows it, UTF-8 (and Parquet) cannot hold it.
                         raise TraceFormatError(f"{path}:{lineno}: {c} holds a lone surrogate (not valid Unicode text)")
                 else:
-                    v = COLUMN_DEFAULTS.get(c, 0) if v is None else _parse_int(c, v, lineno, path)
+                    v = _parse_int(c, v, lineno, path)
                 cols[c].append(v)
             n += 1
+    unknown.note(meta["notes"], "lines")
     arrays = {}
     for c in COLUMNS:
         if c in STRING_COLUMNS:
@@ -129,7 +145,8 @@ def _load_jsonl(path: Path):
             try:
                 arrays[c] = np.array(cols[c], dtype=NUMPY_DTYPES[c]) if n else np.empty(0, dtype=NUMPY_DTYPES[c])
             except OverflowError:
-                raise TraceFormatError(f"{path}: a value in column {c} is out of range for {NUMPY_DTYPES[c]}") from None
+                raise TraceFormatError(f"{path}: a value in column {c} is out of range for "
+                                       f"{np.dtype(NUMPY_DTYPES[c]).name}") from None
             bad = [v for v in cols[c] if v < 0] if np.dtype(NUMPY_DTYPES[c]).kind == "u" else []
             if bad:
                 raise TraceFormatError(f"{path}: column {c} cannot be negative ({bad[0]})")
@@ -139,13 +156,21 @@ def _load_jsonl(path: Path):
         # Hand-written traces may leave ids out: number them in line order,
         # after any ids that were given.
         start = int(ids.max()) + 1 if (~zero).any() else 1
-        ids[zero] = np.arange(start, start + int(zero.sum()), dtype=np.uint64)
+        k = int(zero.sum())
+        top = int(np.iinfo(np.uint64).max)
+        if start + k - 1 > top:
+            raise TraceFormatError(f"{path}: {k:,} event(s) without an id, and no ids left after the largest "
+                                   f"given ({start - 1}) to number them")
+        ids[zero] = np.arange(k, dtype=np.uint64) + np.uint64(start)
     meta["events"] = n
     return to_table(arrays), meta
 
 
 def _jsonable_meta(meta: dict) -> dict:
-    m = {k: v for k, v in meta.items() if k != "notes"}
+    m = {k: v for k, v in meta.items() if k not in ("notes", "parts")}  # a listing of parts says nothing of this file
+    notes = carried_notes(meta)
+    if notes:
+        m["notes"] = notes
     m["lost_per_cpu"] = {str(k): v for k, v in sorted(dict(m.get("lost_per_cpu") or {}).items())}
     m["schema_version"] = SCHEMA_VERSION
     return m
@@ -168,7 +193,7 @@ def write_jsonl(df, path, meta: dict | None = None, *, shared: bool = False) -> 
                 rec = {c: cols[c][i] for c in COLUMNS}
                 rec["kind"] = kinds.get(rec["kind"], rec["kind"])
                 rec["op"] = ops.get(rec["op"], rec["op"])
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(json_text(rec) + "\n")  # names a terminal would act on, escaped
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -178,9 +203,10 @@ def write_jsonl(df, path, meta: dict | None = None, *, shared: bool = False) -> 
 
 
 def _first_line(path: Path) -> bytes:
+    """Line 1 (the metadata), without a byte-order mark before it (files.strip_bom() says why) or its line end."""
     with open_regular(path) as f:
         try:
-            return f.readline(MAX_META_BYTES)
+            return strip_bom(f.readline(MAX_META_BYTES)).rstrip(b"\r\n")
         except OSError as e:
             raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import reprlib
 import threading
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from vfstrace.errors import TraceFormatError
 from vfstrace.events import (
     ARROW_SCHEMA,
     COLUMN_DEFAULTS,
+    COLUMNS,
     SCHEMA_VERSION,
     STRING_COLUMNS,
 )
 from vfstrace.store.files import (
     _PART_RE,
+    CLOSED_NOTE,
     MAX_META_BYTES,
     META_FILE,
     SCHEMA_KEY,
@@ -27,6 +30,7 @@ from vfstrace.store.files import (
     _is_jsonl,
     _normalize_meta,
     _one_line,
+    UnknownColumns,
     _stat,
     open_regular,
     parse_json_meta,
@@ -75,8 +79,15 @@ def _parquet_version(path: Path) -> int:
 
 
 
-def _read_part(path: Path, columns=None) -> pa.Table:
-    """One part, checked; ``columns`` reads only those (the part-by-part readers need a few)."""
+def _read_part(path: Path, columns=None, unknown: UnknownColumns | None = None) -> pa.Table:
+    """One part, checked; ``columns`` reads only those (the part-by-part readers need a few).
+
+    Columns are found by name, in whatever order the part holds them; one
+    this reader does not know is left out (named in ``unknown``, for the one
+    note: UnknownColumns says why). A null in a column read is an error:
+    every event column holds a value, and a null read as a number or a name
+    would be a changed event (ts_ns 2^63, a blank name), not a refused one.
+    """
     # Read whole into memory from a checked regular file: pyarrow opening the
     # name itself would block on a FIFO. Page checksums (written by
     # TraceWriter) are verified, so a flipped byte in a page is an error, not
@@ -91,33 +102,59 @@ def _read_part(path: Path, columns=None) -> pa.Table:
             raise TraceFormatError(
                 f"{path}: schema version {raw[:20].decode(errors='replace')!r}, this vfstrace reads version {SCHEMA_VERSION}"
             )
-        if not _schema_ok(pf.schema_arrow):
-            raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
+        extra = _check_columns(pf.schema_arrow, path)
         # Strings come back dictionary-encoded (as Parquet stores them), so
         # turning them into Python objects costs one object per distinct
         # value per part, not one per event: see _column_numpy().
         pf = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=list(STRING_COLUMNS),
                             page_checksum_verification=True)
         have = set(pf.schema_arrow.names)
-        t = pf.read(columns=None if columns is None else [c for c in columns if c in have], use_threads=False)
+        want = [c for c in (COLUMNS if columns is None else columns) if c in have]
+        t = pf.read(columns=want, use_threads=False)
         # Full validation: dictionary indices in range and strings valid
         # UTF-8, which a flipped byte in an (unchecksummed) page header or an
         # old part without checksums can still break.
         t.validate(full=True)
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({_one_line(e)})") from None
-    if columns is None and not _schema_ok(t.schema):
-        raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION}")
-    return _with_defaults(t, columns)
+    for name in t.column_names:
+        nulls = t.column(name).null_count
+        if nulls:
+            raise TraceFormatError(f"{path}: column {name} holds {nulls} null value(s): every event column must "
+                                   "hold a value (not a part vfstrace wrote)")
+    if extra and unknown is not None:
+        unknown.add(extra)
+    t = _with_defaults(t, columns)
+    return t.select(COLUMNS) if columns is None else t
 
 
-# The schema of parts written before the columns of COLUMN_DEFAULTS existed.
-_OLD_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name not in COLUMN_DEFAULTS])
+def _check_columns(schema: pa.Schema, path: Path) -> list[str]:
+    """The part's columns this reader does not know; an error if one it knows is missing, doubled or of another type.
 
-
-def _schema_ok(schema: pa.Schema) -> bool:
+    A column of events.COLUMN_DEFAULTS may be missing: parts written before
+    it existed (_with_defaults() fills it in).
+    """
     plain = _plain_schema(schema)
-    return plain.equals(ARROW_SCHEMA) or plain.equals(_OLD_SCHEMA)
+    names = plain.names
+    seen: set = set()
+    for name in names:
+        if name in seen:
+            raise TraceFormatError(f"{path}: column {reprlib.repr(name)} appears more than once (not a vfstrace part)")
+        seen.add(name)
+    for f in ARROW_SCHEMA:
+        i = plain.get_field_index(f.name)
+        if i < 0:
+            if f.name in COLUMN_DEFAULTS:
+                continue
+            raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION} "
+                                   f"(no column {f.name})")
+        if not plain.field(i).type.equals(f.type):
+            raise TraceFormatError(f"{path}: columns do not match the vfstrace event schema version {SCHEMA_VERSION} "
+                                   f"(column {f.name} is {plain.field(i).type}, not {f.type})")
+    return [n for n in names if n not in _KNOWN]
+
+
+_KNOWN = frozenset(COLUMNS)
 
 
 def _with_defaults(t: pa.Table, columns=None) -> pa.Table:
@@ -156,8 +193,8 @@ def _dir_parts(path: Path):
     return meta, files, listed
 
 
-def _checked_part(p: Path, listed: dict, notes: list, columns=None) -> pa.Table:
-    t = _read_part(p, columns)
+def _checked_part(p: Path, listed: dict, notes: list, columns=None, unknown: UnknownColumns | None = None) -> pa.Table:
+    t = _read_part(p, columns, unknown)
     if p.name not in listed:
         notes.append(f"{p.name} ({t.num_rows} events) is not in {META_FILE}: written just before the recording stopped")
     else:
@@ -165,18 +202,24 @@ def _checked_part(p: Path, listed: dict, notes: list, columns=None) -> pa.Table:
     return t
 
 
-def _finish_meta(meta: dict, events: int) -> dict:
+def _finish_meta(meta: dict, events: int, unknown: UnknownColumns | None = None) -> dict:
+    """``meta`` with the loader's last notes, each once: notes a converted trace carries (store.files.carried_notes)
+    may say what this load says again."""
+    if unknown is not None:
+        unknown.note(meta["notes"], "part(s)")
     if not meta.get("closed"):
-        meta["notes"].append("the recording did not finish cleanly (closed=false): events after the last flush are lost")
+        meta["notes"].append(CLOSED_NOTE)
+    meta["notes"] = list(dict.fromkeys(meta["notes"]))
     meta["events"] = events
     return meta
 
 
 def _load_dir(path: Path):
     meta, files, listed = _dir_parts(path)
-    tables = [_checked_part(p, listed, meta["notes"]) for p in files]
+    unknown = UnknownColumns()
+    tables = [_checked_part(p, listed, meta["notes"], unknown=unknown) for p in files]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else ARROW_SCHEMA.empty_table()
-    return table, _finish_meta(meta, table.num_rows)
+    return table, _finish_meta(meta, table.num_rows, unknown)
 
 
 def iter_parts(path, columns, files=None):
@@ -204,11 +247,12 @@ def iter_parts(path, columns, files=None):
 
     def parts():
         n = 0
+        unknown = UnknownColumns()
         for p in files:
-            t = _checked_part(p, listed, meta["notes"], cols)
+            t = _checked_part(p, listed, meta["notes"], cols, unknown)
             n += t.num_rows
             yield t
-        _finish_meta(meta, n)
+        _finish_meta(meta, n, unknown)
 
     return meta, files, read_ahead(parts())
 
@@ -245,7 +289,9 @@ def _load_any(path: Path):
         return _load_jsonl(path)
     if path.suffix == ".parquet":
         meta = read_meta(path)
-        t = _read_part(path)
+        unknown = UnknownColumns()
+        t = _read_part(path, unknown=unknown)
+        unknown.note(meta["notes"], "part(s)")
         meta["events"] = t.num_rows
         return t, meta
     raise TraceFormatError(f"{path}: not a vfstrace trace (expected a .vft directory or a .jsonl file)")

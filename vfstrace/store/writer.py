@@ -24,6 +24,7 @@ from vfstrace.store.files import (
     META_FILE,
     _atomic_write_bytes,
     _is_jsonl,
+    carried_notes,
     _now_iso,
     make_private_dir,
 )
@@ -319,7 +320,11 @@ class TraceWriter:
 
 
 def save(df, path, meta: dict | None = None, *, overwrite: bool = False, shared: bool = False) -> int:
-    """Write a whole DataFrame as a trace: a ``.jsonl`` file or a trace directory."""
+    """Write a whole DataFrame as a trace: a ``.jsonl`` file or a trace directory.
+
+    ``meta["notes"]`` (what loading the original noted) goes into the copy's
+    metadata: files.carried_notes() says why.
+    """
     path = Path(path)
     if meta is None:
         meta = dict(df.attrs.get("meta") or {})
@@ -328,6 +333,9 @@ def save(df, path, meta: dict | None = None, *, overwrite: bool = False, shared:
             raise VfstraceError(f"{path}: already exists (choose another name)")
         return write_jsonl(df, path, meta, shared=shared)
     keep = {k: v for k, v in meta.items() if k not in ("notes", "parts", "events", "closed", "schema_version")}
+    notes = carried_notes(meta)
+    if notes:
+        keep["notes"] = notes
     with TraceWriter(path, meta=keep, chunk_events=max(len(df), 1), flush_seconds=1e9, overwrite=overwrite,
                      shared=shared) as w:
         w.write(df)
