@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, write_parts
 from vfstrace import store
-from vfstrace.correlate.parts import Disorder
+from vfstrace.correlate.parts import MAX_DISORDER_NS, Disorder, OrderingLoss, WalkCut
 from vfstrace.report import analyze
 from vfstrace.workload.simulate import simulate
 
@@ -83,3 +83,65 @@ def test_a_damaged_part_is_one_error_whichever_pass_reads_it(tmp_path):
     part.write_bytes(bytes(raw))
     with pytest.raises(TraceFormatError, match="part-000001.parquet"):
         analyze.analyze_parts(p)
+
+
+def _stepping_back(n: int, back_ns: int):
+    """``n`` simulated events whose stamps step back by ``back_ns`` once, a tenth of the way in."""
+    ev, _ = simulate(3, duration_ns=30_000_000)
+    ev = ev.iloc[:n].copy()
+    ts = ev["ts_ns"].to_numpy().astype(np.int64)
+    ts[n // 10:] -= back_ns
+    ev["ts_ns"] = (ts - min(0, int(ts.min()))).astype(np.uint64)
+    return ev
+
+
+def _rows_cut(monkeypatch) -> list[int]:
+    """Rows the walk cut looks at, summed over its calls: the part-by-part correlator's work."""
+    seen = [0]
+    cut = WalkCut.cut
+
+    def counting(self, t, rows, max_seen):
+        seen[0] += self.carried + len(rows)
+        return cut(self, t, rows, max_seen)
+
+    monkeypatch.setattr(WalkCut, "cut", counting)
+    return seen
+
+
+def test_a_step_back_past_the_bound_is_an_ordering_loss_not_an_unbounded_carry(tmp_path, monkeypatch):
+    # 2,000 one-event parts whose stamps step back 1,000 s once took 136 s (4 s without the step
+    # back): the walks carried over grew with every part, waiting for rows that could sort into them.
+    n = 2000
+    p = write_parts(tmp_path / "t.vft", _stepping_back(n, 10**12), 1)
+    seen = _rows_cut(monkeypatch)
+    s = analyze.analyze_parts(p)
+    assert seen[0] <= 4 * n, seen[0]  # each row looked at a few times, not once per later part
+    late = n - n // 10
+    assert f"ordering lost: {late:,} event(s) lie more than 0.1 s below events before them in the trace; " \
+           "verdicts near them are uncertain" in s["notes"]
+    # The verdicts near the late events say so; those far from them are the whole trace's.
+    whole = analyze.analyze_trace(p)[0]["verdicts"]["counts"]
+    assert s["verdicts"]["counts"].get("uncertain", 0) > 0
+    assert sum(s["verdicts"]["counts"].values()) == sum(whole.values())
+    for verdict, k in s["verdicts"]["counts"].items():
+        assert verdict == "uncertain" or k <= whole.get(verdict, 0), (s["verdicts"]["counts"], whole)
+
+
+def test_a_step_back_within_the_bound_judges_as_the_whole_trace(tmp_path, monkeypatch):
+    n = 2000
+    p = write_parts(tmp_path / "t.vft", _stepping_back(n, MAX_DISORDER_NS // 2), 1)
+    seen = _rows_cut(monkeypatch)
+    s = _same(p)
+    assert seen[0] <= 4 * n, seen[0]
+    assert not any("ordering lost" in x for x in s["notes"])
+
+
+def test_an_ordering_loss_widens_into_spans_it_never_narrows():
+    loss = OrderingLoss()
+    loss.MAX_SPANS = 8
+    stamps = np.arange(0, 10_000, 100, dtype=np.uint64)
+    loss.add(stamps)
+    assert len(loss.lo) <= 8 and loss.events == len(stamps)
+    assert loss.near(stamps, 0).all()
+    assert not loss.near(np.array([20_000], dtype=np.uint64), 5_000).any()
+    assert loss.near(np.array([20_000], dtype=np.uint64), 10_100).all()

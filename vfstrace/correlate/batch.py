@@ -72,6 +72,16 @@ class Windows:
     def walk_forward_ns(self) -> int:
         return max(self.skew_ns, self.explain_after_ns, self.skew_ns + self.loss_horizon_ns)
 
+    @property
+    def reach_ns(self) -> int:
+        """How far apart an event and a verdict it could change may lie: every window added up.
+
+        Wider than any one verdict's reach (a syscall's window with its
+        explanations, a walk's with its prunes and losses), so an event
+        misplaced in time can change no verdict further from it than this.
+        """
+        return sum(asdict(self).values())
+
 
 def empty_verdicts() -> pd.DataFrame:
     """No verdicts, in the verdict columns' dtypes: a copy of one frame built once (every part without a final

@@ -28,6 +28,11 @@ from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
 
 
+# How far out of time order a live stream may deliver events by default
+# (per-CPU buffers drained in turns): what watch waits for.
+REORDER_NS = 100_000_000
+
+
 class StreamingCorrelator:
     """The batch rules applied chunk by chunk, with bounded state.
 
@@ -39,7 +44,7 @@ class StreamingCorrelator:
     never changes them.
     """
 
-    def __init__(self, windows: Windows | None = None, *, reorder_ns: int = 100_000_000, unplaced_lost: int = 0,
+    def __init__(self, windows: Windows | None = None, *, reorder_ns: int = REORDER_NS, unplaced_lost: int = 0,
                  **kw):
         win = windows or Windows()
         if kw:

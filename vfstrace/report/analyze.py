@@ -326,7 +326,7 @@ class FirstPass:
     def correlator(self, **kw):
         from vfstrace.correlate.parts import PartsCorrelator
 
-        return PartsCorrelator(self.order.disorder_ns, unplaced_lost=self.unplaced_lost(), **kw)
+        return PartsCorrelator(self.order, unplaced_lost=self.unplaced_lost(), **kw)
 
     def parts(self, columns, which=None):
         """The parts again (``which``: indices of some of them, in file order), ``columns`` read ahead."""
@@ -366,6 +366,10 @@ def first_pass(path) -> FirstPass | None:
             return None
     log.debug("%s: %d parts, read part by part (timestamps out of order by up to %d ns)", term(str(path)), len(files),
               first.order.disorder_ns)
+    if first.order.lost:
+        first.meta["notes"].append(
+            f"ordering lost: {first.order.lost.events:,} event(s) lie more than {first.order.bound_ns / 1e9:.3g} s "
+            "below events before them in the trace; verdicts near them are uncertain")
     return first
 
 
