@@ -110,7 +110,7 @@ def test_guest_example_shows_what_the_readme_says(ex):
     runs = {r["command"]: r for r in test_prepatch_vm.readme_results(ex.kernel)}
     assert ex.command in runs, f"{ex.kernel}'s boot did not run {ex.command!r}"
     r = runs[ex.command]
-    print(f"{ex.kernel}: {ex.command}: exit {r['returncode']} in {r['seconds']} s (limit {r['limit_s']} s), "
+    print(f"{ex.kernel}: {ex.command}: exit {r['returncode']} in {r['seconds']} s (limit {r['limit_s']} quiet-guest s), "
           f"spurious ENOENT (kernel) {r['truth_count']}")
     bad = ex.check(r["returncode"], r["output"], r["truth_count"])
     assert bad == [], f"{'; '.join(bad)}\n{r['output'][-3000:]}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,13 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests/vm"))
 
+from steps import run  # noqa: E402
+
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 FIXTURE_EVENTS = 3000
 
-
-def run(argv, **kw):
-    print("+", " ".join(argv), flush=True)
-    return subprocess.run(argv, text=True, capture_output=True, **kw)
 
 
 def summarise(trace: Path) -> tuple[dict, object]:
@@ -149,7 +146,7 @@ def record(out: Path, tier: str, seconds: float, workdir: str) -> dict:
     ]
     t0 = time.monotonic()
     # generous: this guest may share the host with another (tests/guests.py)
-    r = run(argv, timeout=seconds + 800)
+    r = run(argv, seconds + 800)
     res = {"tier": tier, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
            "stderr_tail": r.stderr[-3000:], "stdout_tail": r.stdout[-3000:]}
     print(r.stderr[-3000:], flush=True)

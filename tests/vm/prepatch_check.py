@@ -24,13 +24,15 @@ import argparse
 import json
 import shutil
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests/vm"))
+
+from steps import run  # noqa: E402
 
 VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 SUSPECT = {"kprobe": "race", "fentry": "race", "tracepoint": "transient"}
@@ -42,10 +44,6 @@ SUSPECT = {"kprobe": "race", "fentry": "race", "tracepoint": "transient"}
 # repeated failures of one lookup apart (matching is one to one, nearest).
 MATCH_TOL_NS = {"kprobe": 50_000_000, "fentry": 50_000_000, "tracepoint": 100_000_000}
 
-
-def run(argv, **kw):
-    print("+", " ".join(argv), flush=True)
-    return subprocess.run(argv, text=True, capture_output=True, **kw)
 
 
 def _basename(p: str) -> str:
@@ -158,7 +156,7 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
     argv = VFSTRACE + ["watch", "--tier", tier, "-o", str(trace), "-d", str(seconds + 180), "--json", "--",
                        "sh", "-c", 'exec "$@" > "$VT_STRESS_OUT"', "sh", *stress]
     t0 = time.monotonic()
-    r = run(argv, timeout=seconds + 600, env=dict(os.environ, VT_STRESS_OUT=str(stress_out)))
+    r = run(argv, seconds + 600, env=dict(os.environ, VT_STRESS_OUT=str(stress_out)))
     res = {"tier": tier, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
            "stderr_tail": r.stderr[-2500:]}
     print(r.stderr[-2500:], flush=True)
@@ -181,7 +179,7 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
 
 def selftest(out: Path, seconds: float) -> dict:
     r = run(VFSTRACE + ["selftest", "--kernel-only", "--json", "-d", str(seconds), "-o", str(out / "selftest.vft")],
-            timeout=seconds * 2 + 600)
+            seconds * 2 + 600)
     res = {"returncode": r.returncode, "stderr_tail": r.stderr[-2000:]}
     try:
         res["result"] = json.loads(r.stdout[r.stdout.index("{"):])
@@ -204,28 +202,20 @@ def readme_runs(out: Path, commands: list[dict]) -> list[dict]:
     import readme
     from vfstrace.vm import groundtruth
 
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import vfstrace.cli, pandas"], capture_output=True)
-    speed = max(1.0, (time.monotonic() - t0) / 2.0)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
     res = []
     for c in commands:
         argv = c["argv"]
-        limit = 2 * readme.seconds(argv) + 300 * speed
+        limit = 2 * readme.seconds(argv) + 600
         c0 = groundtruth.count()
         t = time.monotonic()
-        print("+ readme:", c["command"], f"(limit {limit:.0f} s)", flush=True)
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=limit, cwd=str(ROOT), env=env)
-            rc, text = r.returncode, r.stdout + r.stderr
-        except subprocess.TimeoutExpired as e:
-            rc = None
-            text = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
-            text += f"\n(readme_runs: killed after its {limit:.0f} s limit)"
+        print("+ readme:", c["command"], flush=True)
+        r = run(argv, limit, cwd=str(ROOT), env=env)
+        rc, text = r.returncode, r.stdout + r.stderr
         c1 = groundtruth.count()
         res.append({"command": c["command"], "returncode": rc, "output": text[-200_000:],
                     "truth_count": (c1 - c0) if c0 is not None and c1 is not None else None,
-                    "seconds": round(time.monotonic() - t, 1), "limit_s": round(limit), "speed": round(speed, 2)})
+                    "seconds": round(time.monotonic() - t, 1), "limit_s": round(limit)})
         (out / "readme.json").write_text(json.dumps(res, indent=1))
         print(text[-1500:], flush=True)
     return res

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from vfstrace.vm import pace
 from vfstrace.vm.initramfs import build_initramfs
 from vfstrace.vm.kernels import (
     GUEST_OUT,
@@ -39,6 +40,7 @@ class VmResult:
     kernel_release: str  # `uname -r` as the guest reported it
     boot_s: float | None = None  # qemu start to the command starting
     out_dir: Path | None = None
+    cpus: int | None = None  # CPUs the guest's command could run on
 
 
 # Host paths the guest mounts its own filesystems over (see vfstrace/vm/guest/init.sh).
@@ -134,7 +136,9 @@ def run(kernel: str, argv, timeout: float = 900, out_dir=None, mem: str = "2G", 
     """Boot ``kernel`` and run ``argv`` inside; return its exit code and output.
 
     ``stream`` gets each console line as it arrives (None: keep quiet).
-    Raises VmTimeout after ``timeout`` seconds (qemu killed), VmError if the
+    ``timeout`` is in quiet-guest seconds (vfstrace/vm/pace.py): a guest
+    that the host slows down gets the wall time it needs, a hung one does
+    not. Raises VmTimeout when it is spent (qemu killed), VmError if the
     guest stops without reporting a result (a panic, a broken init).
     """
     argv = [str(a) for a in argv]
@@ -165,6 +169,38 @@ def run(kernel: str, argv, timeout: float = 900, out_dir=None, mem: str = "2G", 
             tmp.cleanup()
 
 
+# A heartbeat older than this is no evidence of progress: the interval is
+# charged at wall rate (a hung kernel, a runner that died).
+STALE_BEAT_S = 60.0
+
+
+def _wait_paced(proc, budget: "pace.Budget", beat_path: Path) -> bool:
+    """Wait for qemu while ``budget`` (quiet-guest seconds) lasts; False if it ran out.
+
+    Until the runner's first heartbeat (the kernel booting, init mounting
+    the root) and whenever the beat goes stale, time is charged at wall rate;
+    otherwise at the slowdown the guest's last probe measured (pace.py).
+    """
+    last_t = time.monotonic()
+    seq, beat_t, slow = None, None, 1.0
+    while True:
+        left = max(0.5, (budget.seconds - budget.spent))
+        try:
+            proc.wait(timeout=min(pace.HEARTBEAT_S, left))
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        rec = pace.read_heartbeat(beat_path)
+        if rec is not None and rec["seq"] != seq:
+            seq, beat_t, slow = rec["seq"], now, pace.slowdown(float(rec["probe_s"]))
+        fresh = beat_t is not None and now - beat_t <= STALE_BEAT_S
+        budget.charge(now - last_t, slow if fresh else 1.0)
+        last_t = now
+        if budget.over():
+            return proc.poll() is not None
+
+
 def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResult:
     meta = out / ".vm"
     shutil.rmtree(meta, ignore_errors=True)
@@ -176,6 +212,9 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
         "links": _guest_links(k),
         "out": GUEST_OUT,
         "started_mark": STARTED_MARK,
+        # the guest's side of the paced limit: it beats into the share
+        "pace": str(Path(pace.__file__).resolve()),
+        "heartbeat": f"{GUEST_OUT}/.vm/heartbeat",
     }
     (meta / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = qemu_argv(k, initrd, out, mem, cpus)
@@ -198,17 +237,19 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    budget = pace.Budget(timeout)
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        raise VmTimeout(
-            f"{k.series} guest ({k.release}) did not finish within {timeout:g} s; qemu killed "
-            f"(last console line: {_last_line(chr(10).join(console))})",
-            console="\n".join(console),
-        ) from None
+        if not _wait_paced(proc, budget, meta / "heartbeat"):
+            proc.kill()
+            proc.wait()
+            reader.join(5)
+            raise VmTimeout(
+                f"{k.series} guest ({k.release}) did not finish within its limit, {budget.describe()}; "
+                f"qemu killed (last console line: {_last_line(chr(10).join(console))})",
+                console="\n".join(console),
+            )
+    except VmTimeout:
+        raise
     except BaseException:
         proc.kill()
         proc.wait()
@@ -231,6 +272,13 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
         except OSError:
             return ""
 
+    cpus_seen = res.get("cpus")
+    if isinstance(cpus_seen, int) and cpus_seen < cpus:
+        # A kernel that cannot enumerate the CPUs it was given (no ACPI MADT,
+        # say) runs everything on one: no prune can then run while a walk
+        # does, and a race check on it proves nothing.
+        raise VmError(f"{k.series} guest ({k.release}) ran on {cpus_seen} CPU(s) of the {cpus} it was given: "
+                      f"its kernel does not bring up the others")
     return VmResult(
         returncode=int(res["returncode"]),
         stdout=read("stdout"),
@@ -240,4 +288,5 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
         kernel_release=res.get("kernel_release", ""),
         boot_s=round(started[0], 2) if started[0] is not None else None,
         out_dir=out,
+        cpus=cpus_seen if isinstance(cpus_seen, int) else None,
     )

@@ -10,6 +10,7 @@ writes result.json with the exit code and `uname -r`.
 Standard library only: it runs under the host's /usr/bin/python3.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,10 +51,25 @@ def pump(src, path, console):
             console.flush()
 
 
+def start_heartbeat(spec):
+    """Beat into the share for the host's paced limit (vfstrace/vm/pace.py, loaded by path)."""
+    if not spec.get("pace") or not spec.get("heartbeat"):
+        return
+    try:
+        loader = importlib.util.spec_from_file_location("vfstrace_pace", spec["pace"])
+        pace = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(pace)
+    except (OSError, ImportError, SyntaxError) as e:
+        print(f"vfstrace-guest: no heartbeat ({e}): the host charges wall time", flush=True)
+        return
+    threading.Thread(target=pace.heartbeat, args=(spec["heartbeat"], threading.Event()), daemon=True).start()
+
+
 def main():
     spec_path = sys.argv[1]
     with open(spec_path) as f:
         spec = json.load(f)
+    start_heartbeat(spec)
     meta = os.path.dirname(spec_path)
     console = sys.stdout.buffer
     for target, link in spec["links"]:
@@ -92,7 +108,8 @@ def main():
             rc = 128 - rc
         for t in threads:
             t.join()
-    result = {"returncode": rc, "kernel_release": release, "command_s": round(time.monotonic() - t0, 2)}
+    result = {"returncode": rc, "kernel_release": release, "command_s": round(time.monotonic() - t0, 2),
+              "cpus": len(os.sched_getaffinity(0))}
     tmp = os.path.join(meta, "result.json.tmp")
     with open(tmp, "w") as f:
         json.dump(result, f)

@@ -12,7 +12,9 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 
 say() { echo "vfstrace-init: [$(cut -d" " -f1 /proc/uptime) s] $*"; }
-off() { sync; echo o > /proc/sysrq-trigger; sleep 10; poweroff -f; }
+# Power off; a kernel without ACPI power-off reboots instead after a moment,
+# which qemu's -no-reboot turns into an exit.
+off() { sync; echo o > /proc/sysrq-trigger; sleep 3; echo b > /proc/sysrq-trigger; sleep 10; poweroff -f; }
 
 # Load in modules.dep order; a module whose dependency is built in or
 # ordered differently is retried until a round loads nothing new.
