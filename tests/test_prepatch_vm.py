@@ -1,9 +1,11 @@
-"""The 2011 race on a real kernel: 6.1-prepatch has it, 6.1-control does not.
+"""The 2011 race on real kernels: each line's prepatch build has it, its control does not.
 
-Both kernels are built by `vfstrace vm build` from Debian's linux-source-6.1
-with the same config; the prepatch one reverts the seed fix in step_into()
-and logs each spurious ENOENT it causes (its ground truth). One boot per
-kernel (TCG is slow) runs tests/vm/prepatch_check.py: `vfstrace watch
+On each kernel line (6.1 and 6.12; 5.10 too when VFSTRACE_VM_KERNEL_LINES
+names it, as `make test-kernels` does) both kernels are built by `vfstrace
+vm build` from Debian's linux-source-<line> with the same config; the
+prepatch one reverts the seed fix (in step_into() on 6.1 and 6.12, in
+lookup_fast() on 5.10) and logs each spurious ENOENT it causes (its ground
+truth). One boot per kernel (TCG is slow) runs tests/vm/prepatch_check.py: `vfstrace watch
 --tier kprobe -o TRACE` around `vfstrace stress --widen 200us` (on the
 prepatch kernel then again with --tier fentry, whose programs read their
 arguments through BTF and tell a live dentry by a typed load), then
@@ -33,23 +35,43 @@ from conftest import ROOT, is_root, need
 
 SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SECONDS", "60"))
 SELFTEST_SECONDS = float(os.environ.get("VFSTRACE_VM_PREPATCH_SELFTEST_SECONDS", "20"))
-# The kprobe tier on both kernels; the fentry tier too where the race is
+
+
+def _lines() -> tuple[str, ...]:
+    """The kernel lines this session checks: VFSTRACE_VM_KERNEL_LINES, a comma list (CI: 6.1 and 6.12)."""
+    from vfstrace.vm.build import LINES
+
+    lines = tuple(x.strip() for x in os.environ.get("VFSTRACE_VM_KERNEL_LINES", "6.1,6.12").split(",") if x.strip())
+    bad = [x for x in lines if x not in LINES]
+    if bad:
+        raise pytest.UsageError(f"VFSTRACE_VM_KERNEL_LINES names {', '.join(bad)}: the lines are {', '.join(LINES)}")
+    return lines
+
+
+LINES = _lines()
+# The kprobe tier on every kernel; the fentry tier too where the race is
 # (the control kernel's no-race check is the kprobe tier's: each tier run
-# is minutes under TCG).
-TIERS = {"6.1-prepatch": ("kprobe", "fentry"), "6.1-control": ("kprobe",)}
+# is minutes under TCG). Only the kernels of the lines this session checks.
+TIERS = {k: t for k, t in {
+    "6.1-prepatch": ("kprobe", "fentry"), "6.1-control": ("kprobe",),
+    "6.12-prepatch": ("kprobe", "fentry"), "6.12-control": ("kprobe",),
+    "5.10-prepatch": ("kprobe", "fentry"), "5.10-control": ("kprobe",),
+}.items() if k.rsplit("-", 1)[0] in LINES}
 
 
 # Estimated guest seconds, for the order tests/guests.py starts boots in; the
-# first also builds the shared tree in full (the other's build is then
+# first of a line also builds its tree in full (the other's build is then
 # incremental: the patch applied or reversed, what it touches rebuilt).
-BOOT_ESTIMATE_S = {"6.1-prepatch": 1850, "6.1-control": 950}
+BOOT_ESTIMATE_S = {"6.1-prepatch": 1850, "6.1-control": 950, "6.12-prepatch": 1850, "6.12-control": 950,
+                   "5.10-prepatch": 2000, "5.10-control": 1100}
+PREPATCH = [k for k in TIERS if k.endswith("-prepatch")]
+CONTROL = [k for k in TIERS if k.endswith("-control")]
 
 
 def guest_boots(items) -> list:
-    """The boots this session's tests of this module read (conftest starts them)."""
-    kernels = {k for it in items for k in TIERS if k.split("-")[1] in it.name}
-    kernels |= {it.callspec.params["kernel"] for it in items
-                if hasattr(it, "callspec") and "kernel" in it.callspec.params}
+    """The boots this session's tests of this module read (conftest starts them): each test names its kernel."""
+    kernels = {it.callspec.params["kernel"] for it in items
+               if hasattr(it, "callspec") and "kernel" in it.callspec.params}
     return [(BOOT_ESTIMATE_S[k], *_job(k)) for k in sorted(kernels & set(TIERS))]
 
 
@@ -137,8 +159,9 @@ def _kprobe(kernel, tier: str = "kprobe"):
 
 
 @pytest.mark.vm
-def test_prepatch_cp_fails_on_existing_files_and_the_kernel_counts_it():
-    r = _kprobe("6.1-prepatch")
+@pytest.mark.parametrize("kernel", PREPATCH)
+def test_prepatch_cp_fails_on_existing_files_and_the_kernel_counts_it(kernel):
+    r = _kprobe(kernel)
     st = r["stress"]
     assert st["files_copied"] > 0, "cp copied nothing: widening stalls it"
     assert st["cp_enoent"] > 0, f"no cp ENOENT ({st['files_copied']} files copied, {st['copy_rounds']} rounds)"
@@ -148,23 +171,24 @@ def test_prepatch_cp_fails_on_existing_files_and_the_kernel_counts_it():
 
 
 @pytest.mark.vm
-@pytest.mark.parametrize("tier", TIERS["6.1-prepatch"])
-def test_prepatch_races_match_the_kernels_ground_truth_and_cite_their_prune(tier):
-    r = _kprobe("6.1-prepatch", tier)
+@pytest.mark.parametrize("kernel,tier", [(k, t) for k in PREPATCH for t in TIERS[k]])
+def test_prepatch_races_match_the_kernels_ground_truth_and_cite_their_prune(kernel, tier):
+    r = _kprobe(kernel, tier)
     assert r["suspects"] >= 1, f"no race verdict; verdicts {r['verdicts']}, kernel count {r['truth_count']}"
     assert r["matched"] >= 1, f"no race matched the ground truth: {r['false_suspects'][:3]}"
     assert r["suspects_citing_prune"] == r["suspects"], [x for x in r["suspect_rows"] if not x["cites_prune"]][:3]
 
 
 @pytest.mark.vm
-def test_prepatch_open_last_component_is_seen_at_the_step_into_site():
+@pytest.mark.parametrize("kernel", PREPATCH)
+def test_prepatch_open_last_component_is_seen_at_the_step_into_site(kernel):
     """open_last_lookups() calls step_into() itself: its spurious ENOENTs are matched by step_into's walk returns.
 
     The same trace judged without those returns (the walk_component site
     alone) loses exactly the step_into site's matches: each lookup is
     reported at one site, never both.
     """
-    r = _kprobe("6.1-prepatch")
+    r = _kprobe(kernel)
     assert r["without_step_site"]["matched"] == r["matched"] - r["matched_at_step_site"]
     need(r["matched_at_step_site"] > 0, f"no spurious ENOENT on an open()'s last component this run "
                                         f"({r['step_walk_returns']} step_into walk returns, {r['truth']} spurious ENOENT)")
@@ -172,9 +196,10 @@ def test_prepatch_open_last_component_is_seen_at_the_step_into_site():
 
 
 @pytest.mark.vm
-def test_control_has_no_cp_error_no_race_and_no_ground_truth():
-    s = _boot("6.1-control")
-    r = _kprobe("6.1-control")
+@pytest.mark.parametrize("kernel", CONTROL)
+def test_control_has_no_cp_error_no_race_and_no_ground_truth(kernel):
+    s = _boot(kernel)
+    r = _kprobe(kernel)
     assert s["ground_truth_available"] is False
     assert r["stress"]["files_copied"] > 0
     assert r["stress"]["cp_enoent"] == 0, r["stress"]["cp_enoent_paths"]
@@ -182,7 +207,7 @@ def test_control_has_no_cp_error_no_race_and_no_ground_truth():
 
 
 @pytest.mark.vm
-@pytest.mark.parametrize("kernel,verdict,code", [("6.1-prepatch", "FAIL", 1), ("6.1-control", "PASS", 0)])
+@pytest.mark.parametrize("kernel,verdict,code", [(k, "FAIL", 1) if k in PREPATCH else (k, "PASS", 0) for k in TIERS])
 def test_selftest_verdict(kernel, verdict, code):
     st = _boot(kernel)["selftest"]
     res = st["result"]

@@ -167,7 +167,8 @@ def test_list_reports_an_empty_cache(tmp_path):
     assert r.returncode == 0
     rows = json.loads(r.stdout)
     # Debian's kernels, then the ones built from Debian's source: none there yet.
-    assert [x["kernel"] for x in rows] == ["5.10", "6.1", "6.12", "6.1-control", "6.1-prepatch"]
+    assert [x["kernel"] for x in rows] == ["5.10", "6.1", "6.12", "6.1-control", "6.1-prepatch", "6.12-control",
+                                           "6.12-prepatch", "5.10-control", "5.10-prepatch"]
     assert all(x["release"] is None for x in rows)
 
 

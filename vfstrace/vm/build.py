@@ -1,27 +1,32 @@
-"""Build vfstrace's own 6.1 kernels: one with the 2011 dcache race, one without.
+"""Build vfstrace's own kernels: on each kernel line, one with the 2011 dcache race, one without.
 
 Every Debian kernel vfstrace boots is fixed, so a `race 0` there cannot tell
-a working detector from a blind one. These builds give it a real kernel
-that has the bug and a control that does not, from the same source and
-config:
+a working detector from a blind one. These builds give it real kernels that
+have the bug and controls that do not, from the same source and config, on
+each kernel line (``LINES``: 6.1 and 6.12 from the host's bookworm lists,
+5.10 from bullseye through the VM harness's private apt configuration):
 
-- ``6.1-control``: Debian's ``linux-source-6.1``, unmodified.
-- ``6.1-prepatch``: the same tree with ``kbuild/6.1-prepatch.patch``, which
-  reverts the modern form of "vfs: fix race in rcu lookup of pruned dentry"
-  (3.0, 2011) in fs/namei.c step_into() and records each spurious ENOENT
-  it causes (the ground truth; see the patch's header).
+- ``<line>-control``: Debian's ``linux-source-<line>``, unmodified.
+- ``<line>-prepatch``: the same tree with ``kbuild/<line>-prepatch.patch``,
+  which reverts that line's form of "vfs: fix race in rcu lookup of pruned
+  dentry" (3.0, 2011) in fs/namei.c and records each spurious ENOENT it
+  causes (the ground truth, the same interface on every line; see each
+  patch's header for where the check lives there).
 
-Both use ``kbuild/vfstrace.config`` over defconfig + kvm_guest.config, with
+All use ``kbuild/vfstrace.config`` (shared) merged with the line's own
+``kbuild/<line>.config`` where it has one (only the options whose names or
+choices differ on that line), over defconfig + kvm_guest.config, with
 everything a guest needs built in (9p, virtio, overlayfs), so the initramfs
 carries no modules, and IKHEADERS so BCC finds matching headers in
 /sys/kernel/kheaders.tar.xz (there is no headers package for them).
 
-Cost: a full build is ~17 CPU-minutes, so one tree serves both kernels: the
-first kernel asked for is built in full, the other by applying (or
-reversing) the patch and rebuilding incrementally (fs/namei.o, the few files
-that include the release string, relink, BTF). Results are cached under the
-VM cache by (source package version, config fragment, patch, recipe); a
-second build returns in seconds.
+Cost: a full build is ~17 CPU-minutes, so one tree per line serves both
+its kernels: the first kernel asked for is built in full, the other by
+applying (or reversing) the patch and rebuilding incrementally (fs/namei.o,
+the few files that include the release string, relink, BTF). Each line has
+its own unpacked tree and lock, so two lines build side by side. Results are
+cached under the VM cache by (source package and version, merged config
+fragment, patch, recipe); a second build returns in seconds.
 
 Nothing the user types reaches a shell or the kernel source: the kernel name
 is checked against a fixed list, and make, patch and tar get argv lists.
@@ -33,6 +38,7 @@ order of the others.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fcntl
 import hashlib
@@ -50,25 +56,63 @@ from pathlib import Path
 import click
 
 from vfstrace.errors import MissingDependency
-from vfstrace.vm.kernels import VmError, cache_dir
+from vfstrace.vm.kernels import SERIES, VmError, _apt_options, _apt_update, cache_dir
 
 log = logging.getLogger("vfstrace.vm")
 
 KBUILD = Path(__file__).resolve().parent / "kbuild"
-FRAGMENT = KBUILD / "vfstrace.config"
-SOURCE_PACKAGE = "linux-source-6.1"
-SOURCE_TARBALL = "usr/src/linux-source-6.1.tar.xz"
-TREE_NAME = "linux-source-6.1"
+FRAGMENT = KBUILD / "vfstrace.config"  # shared by every line
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """A kernel line vfstrace builds: its Debian source package and where apt finds it."""
+
+    name: str  # "6.12"
+    apt_series: str  # the vfstrace.vm.kernels.SERIES whose apt lists carry the source package
+
+    @property
+    def package(self) -> str:
+        return f"linux-source-{self.name}"
+
+    @property
+    def tarball(self) -> str:
+        return f"usr/src/{self.package}.tar.xz"
+
+    @property
+    def tree_name(self) -> str:
+        return self.package  # the tarball's top directory
+
+    @property
+    def fragment(self) -> Path:
+        """The line's own config fragment (only options that differ on it; may not exist)."""
+        return KBUILD / f"{self.name}.config"
+
+    @property
+    def lock_name(self) -> str:
+        return f".build-{self.name}.lock"
+
+
+# In the order `vm build --kernel all` builds them; 6.1 first (the line every
+# check ran on first), 5.10 last (bullseye's private lists; not in CI's all).
+LINES = {
+    "6.1": Line("6.1", "6.1"),
+    "6.12": Line("6.12", "6.12"),
+    "5.10": Line("5.10", "5.10"),
+}
+# What `--kernel all` builds: the lines CI builds and checks (the tests'
+# default VFSTRACE_VM_KERNEL_LINES); 5.10 is built by naming it.
+CI_LINES = ("6.1", "6.12")
 
 # Bump when the way a kernel is made changes (make targets, install layout),
 # so an old cached kernel is rebuilt rather than reused.
 RECIPE = "vfstrace-kbuild-1"
 
-# name -> patch applied to the tree (None: the unmodified source)
-BUILT = {
-    "6.1-control": None,
-    "6.1-prepatch": "6.1-prepatch.patch",
-}
+# name -> patch applied to its line's tree (None: the unmodified source);
+# per line, the control first (the full build), then the prepatch
+# (incremental)
+BUILT = {name: patch for ln in LINES
+         for name, patch in ((f"{ln}-control", None), (f"{ln}-prepatch", f"{ln}-prepatch.patch"))}
 
 # Free space a first build needs: the unpacked tree (~1.5 GB) plus objects
 # with DWARF for BTF (~4 GB), with room to spare.
@@ -97,17 +141,32 @@ def _fmt_s(secs: float) -> str:
     return f"{secs // 60}m{secs % 60:02d}s" if secs >= 60 else f"{secs}s"
 
 
+def choices() -> list[str]:
+    """What `vm build --kernel` accepts: each built kernel, each line (its two kernels), all."""
+    return [*BUILT, *LINES, "all"]
+
+
 def names(kernel: str) -> list[str]:
-    """The built kernels ``kernel`` stands for ("all": both, control first)."""
+    """The built kernels ``kernel`` stands for: a line, its control then its
+    prepatch; "all", those of CI's lines (CI_LINES), line by line."""
     if kernel == "all":
-        return list(BUILT)
+        return [n for n in BUILT if line_of(n).name in CI_LINES]
+    if kernel in LINES:
+        return [n for n in BUILT if line_of(n).name == kernel]
     if kernel not in BUILT:
-        raise BuildError(f"unknown kernel to build {kernel!r}: choose one of {', '.join(BUILT)} or all")
+        raise BuildError(f"unknown kernel to build {kernel!r}: choose one of {', '.join(choices())}")
     return [kernel]
 
 
 def is_built_name(kernel: str) -> bool:
     return kernel in BUILT
+
+
+def line_of(name: str) -> Line:
+    """The kernel line of a built kernel ("6.12-prepatch" -> 6.12)."""
+    if name not in BUILT:
+        raise BuildError(f"unknown kernel to build {name!r}: choose one of {', '.join(choices())}")
+    return LINES[name.rsplit("-", 1)[0]]
 
 
 def patch_path(name: str) -> Path | None:
@@ -120,13 +179,16 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def build_key(name: str, version: str) -> str:
-    """The cache key of one kernel: source version, config fragment, its patch, the recipe.
+    """The cache key of one kernel: source package and version, merged config fragment, its patch, the recipe.
 
     The control's key leaves the patch out, so editing the patch rebuilds
-    only the prepatch kernel.
+    only the prepatch kernel; a line's own fragment is in its keys only,
+    and a line without one (6.1) hashes the shared fragment alone, as
+    before lines had fragments of their own.
     """
+    line = line_of(name)
     h = hashlib.sha256()
-    for part in (RECIPE.encode(), SOURCE_PACKAGE.encode(), version.encode(), FRAGMENT.read_bytes()):
+    for part in (RECIPE.encode(), line.package.encode(), version.encode(), merged_fragment(line)):
         h.update(part + b"\0")
     pp = patch_path(name)
     h.update(pp.read_bytes() if pp else b"(unpatched)")
@@ -175,42 +237,50 @@ def check_tools() -> None:
         )
 
 
-def source_version() -> str:
-    """The candidate version of linux-source-6.1 in apt's lists (the cache key's first part)."""
-    r = _run(["apt-cache", "show", "--no-all-versions", SOURCE_PACKAGE])
+def _apt(line: Line) -> list[str]:
+    """apt's options for the line's lists: none for the host's (bookworm), the private bullseye ones for 5.10."""
+    series = SERIES[line.apt_series]
+    if series.suite is not None:
+        _apt_update(series)  # the private lists, made once (vm fetch makes the same)
+    return _apt_options(series)
+
+
+def source_version(line: Line) -> str:
+    """The candidate version of the line's linux-source package in apt's lists (the cache key's first part)."""
+    r = _run(["apt-cache", *_apt(line), "show", "--no-all-versions", line.package])
     m = re.search(r"^Version:\s*(\S+)", r.stdout, re.M)
     if r.returncode != 0 or not m:
-        debs = sorted((_cache_dir() / "debs").glob(f"{SOURCE_PACKAGE}_*_all.deb"))
+        debs = sorted((_cache_dir() / "debs").glob(f"{line.package}_*_all.deb"))
         if debs:  # offline, but downloaded before: use what is there
             return debs[-1].name.split("_")[1].replace("%3a", ":")
-        raise BuildError(f"apt knows no {SOURCE_PACKAGE} package (run apt-get update): {_last_line(r.stderr)}")
+        raise BuildError(f"apt knows no {line.package} package (run apt-get update): {_last_line(r.stderr)}")
     return m.group(1)
 
 
-def _deb(version: str) -> Path:
+def _deb(line: Line, version: str) -> Path:
     debs = _cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    path = debs / f"{SOURCE_PACKAGE}_{version.replace(':', '%3a')}_all.deb"
+    path = debs / f"{line.package}_{version.replace(':', '%3a')}_all.deb"
     if path.is_file():
         return path
-    _say(f"downloading {SOURCE_PACKAGE} {version} (~140 MB)")
-    r = _run(["apt-get", "download", f"{SOURCE_PACKAGE}={version}"], cwd=debs)
+    _say(f"downloading {line.package} {version} (~140 MB)")
+    r = _run(["apt-get", *_apt(line), "download", f"{line.package}={version}"], cwd=debs)
     if r.returncode != 0 or not path.is_file():
-        raise BuildError(f"apt-get download {SOURCE_PACKAGE}={version} failed: {_last_line(r.stderr)}")
+        raise BuildError(f"apt-get download {line.package}={version} failed: {_last_line(r.stderr)}")
     return path
 
 
-def _src_root(version: str) -> Path:
-    return _cache_dir() / "src" / f"{SOURCE_PACKAGE}_{version.replace(':', '%3a')}"
+def _src_root(line: Line, version: str) -> Path:
+    return _cache_dir() / "src" / f"{line.package}_{version.replace(':', '%3a')}"
 
 
-def source_tree(version: str) -> Path:
-    """Debian's 6.1 source (Debian's patches already applied), unpacked once."""
-    root = _src_root(version)
-    tree = root / TREE_NAME
+def source_tree(line: Line, version: str) -> Path:
+    """Debian's source of the line (Debian's patches already applied), unpacked once."""
+    root = _src_root(line, version)
+    tree = root / line.tree_name
     if (root / ".unpacked").is_file() and (tree / "Makefile").is_file():
         return tree
-    deb = _deb(version)
+    deb = _deb(line, version)
     free = shutil.disk_usage(_cache_dir()).free
     if free < NEED_FREE_BYTES:
         raise BuildError(f"{_cache_dir()} has {free >> 30} GiB free; a kernel build needs about {NEED_FREE_BYTES >> 30} GiB")
@@ -221,9 +291,9 @@ def source_tree(version: str) -> Path:
     r = _run(["dpkg-deb", "-x", str(deb), str(root / "deb")])
     if r.returncode != 0:
         raise BuildError(f"dpkg-deb -x {deb.name} failed: {_last_line(r.stderr)}")
-    tarball = root / "deb" / SOURCE_TARBALL
+    tarball = root / "deb" / line.tarball
     if not tarball.is_file():
-        raise BuildError(f"{deb.name} has no {SOURCE_TARBALL}")
+        raise BuildError(f"{deb.name} has no {line.tarball}")
     r = _run(["tar", "-xf", str(tarball), "-C", str(root)])
     if r.returncode != 0 or not (tree / "Makefile").is_file():
         raise BuildError(f"unpacking {tarball.name} failed: {_last_line(r.stderr)}")
@@ -237,25 +307,54 @@ def source_tree(version: str) -> Path:
 # config
 
 
-def fragment_options() -> dict[str, str]:
-    """CONFIG_X -> "y" or "n" as the fragment asks ("# CONFIG_X is not set" is "n")."""
+def _option(text_line: str) -> tuple[str, str] | None:
+    """("CONFIG_X", value) for a fragment line that sets an option, "n" for "# CONFIG_X is not set"."""
+    if m := re.fullmatch(r"(CONFIG_\w+)=(\S+)", text_line.strip()):
+        return m.group(1), m.group(2)
+    if m := re.fullmatch(r"# (CONFIG_\w+) is not set", text_line.strip()):
+        return m.group(1), "n"
+    return None
+
+
+def merge_fragments(shared: str, own: str | None, own_name: str = "the line's fragment") -> str:
+    """The shared fragment with a line's own over it: each option the line's
+    fragment sets is taken out of the shared text (a comment says where it
+    went) and the line's text follows, so every option is set once and
+    Kconfig never sees it reassigned. No line fragment: the shared text,
+    unchanged (byte for byte, so its cache keys are too)."""
+    if own is None:
+        return shared
+    mine = {o[0] for ln in own.splitlines() if (o := _option(ln))}
+    out = []
+    for ln in shared.splitlines():
+        o = _option(ln)
+        out.append(f"# ({o[0]}: set by {own_name} below)" if o and o[0] in mine else ln)
+    return "\n".join(out) + f"\n#\n# ---- {own_name} ----\n" + own
+
+
+def merged_fragment(line: Line) -> bytes:
+    """The whole fragment a line's kernels are configured with (the shared one, then the line's own)."""
+    own = line.fragment.read_text() if line.fragment.is_file() else None
+    return merge_fragments(FRAGMENT.read_text(), own, line.fragment.name).encode()
+
+
+def fragment_options(text: str | None = None) -> dict[str, str]:
+    """CONFIG_X -> "y" or "n" as the fragment asks ("# CONFIG_X is not set" is "n"); the shared fragment by default."""
     opts = {}
-    for line in FRAGMENT.read_text().splitlines():
-        if m := re.fullmatch(r"(CONFIG_\w+)=(\S+)", line.strip()):
-            opts[m.group(1)] = m.group(2)
-        elif m := re.fullmatch(r"# (CONFIG_\w+) is not set", line.strip()):
-            opts[m.group(1)] = "n"
+    for ln in (FRAGMENT.read_text() if text is None else text).splitlines():
+        if o := _option(ln):
+            opts[o[0]] = o[1]
     return opts
 
 
-def config_mismatches(config_text: str) -> list[str]:
-    """Options of the fragment that the final .config does not have as asked."""
+def config_mismatches(config_text: str, fragment_text: str | None = None) -> list[str]:
+    """Options of the fragment (the shared one by default) that the final .config does not have as asked."""
     have = {}
     for line in config_text.splitlines():
         if m := re.fullmatch(r"(CONFIG_\w+)=(\S+)", line.strip()):
             have[m.group(1)] = m.group(2)
     bad = []
-    for opt, want in fragment_options().items():
+    for opt, want in fragment_options(fragment_text).items():
         got = have.get(opt, "n")
         if (want == "n") != (got == "n") or (want != "n" and got != want):
             bad.append(f"{opt}={got} (asked {want})")
@@ -355,22 +454,32 @@ def _write_state(tree: Path, state: dict) -> None:
     _state_path(tree).write_text(json.dumps(state, indent=1) + "\n")
 
 
-def configure(tree: Path, log: Path) -> None:
-    """defconfig + kvm_guest.config + the fragment, then olddefconfig; verified option by option."""
-    frag_sha = _sha256_bytes(FRAGMENT.read_bytes())
+def configure(tree: Path, line: Line, log: Path) -> None:
+    """defconfig + kvm_guest.config + the line's merged fragment, then olddefconfig; verified option by option.
+
+    A line without a fragment of its own is configured from the shared
+    file itself; one with its own, from the merge written beside its tree.
+    """
+    merged = merged_fragment(line)
+    frag_sha = _sha256_bytes(merged)
     state = _read_state(tree)
     if state.get("config_sha256") == frag_sha and (tree / ".config").is_file():
         return
-    _say(f"configuring (defconfig + kvm_guest.config + {FRAGMENT.name})")
+    frag, label = FRAGMENT, FRAGMENT.name
+    if line.fragment.is_file():
+        frag = tree.parent / f"vfstrace-{line.name}.config"
+        frag.write_bytes(merged)
+        label = f"{FRAGMENT.name} + {line.fragment.name}"
+    _say(f"{line.name}: configuring (defconfig + kvm_guest.config + {label})")
     _make(tree, ["defconfig"], "defconfig", log)
     _make(tree, ["kvm_guest.config"], "kvm_guest.config", log)
-    r = _run([str(tree / "scripts/kconfig/merge_config.sh"), "-m", ".config", str(FRAGMENT)], cwd=tree)
+    r = _run([str(tree / "scripts/kconfig/merge_config.sh"), "-m", ".config", str(frag)], cwd=tree)
     if r.returncode != 0:
-        raise BuildError(f"merge_config.sh {FRAGMENT.name} failed: {_last_line(r.stderr or r.stdout)}")
+        raise BuildError(f"merge_config.sh {label} failed: {_last_line(r.stderr or r.stdout)}")
     _make(tree, ["olddefconfig"], "olddefconfig", log)
-    bad = config_mismatches((tree / ".config").read_text())
+    bad = config_mismatches((tree / ".config").read_text(), merged.decode())
     if bad:
-        raise BuildError(f"the kernel config dropped options of {FRAGMENT.name} (a Kconfig dependency): {', '.join(bad)}")
+        raise BuildError(f"the {line.name} kernel config dropped options of {label} (a Kconfig dependency): {', '.join(bad)}")
     state["config_sha256"] = frag_sha
     _write_state(tree, state)
 
@@ -465,15 +574,18 @@ def _install(tree: Path, name: str, version: str, key: str, log: Path, make_s: f
     for old in kdir.glob("initramfs-*.cpio.gz"):
         old.unlink(missing_ok=True)
     pp = patch_path(name)
+    line = line_of(name)
     man = {
         "series": name,
         "release": release,
-        "packages": [{"name": SOURCE_PACKAGE, "version": version, "arch": "all"}],
+        "packages": [{"name": line.package, "version": version, "arch": "all"}],
         "fetched": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "built": {
             "key": key,
             "recipe": RECIPE,
-            "config_fragment_sha256": _sha256_bytes(FRAGMENT.read_bytes()),
+            "line": line.name,
+            "config_fragments": [FRAGMENT.name] + ([line.fragment.name] if line.fragment.is_file() else []),
+            "config_fragment_sha256": _sha256_bytes(merged_fragment(line)),
             "patch": pp.name if pp else None,
             "patch_sha256": _sha256_bytes(pp.read_bytes()) if pp else None,
             "make_seconds": round(make_s, 1),
@@ -484,9 +596,17 @@ def _install(tree: Path, name: str, version: str, key: str, log: Path, make_s: f
 
 
 def build(kernel: str = "all", force: bool = False) -> list[dict]:
-    """Build (or find cached) the named kernel(s); return their manifests."""
+    """Build (or find cached) the named kernel(s), line by line; return their manifests."""
     want = names(kernel)
-    version = source_version()
+    out = []
+    for ln in dict.fromkeys(line_of(n).name for n in want):
+        out += _build_line(LINES[ln], [n for n in want if line_of(n).name == ln], force)
+    return out
+
+
+def _build_line(line: Line, want: list[str], force: bool) -> list[dict]:
+    """The kernels ``want`` of one line, from its one tree, under its lock."""
+    version = source_version(line)
     out, todo = [], []
     for name in want:
         man = load_manifest(name)
@@ -500,12 +620,12 @@ def build(kernel: str = "all", force: bool = False) -> list[dict]:
         return out
     check_tools()
     _cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(_cache_dir() / ".build-6.1.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one tree, one build at a time
+    with open(_cache_dir() / line.lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one tree per line, one build of it at a time
         t_all = time.monotonic()
-        tree = source_tree(version)
+        tree = source_tree(line, version)
         log = tree.parent / "build.log"
-        configure(tree, log)
+        configure(tree, line, log)
         for name in todo:
             key = build_key(name, version)
             man = load_manifest(name)
@@ -520,20 +640,23 @@ def build(kernel: str = "all", force: bool = False) -> list[dict]:
             _say(f"{name}: {man['release']} built in {_fmt_s(time.monotonic() - t0)} (make {_fmt_s(make_s)}) "
                  f"-> {kernel_dir(name)}")
             out.append(man)
-        _say(f"done in {_fmt_s(time.monotonic() - t_all)}")
+        _say(f"{line.name}: done in {_fmt_s(time.monotonic() - t_all)}")
     return out
 
 
 @click.command("build")
-@click.option("--kernel", "-k", type=click.Choice([*BUILT, "all"]), default="all", show_default=True)
+@click.option("--kernel", "-k", type=click.Choice(choices()), default="all", show_default=True,
+              help="A built kernel, a line (its control and prepatch: " + ", ".join(LINES) + "), or all "
+                   "(the lines CI checks: " + ", ".join(CI_LINES) + ").")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has this kernel.")
 def build_cmd(kernel, force):
-    """Build the 6.1 kernels with (prepatch) and without (control) the 2011 race.
+    """Build kernels with (prepatch) and without (control) the 2011 race, per kernel line.
 
-    From Debian's linux-source-6.1 (apt), with vfstrace's config fragment;
-    the prepatch kernel gets vfstrace/vm/kbuild/6.1-prepatch.patch. Cached
-    under $VFSTRACE_VM_CACHE: a second build returns at once. A first build
-    takes ~20 CPU-minutes and ~6 GB of disk.
+    From Debian's linux-source-<line> (apt: bookworm for 6.1 and 6.12,
+    bullseye for 5.10), with vfstrace's config fragment (and the line's
+    own); the prepatch kernel gets vfstrace/vm/kbuild/<line>-prepatch.patch.
+    Cached under $VFSTRACE_VM_CACHE: a second build returns at once. A
+    first build of a line takes ~10 CPU-minutes and ~6 GB of disk.
     """
     build(kernel, force=force)
     return 0

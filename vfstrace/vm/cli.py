@@ -42,11 +42,12 @@ from vfstrace.vm.kernels import (
 
 @click.group("vm")
 def vm_group():
-    """Boot Debian kernels 5.10, 6.1, 6.12 (and vfstrace's own 6.1 builds) under qemu.
+    """Boot Debian kernels 5.10, 6.1, 6.12 (and vfstrace's own builds of each line) under qemu.
 
     \b
     vfstrace vm fetch --kernel all          download kernels + matching headers
-    vfstrace vm build --kernel all          build 6.1-prepatch (the 2011 race) and 6.1-control
+    vfstrace vm build --kernel all          build 6.1- and 6.12-prepatch (the 2011 race) and -control
+    vfstrace vm build --kernel 5.10         build 5.10-prepatch and 5.10-control
     vfstrace vm list                        what is fetched and built
     vfstrace vm run --kernel 6.12 -- uname -r
     """
@@ -96,11 +97,11 @@ def list_cmd(as_json):
         if r["release"]:
             how = f"built from {r['package']}" + (f" + {r['patch']}" if r["patch"] else "") if r["source"] == "built" \
                 else r["package"]
-            click.echo(f"{r['kernel']:12} {r['release']:26} {how}  ({r['path']})")
+            click.echo(f"{r['kernel']:13} {r['release']:26} {how}  ({r['path']})")
         elif r["source"] == "built":
-            click.echo(f"{r['kernel']:12} not built (vfstrace vm build --kernel {r['kernel']})")
+            click.echo(f"{r['kernel']:13} not built (vfstrace vm build --kernel {r['kernel']})")
         else:
-            click.echo(f"{r['kernel']:12} not fetched (vfstrace vm fetch --kernel {r['kernel']})")
+            click.echo(f"{r['kernel']:13} not fetched (vfstrace vm fetch --kernel {r['kernel']})")
     ok, why = can_boot()
     click.echo(f"can boot: {'yes' if ok else 'no: ' + why}")
     return 0
