@@ -3,9 +3,17 @@
 Live-kernel and VM tests call :func:`need` for what they require. Where it is
 missing they skip with the reason printed; with VFSTRACE_STRICT=1 (set by CI)
 the same condition fails the test instead, so CI cannot pass by skipping.
+
+A test runs the CLI one of two ways: :func:`cli` in a subprocess
+(``VFSTRACE`` is its argv, to put before a command in any argv a test builds)
+or :func:`invoke` in-process over click's CliRunner. Test modules import
+these as ``from conftest import ...``: pytest puts tests/ on sys.path when it
+loads this file (rootdir conftest, default "prepend" import mode), whatever the
+working directory.
 """
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,8 +24,33 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 STRICT = os.environ.get("VFSTRACE_STRICT") == "1"
 
+# The CLI as the venv's interpreter runs it from this checkout: the same with or
+# without the console script installed (`make setup` installs .venv/bin/vfstrace).
+VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def cli(*args, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """``vfstrace ARGS`` in a subprocess: text output captured, run in the
+    checkout (``cwd=`` overrides), ``env`` merged over os.environ; other
+    keywords (``timeout=``, ``user=``...) go to subprocess.run."""
+    kw.setdefault("cwd", ROOT)
+    return subprocess.run([*VFSTRACE, *map(str, args)], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env}, **kw)
+
+
+def invoke(args, **kw):
+    """``vfstrace ARGS`` in this process (click's CliRunner), its
+    click.testing.Result; an exception other than SystemExit propagates
+    (``catch_exceptions=True`` to keep it in the result instead)."""
+    from click.testing import CliRunner
+
+    from vfstrace.cli import cli as group
+
+    kw.setdefault("catch_exceptions", False)
+    return CliRunner().invoke(group, [str(a) for a in args], **kw)
 
 
 def need(condition: bool, reason: str) -> None:

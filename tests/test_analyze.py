@@ -11,7 +11,11 @@ from vfstrace.report import analyze
 from vfstrace.events import ENOENT, Kind
 
 RACE = FIXTURES / "traces" / "race.jsonl"
-VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
+# On purpose the installed console script, not conftest.VFSTRACE: this is the
+# host test that `make setup` installed .venv/bin/vfstrace (pyproject's
+# [project.scripts] entry) and that it runs a command; every other CLI test
+# runs the checkout through conftest.cli / conftest.invoke.
+CONSOLE_SCRIPT = ROOT / ".venv" / "bin" / "vfstrace"
 
 
 def test_counts_lost_and_enoent_of_the_race_fixture():
@@ -106,12 +110,12 @@ def test_real_correlator_finds_the_evident_race():
 
 
 def test_cli_text_and_json():
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
-    r = subprocess.run([str(VFSTRACE), "analyze", str(RACE), "--json"], capture_output=True, text=True)
+    need(CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT} missing: run `make setup`")
+    r = subprocess.run([str(CONSOLE_SCRIPT), "analyze", str(RACE), "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["events"] == 17 and s["lost"]["total"] == 3
-    r2 = subprocess.run([str(VFSTRACE), "analyze", str(RACE)], capture_output=True, text=True)
+    r2 = subprocess.run([str(CONSOLE_SCRIPT), "analyze", str(RACE)], capture_output=True, text=True)
     assert r2.returncode == 0 and "events by kind" in r2.stdout and "LOST EVENTS" in r2.stdout
     if s["verdicts"]["available"]:
         assert s["verdicts"]["counts"].get("race") == 1

@@ -1,20 +1,16 @@
 """The one-sentence answer that watch, analyze and report begin with."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FIXTURES, ROOT, need, need_tracing
+from conftest import FIXTURES, cli, need_tracing
 from vfstrace.report.answer import answer, first_paths
 from vfstrace.watch import render_summary
 
 RACE = FIXTURES / "traces" / "race.jsonl"
-VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
 TP = "(tracepoint tier: syscall-level evidence; `vfstrace doctor` says why no kprobes)"
 
 
@@ -76,10 +72,9 @@ def test_watch_summary_begins_with_it():
 
 
 def test_analyze_and_report_begin_with_the_same_sentence():
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     first = []
     for cmd in (["analyze"], ["report"]):
-        r = subprocess.run([str(VFSTRACE), *cmd, str(RACE)], capture_output=True, text=True, timeout=120)
+        r = cli(*cmd, str(RACE), timeout=120)
         assert r.returncode == 0, r.stderr
         first.append(r.stdout.splitlines()[0])
     assert first[0] == first[1]
@@ -97,17 +92,14 @@ def test_watch_summary_begins_with_the_answer_live(tmp_path):
     shutil.copy("/usr/bin/stat", exe)
     missing = tmp_path / "no-such-file"
     loop = f"for i in 1 2 3 4 5; do {exe} {missing} 2>/dev/null; done"
-    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "watch", "--json", "-c", exe.name, "-d", "60",
-                        "--", "sh", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "LC_ALL": "C"})
+    r = cli("watch", "--json", "-c", exe.name, "-d", "60", "--", "sh", "-c", loop, timeout=240, env={"LC_ALL": "C"})
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.splitlines()[-1])
     assert summary["type"] == "summary" and summary["answer"].startswith("No lookup/prune race seen: ")
     judged = int(re.search(r"seen: ([\d,]+) failed lookups?", summary["answer"]).group(1).replace(",", ""))
     assert judged == sum(summary["verdicts"].values()) >= 5
     assert f"({summary['tier']} tier" in summary["answer"]
-    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "watch", "-c", exe.name, "-d", "60",
-                        "--", "sh", "-c", loop], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    r = cli("watch", "-c", exe.name, "-d", "60", "--", "sh", "-c", loop, timeout=240)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("No lookup/prune race seen: ")
 

@@ -2,18 +2,15 @@
 
 import json
 import os
-import subprocess
 
-from conftest import ROOT, is_root, need
-
-VFSTRACE = str(ROOT / ".venv" / "bin" / "vfstrace")
+from conftest import cli, is_root, need
 
 
 def run(*args, user=None):
     kw = {}
     if user is not None:
         kw["preexec_fn"] = lambda: (os.setgid(user), os.setuid(user))
-    return subprocess.run([VFSTRACE, *args], capture_output=True, text=True, timeout=120, **kw)
+    return cli(*args, timeout=120, **kw)
 
 
 def test_doctor_json_matches_this_kernel():

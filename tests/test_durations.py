@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import invoke
 from vfstrace.cli import main
 
 # (argv before the value, argv after it): each command that takes a duration
@@ -30,10 +31,6 @@ def test_bad_duration_is_one_line_exit_2(before, after, value, capsys):
 
 def test_messages_name_only_options_that_exist():
     """The advice on lost events names --ring-pages: record, watch and selftest take it."""
-    from click.testing import CliRunner
-
-    from vfstrace.cli import cli
-
     for cmd in ("record", "watch", "selftest"):
-        r = CliRunner().invoke(cli, [cmd, "--help"])
+        r = invoke([cmd, "--help"])
         assert "--ring-pages" in r.output, cmd

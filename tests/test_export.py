@@ -1,17 +1,15 @@
 """`vfstrace export --format perfetto`: Chrome trace-event JSON that Perfetto accepts."""
 
 import json
-import subprocess
 from collections import defaultdict
 
 import pandas as pd
 
-from conftest import FIXTURES, ROOT, need
+from conftest import FIXTURES, cli
 from vfstrace import store
 from vfstrace.report import perfetto as export
 
 RACE = FIXTURES / "traces" / "race.jsonl"
-VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
 
 
 def check_well_formed(doc):
@@ -79,19 +77,16 @@ def test_verdicts_marked(tmp_path):
 
 
 def test_cli(tmp_path):
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     # --format like report's; the first release's --perfetto flag still works and writes the same file.
     bodies = []
     for flag in (["--format", "perfetto"], ["--perfetto"]):
         out = tmp_path / "cli.json"
-        r = subprocess.run([str(VFSTRACE), "export", *flag, str(RACE), "-o", str(out)], capture_output=True,
-                           text=True)
+        r = cli("export", *flag, str(RACE), "-o", str(out))
         assert r.returncode == 0, r.stderr
         check_well_formed(json.loads(out.read_text()))
         bodies.append(out.read_text())
     assert bodies[0] == bodies[1]
-    r = subprocess.run([str(VFSTRACE), "export", "--format", "csv", str(RACE), "-o", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    r = cli("export", "--format", "csv", str(RACE), "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "--format" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -105,7 +100,6 @@ DRIVING = set("\x7f\u061c\u200e\u2028\u2029") | {chr(c) for c in (*range(0x80, 0
 
 def test_written_json_escapes_what_drives_a_terminal(tmp_path):
     # `cat` of a converted trace or an export used to recolour the terminal or reverse a name.
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     df = store.load(RACE)
     df["name"] = [TERMINAL_DRIVING[i % len(TERMINAL_DRIVING)] + n for i, n in enumerate(df["name"])]
     df["comm"] = df["comm"] + "\u202e"
@@ -113,7 +107,7 @@ def test_written_json_escapes_what_drives_a_terminal(tmp_path):
     store.save(df, src)
     j, p = tmp_path / "t.jsonl", tmp_path / "p.json"
     for argv in (["convert", str(src), str(j)], ["export", "--perfetto", str(src), "-o", str(p)]):
-        r = subprocess.run([str(VFSTRACE), *argv], capture_output=True, text=True)
+        r = cli(*argv)
         assert r.returncode == 0, r.stderr
     for f in (j, p):
         text = f.read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ROOT
+from conftest import ROOT
 from vfstrace.vm import build, groundtruth
 
 DETECTOR_DIRS = ["tracers", "bpf", "vfstrace/correlate", "vfstrace/kernel", "vfstrace/watch.py"]

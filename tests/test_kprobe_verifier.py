@@ -9,7 +9,7 @@ the program uses comes from this kernel's BTF, but LOOKUP_RCU and BCC's own
 includes are the 6.1 headers', so nothing read through them is trusted for
 tracing (load() refuses non-matching headers; only verify() accepts them).
 The same programs attach and run in VMs on 5.10, 6.1 and 6.12
-(tests/vm/test_kprobe_vm.py).
+(tests/test_kprobe_vm.py).
 """
 
 from __future__ import annotations

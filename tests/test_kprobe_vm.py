@@ -158,7 +158,7 @@ def test_fixed_kernel_retries_are_its_own(kernel):
 
     Under emulation an unwidened 40 s run sees between 1 and ~20 -ECHILD
     walks (measured: 5.10 21, 6.1 9, 6.12 1), so their number is printed,
-    not required here: the widened selftest (tests/vm/test_selftest_vm.py)
+    not required here: the widened selftest (tests/test_selftest_vm.py)
     is where `retried` must be plentiful. What must hold in every run: the
     kernel re-checks d_seq (re-check sites fire), every walk the correlator
     calls `retried` cites the kernel's own retry (a failed re-check or an

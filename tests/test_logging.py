@@ -5,12 +5,10 @@ import logging
 import os
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, invoke
 from tracers import BuildError, build_bpf
 from vfstrace import log
-from vfstrace.cli import cli
 
 # A clang failure as libbcc writes it to fd 2: a screenful of header warnings,
 # the error, and a long tail (a verifier log runs to thousands of lines).
@@ -62,10 +60,10 @@ def test_with_v_the_whole_log_reaches_stderr(vfstrace_logger, capfd):
 
 def test_cli_v_sets_debug_and_default_is_info(vfstrace_logger):
     trace = str(FIXTURES / "traces" / "race.jsonl")
-    r = CliRunner().invoke(cli, ["-v", "analyze", trace, "--no-verdicts"])
+    r = invoke(["-v", "analyze", trace, "--no-verdicts"])
     assert r.exit_code == 0, r.output
     assert vfstrace_logger.getEffectiveLevel() == logging.DEBUG
-    r = CliRunner().invoke(cli, ["analyze", trace, "--no-verdicts"])
+    r = invoke(["analyze", trace, "--no-verdicts"])
     assert r.exit_code == 0 and vfstrace_logger.getEffectiveLevel() == logging.INFO
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import readme
 import test_prepatch_vm
-from conftest import ROOT, is_root, need
+from conftest import ROOT, cli, is_root, need
 
 EXAMPLES = readme.examples()
 GUEST = [e for e in EXAMPLES if e.where == "guest"]
@@ -73,8 +73,7 @@ def test_ci_example_is_what_ci_runs(ex):
 
 def test_python_example_runs(tmp_path):
     ex = next(e for e in EXAMPLES if e.where == "python")
-    sim = subprocess.run([sys.executable, "-m", "vfstrace.cli", "simulate", "-d", "2", "-o", "run.vft"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    sim = cli("simulate", "-d", "2", "-o", "run.vft", cwd=tmp_path, timeout=300)
     assert sim.returncode == 0, sim.stderr
     r = subprocess.run([sys.executable, "-c", ex.command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ex.check(r.returncode, r.stdout + r.stderr) == [], r.stdout + r.stderr

@@ -1,8 +1,6 @@
 """The recorder owns the event stream: one id per row, one LOST row per loss, live verdicts = analyze's."""
 
 import json
-import subprocess
-import sys
 import time
 import types
 
@@ -10,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import VFSTRACE, cli
 from tracers import Tracer
 from vfstrace.correlate import StreamingCorrelator, correlate
 from vfstrace.events import Kind, empty_frame
@@ -18,8 +16,6 @@ from vfstrace.options import TraceOptions
 from vfstrace.recorder import Recorder
 from vfstrace.store import TraceWriter, load, read_meta
 from vfstrace.workload.simulate import simulate
-
-VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 
 
 class LossyTracer(Tracer):
@@ -90,10 +86,6 @@ def _record(tmp_path, semantics="buggy"):
     return path, tracer, rec, pd.concat(live, ignore_index=True)
 
 
-def _cli(*args):
-    return subprocess.run([*VFSTRACE, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-
-
 def test_losses_become_one_lost_row_each_and_ids_stay_unique(tmp_path):
     path, tracer, rec, _ = _record(tmp_path)
     df = load(path)
@@ -126,20 +118,20 @@ def test_live_verdicts_equal_analyze_of_the_trace(tmp_path):
 def test_lossy_trace_analyses_reports_exports_and_selftests(tmp_path):
     path, tracer, _, _ = _record(tmp_path, semantics="fixed")
     dropped = sum(tracer.counts.values())
-    a = _cli("analyze", str(path))
+    a = cli("analyze", str(path), timeout=300)
     assert a.returncode == 0, a.stderr
     assert a.stdout.count(f"LOST EVENTS: {dropped:,} dropped") == 1
-    j = _cli("analyze", "--json", str(path))
+    j = cli("analyze", "--json", str(path), timeout=300)
     assert j.returncode == 0, j.stderr
     s = json.loads(j.stdout)
     assert s["lost"]["total"] == dropped and s["lost"]["records"] == tracer.losses
-    r = _cli("report", str(path), "--format", "html", "-o", str(tmp_path / "r.html"))
+    r = cli("report", str(path), "--format", "html", "-o", str(tmp_path / "r.html"), timeout=300)
     assert r.returncode == 0, r.stderr
-    e = _cli("export", "--perfetto", str(path), "-o", str(tmp_path / "p.json"))
+    e = cli("export", "--perfetto", str(path), "-o", str(tmp_path / "p.json"), timeout=300)
     assert e.returncode == 0, e.stderr
     lost_marks = [x for x in json.loads((tmp_path / "p.json").read_text())["traceEvents"] if x.get("cat") == "lost"]
     assert len(lost_marks) == tracer.losses
-    st = _cli("selftest", "--from-trace", str(path))
+    st = cli("selftest", "--from-trace", str(path), timeout=300)
     # a fixed kernel never FAILs (1), and a readable trace is no error
     assert st.returncode in (0, 2), st.stdout + st.stderr
     assert "error" not in st.stderr
@@ -176,8 +168,8 @@ def test_live_verdicts_equal_analyze_on_this_kernel(tmp_path):
 
     need_tracing()
     trace = tmp_path / "live.vft"
-    r = _cli("record", "--json", "-o", str(trace), "--", sys.executable, "-m", "vfstrace.cli", "stress", "-d", "6",
-             "--churn", "--files", "200", "-j", "1", "--pressure", "none", "--workdir", "/var/tmp")
+    r = cli("record", "--json", "-o", str(trace), "--", *VFSTRACE, "stress", "-d", "6", "--churn", "--files", "200",
+            "-j", "1", "--pressure", "none", "--workdir", "/var/tmp", timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     df = load(trace)

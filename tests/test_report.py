@@ -2,17 +2,15 @@
 
 import html.parser
 import json
-import subprocess
 
 import pandas as pd
 
-from conftest import FIXTURES, ROOT, need
+from conftest import FIXTURES, cli
 from vfstrace import store
 from vfstrace.report import correlated as report
 
 ESCAPE = FIXTURES / "traces" / "escape.jsonl"
 RACE = FIXTURES / "traces" / "race.jsonl"
-VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
 EVIL = "<script>alert(1)</script>"
 
 
@@ -77,11 +75,9 @@ def test_without_verdicts_says_so():
 
 
 def test_cli_formats(tmp_path):
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     for fmt in ("text", "html", "json"):
         out = tmp_path / f"r.{fmt}"
-        r = subprocess.run([str(VFSTRACE), "report", str(ESCAPE), "--format", fmt, "-o", str(out)],
-                           capture_output=True, text=True)
+        r = cli("report", str(ESCAPE), "--format", fmt, "-o", str(out))
         assert r.returncode == 0, r.stderr
         body = out.read_text()
         assert body

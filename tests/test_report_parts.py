@@ -10,9 +10,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import FIXTURES
+from conftest import FIXTURES, cli, invoke
 from vfstrace import store
 from vfstrace.correlate import correlate
 from vfstrace.correlate.parts import Disorder
@@ -55,13 +54,6 @@ def _same_report(path, **kw):
     assert report.render_text(term_tree(a)) == report.render_text(term_tree(b))
     assert report.render_html(a) == report.render_html(b)
     return a
-
-
-def _cli(args):
-    from vfstrace.cli import cli
-
-    r = CliRunner().invoke(cli, args, catch_exceptions=False)
-    return r.exit_code, r.output
 
 
 @pytest.mark.parametrize("seed,delivery,loss", [(1, "ts", 0.0), (2, "percpu", 0.0), (3, "percpu", 0.01)])
@@ -118,13 +110,13 @@ def test_report_parts_on_recorded_fixtures_cut_into_parts(tmp_path, name):
 
 def test_report_command_reads_parts_and_prints_the_whole_trace_report(tmp_path):
     p, _, _ = _sim(tmp_path, 6)
-    rc, out = _cli(["report", str(p), "--format", "json", "--limit", "7"])
-    assert rc == 0 and out == json.dumps(_whole_report(p, limit=7), indent=1, default=report._json_default) + "\n"
-    rc, out = _cli(["report", str(p)])
-    assert rc == 0 and out == report.render_text(term_tree(_whole_report(p)))
+    r = invoke(["report", p, "--format", "json", "--limit", "7"])
+    assert r.exit_code == 0 and r.output == json.dumps(_whole_report(p, limit=7), indent=1,
+                                                       default=report._json_default) + "\n"
+    r = invoke(["report", p])
+    assert r.exit_code == 0 and r.output == report.render_text(term_tree(_whole_report(p)))
     o = tmp_path / "r.html"
-    rc, _ = _cli(["report", str(p), "--format", "html", "-o", str(o)])
-    assert rc == 0 and (o.stat().st_mode & 0o777) == 0o600
+    assert invoke(["report", p, "--format", "html", "-o", o]).exit_code == 0 and (o.stat().st_mode & 0o777) == 0o600
     assert o.read_text() == report.render_html(_whole_report(p))
 
 
@@ -147,8 +139,8 @@ def test_report_falls_back_to_the_whole_load(tmp_path):
     next(iter(_write(tmp_path / "s.vft", simulate(8, duration_ns=5_000_000)[0]).glob("part-*.parquet"))).rename(single)
     for path in (falling, jsonl, single):
         assert report.report_parts(path) is None
-        rc, out = _cli(["report", str(path), "--format", "json"])
-        assert rc == 0 and json.loads(out) == json.loads(_dump(_whole_report(path)))
+        r = invoke(["report", path, "--format", "json"])
+        assert r.exit_code == 0 and json.loads(r.output) == json.loads(_dump(_whole_report(path)))
 
 
 def _phased(tmp_path, seed, *, lost_total=None, **kw):
@@ -236,16 +228,13 @@ def test_an_empty_trace_directory(tmp_path, monkeypatch):
 
 
 def test_a_damaged_part_is_one_error_line(tmp_path):
-    import subprocess
-    import sys
-
     p, _, _ = _sim(tmp_path, 18)
     part = p / "part-000002.parquet"
     raw = bytearray(part.read_bytes())
     raw[len(raw) // 3] ^= 0xFF  # inside a column chunk's pages: the checksum catches it
     part.write_bytes(bytes(raw))
     for args in (["report", str(p)], ["selftest", "--from-trace", str(p)]):
-        r = subprocess.run([sys.executable, "-m", "vfstrace.cli", *args], capture_output=True, text=True)
+        r = cli(*args)
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("vfstrace: error:") and "part-000002.parquet" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1

@@ -11,9 +11,8 @@ import json
 import math
 
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import is_root, need
+from conftest import cli, invoke, is_root, need
 from vfstrace import selftest
 from vfstrace.selftest import FAIL, INCONCLUSIVE, PASS, Phase
 
@@ -83,9 +82,8 @@ def sim_traces(tmp_path_factory):
 
 
 def _run(args):
-    from vfstrace.cli import cli
-
-    r = CliRunner().invoke(cli, args, standalone_mode=False, catch_exceptions=False)
+    """The command's exit code as main() would return it (standalone_mode=False), and its output."""
+    r = invoke(args, standalone_mode=False)
     return r.return_value, r.output
 
 
@@ -136,36 +134,26 @@ def test_detector_check(sim_traces):
 
 
 def test_from_trace_bad_file_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "selftest", "--from-trace", str(bad)],
-                       capture_output=True, text=True)
+    r = cli("selftest", "--from-trace", str(bad))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.startswith("vfstrace: error:") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bad_widen_is_one_line():
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "selftest", "--widen", "5ms"],
-                       capture_output=True, text=True)
+    r = cli("selftest", "--widen", "5ms")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--widen" in r.stderr
 
 
 @pytest.mark.live
 def test_refused_without_kprobes_in_one_line():
     import os
-    import subprocess
-    import sys
 
     need(is_root(), "the live selftest needs root")
     need(not os.path.exists("/sys/bus/event_source/devices/kprobe"),
-         "this kernel has kprobes; the refusal is for kernels without (tests/vm covers the live run)")
-    r = subprocess.run([sys.executable, "-m", "vfstrace.cli", "selftest", "-d", "1"], capture_output=True, text=True)
+         "this kernel has kprobes; the refusal is for kernels without (tests/test_selftest_vm.py covers the live run)")
+    r = cli("selftest", "-d", "1")
     assert r.returncode == 4
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "selftest needs kprobes" in lines[0]

@@ -17,12 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, ROOT, need, write_parts
+from conftest import FIXTURES, ROOT, cli, need, write_parts
 from vfstrace import store
 from vfstrace.errors import TraceFormatError, VfstraceError
 from vfstrace.events import COLUMNS, NUMPY_DTYPES, SCHEMA_VERSION, Kind
 
-VFSTRACE = ROOT / ".venv" / "bin" / "vfstrace"
 PY = ROOT / ".venv" / "bin" / "python"
 
 
@@ -139,15 +138,14 @@ def test_jsonl_both_ways(trace, tmp_path):
 
 
 def test_convert_command(trace, tmp_path):
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     path, expected = trace
     j = tmp_path / "c.jsonl"
     v = tmp_path / "c.vft"
     for src, dst in ((path, j), (j, v)):
-        r = subprocess.run([str(VFSTRACE), "convert", str(src), str(dst)], capture_output=True, text=True)
+        r = cli("convert", str(src), str(dst))
         assert r.returncode == 0, r.stderr
     pd.testing.assert_frame_equal(canon(store.load(v)), expected)
-    r = subprocess.run([str(VFSTRACE), "convert", str(path), str(j)], capture_output=True, text=True)
+    r = cli("convert", str(path), str(j))
     assert r.returncode != 0 and "already exists" in r.stderr
 
 
@@ -338,10 +336,9 @@ def test_bad_inputs_raise_trace_format_error(trace, tmp_path):
 
 
 def test_bad_inputs_through_the_cli(trace, tmp_path):
-    need(VFSTRACE.exists(), f"{VFSTRACE} missing: run `make setup`")
     path, _ = trace
     for what, p in _bad_inputs(tmp_path, path).items():
-        r = subprocess.run([str(VFSTRACE), "analyze", str(p)], capture_output=True, text=True)
+        r = cli("analyze", str(p))
         assert r.returncode != 0, what
         assert "Traceback" not in r.stderr, (what, r.stderr)
         lines = r.stderr.strip().splitlines()

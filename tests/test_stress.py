@@ -3,12 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, is_root, need, need_kernel_without_kprobes
+from conftest import ROOT, VFSTRACE, cli, is_root, need, need_kernel_without_kprobes
 from vfstrace.workload.stress import CP_ENOENT, fs_type, generate_tree, list_files, pick_workdir
 
 
@@ -31,19 +30,15 @@ def test_workdir_avoids_tmpfs_or_says_so():
     assert (fs_type(d) not in ("tmpfs", "ramfs")) or notice
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "vfstrace.cli", *args], capture_output=True, text=True, cwd=ROOT, **kw)
-
-
 def test_bad_flag_is_one_line():
-    r = _cli("stress", "--workdir", "/nonexistent/dir", "-d", "1")
+    r = cli("stress", "--workdir", "/nonexistent/dir", "-d", "1")
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "workdir" in r.stderr
 
 
 @pytest.mark.parametrize("delay", ["200", "2ms", "200us; rm -rf /", "0.1us"])
 def test_bad_widen_delay_is_one_line(delay):
-    r = _cli("stress", "--widen", delay, "-d", "1")
+    r = cli("stress", "--widen", delay, "-d", "1")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--widen" in r.stderr
 
@@ -52,8 +47,8 @@ def test_bad_widen_delay_is_one_line(delay):
 def test_stress_widen_refused_without_kprobes_before_anything_starts(tmp_path):
     """Widening needs a probe inside the path walk: on a kernel without
     kprobes one line, exit 4 (no usable tier), and no tree, no cgroup."""
-    need_kernel_without_kprobes("widening would run here (tested in the VMs: tests/vm/test_widen_vm.py)")
-    r = _cli("stress", "--widen", "200us", "-d", "5", "--workdir", str(tmp_path), timeout=60)
+    need_kernel_without_kprobes("widening would run here (tested in the VMs: tests/test_widen_vm.py)")
+    r = cli("stress", "--widen", "200us", "-d", "5", "--workdir", str(tmp_path), timeout=60)
     assert r.returncode == 4, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--widen needs kprobes" in r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -63,7 +58,7 @@ def test_stress_widen_refused_without_kprobes_before_anything_starts(tmp_path):
 def test_stress_20s_leaves_nothing_behind(tmp_path):
     need(is_root(), "needs root for memory pressure (drop_caches / cgroup)")
     need(fs_type(str(tmp_path)) not in ("tmpfs", "ramfs"), f"{tmp_path} is tmpfs: dentries never pruned")
-    r = _cli("stress", "-d", "20", "--churn", "--workdir", str(tmp_path), "--json", timeout=120)
+    r = cli("stress", "-d", "20", "--churn", "--workdir", str(tmp_path), "--json", timeout=120)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["copy_rounds"] >= 1 and res["files_copied"] > 0
@@ -81,8 +76,8 @@ def test_sigterm_while_the_tree_is_generated_still_cleans_up(tmp_path):
     import signal
     import time
 
-    p = subprocess.Popen([sys.executable, "-m", "vfstrace.cli", "stress", "-d", "60", "--files", "200000",
-                          "--pressure", "none", "--workdir", str(tmp_path)],
+    p = subprocess.Popen([*VFSTRACE, "stress", "-d", "60", "--files", "200000", "--pressure", "none",
+                          "--workdir", str(tmp_path)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 60
     src = None

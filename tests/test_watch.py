@@ -1,7 +1,6 @@
 """`vfstrace watch` / `record`: lifecycle, one-line failures, traces that survive signals."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,13 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, is_root, need, need_kernel_without_kprobes, need_tracing
-
-VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
-
-
-def _cli(*args, **kw):
-    return subprocess.run([*VFSTRACE, *args], capture_output=True, text=True, cwd=ROOT, **kw)
+from conftest import ROOT, VFSTRACE, cli, is_root, need, need_kernel_without_kprobes, need_tracing
 
 
 def _one_line_error(r):
@@ -27,12 +20,12 @@ def _one_line_error(r):
 
 
 def test_bad_comm_is_one_line():
-    _one_line_error(_cli("watch", "-c", "x" * 40, "-d", "1"))
+    _one_line_error(cli("watch", "-c", "x" * 40, "-d", "1"))
 
 
 def test_not_root_is_one_line():
     need(is_root(), "needs root to drop to an unprivileged user")
-    r = _cli("watch", "-d", "1", user=65534, env={**os.environ, "HOME": "/tmp"})
+    r = cli("watch", "-d", "1", user=65534, env={"HOME": "/tmp"})
     _one_line_error(r)
     assert "root" in r.stderr
 
@@ -40,7 +33,7 @@ def test_not_root_is_one_line():
 @pytest.mark.live
 def test_kprobe_tier_refused_here_in_one_line():
     need_kernel_without_kprobes("the refusal is not expected here")
-    r = _cli("watch", "--tier", "kprobe", "-d", "1")
+    r = cli("watch", "--tier", "kprobe", "-d", "1")
     _one_line_error(r)
     assert "kprobe" in r.stderr
 
@@ -48,7 +41,7 @@ def test_kprobe_tier_refused_here_in_one_line():
 @pytest.mark.live
 def test_auto_falls_back_to_tracepoint_dry_run():
     need_kernel_without_kprobes("auto would not fall back")
-    r = _cli("watch", "--dry-run", "--json")
+    r = cli("watch", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["tier"] == "tracepoint"
@@ -61,7 +54,7 @@ def test_auto_falls_back_to_tracepoint_dry_run():
 @pytest.mark.live
 def test_ebpf_prints_program_with_numeric_filters_only():
     need_tracing()
-    r = _cli("watch", "--ebpf", "-c", "zq9\"*/x", "--path-prefix", "/tmp/\"; zq8")
+    r = cli("watch", "--ebpf", "-c", "zq9\"*/x", "--path-prefix", "/tmp/\"; zq8")
     assert r.returncode == 0, r.stderr
     assert "TRACEPOINT_PROBE(kmem, kmem_cache_free)" in r.stdout
     assert "zq9" not in r.stdout and "zq8" not in r.stdout  # user text never reaches C
@@ -75,7 +68,7 @@ def test_record_command_traces_its_enoent(tmp_path):
     missing = str(tmp_path / f"missing-{uuid.uuid4().hex}")
     trace = tmp_path / "t.trace"
     code = f"import os,time\ntime.sleep(0.3)\nprint(os.getpid())\nfor _ in range(5):\n  os.path.exists({missing!r})\n"
-    r = _cli("record", "-o", str(trace), "-d", "60", "--", sys.executable, "-c", code)
+    r = cli("record", "-o", str(trace), "-d", "60", "--", sys.executable, "-c", code)
     assert r.returncode == 0, r.stderr
     child_pid = int(r.stdout.splitlines()[0])
     meta = read_meta(trace)

@@ -3,7 +3,7 @@
 The host kernel cannot attach kprobes, but it still verifies kprobe-type
 programs, so loading (without attaching) proves the bounded busy-wait is
 accepted by a real verifier. Attaching and delaying are proven in the VM
-tests (tests/vm/test_selftest_vm.py).
+tests (tests/test_selftest_vm.py).
 """
 
 import os
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from bpf import INCLUDE
-from tests.conftest import FIXTURES, is_root, need
+from conftest import FIXTURES, is_root, need
 from tracers import widen
 from vfstrace.errors import TierUnavailable, VfstraceError
 

@@ -9,9 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, is_root, need, need_tracing
-
-VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
+from conftest import ROOT, VFSTRACE, cli, is_root, need, need_tracing
 
 STARTER = r"""
 import sys, time
@@ -84,8 +82,7 @@ def test_bad_output_refused_before_load_and_workload(tmp_path, case):
     else:
         out = "/dev/full"
     try:
-        r = subprocess.run([*VFSTRACE, "record", "-o", str(out), "--", "touch", str(marker)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        r = cli("record", "-o", str(out), "--", "touch", str(marker), timeout=120)
     finally:
         if mounted is not None:
             subprocess.run(["umount", str(mounted)], check=True)
@@ -135,8 +132,7 @@ def test_sigkill_of_record_ends_its_command(tmp_path):
 def test_sigkill_of_record_ends_stress_which_cleans_up(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    argv = [sys.executable, "-m", "vfstrace.cli", "stress", "-d", "120", "--files", "200", "-j", "1",
-            "--pressure", "none", "--workdir", str(work)]
+    argv = [*VFSTRACE, "stress", "-d", "120", "--files", "200", "-j", "1", "--pressure", "none", "--workdir", str(work)]
     pid, _ = _sigkill_recorder(tmp_path, argv, lambda k: b"stress" in _cmdline(k),
                                ready=lambda: any(work.iterdir()))  # its trees exist when the recorder dies
     assert _gone_within(pid, 30)
@@ -177,9 +173,8 @@ def test_record_ends_a_daemon_its_command_left(tmp_path):
     """The command exits, leaving a child in a session of its own: record's stop ends it too."""
     need_tracing()
     tag = f"{500 + uuid.uuid4().int % 100}.5"
-    r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", "-o", str(tmp_path / "d.vft"), "--",
-                        "sh", "-c", f"setsid sleep {tag} >/dev/null 2>&1 < /dev/null & sleep 1; exit 0"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=180)
+    r = cli("record", "--tier", "tracepoint", "-o", str(tmp_path / "d.vft"), "--",
+            "sh", "-c", f"setsid sleep {tag} >/dev/null 2>&1 < /dev/null & sleep 1; exit 0", timeout=180)
     assert r.returncode == 0, r.stderr
     end = time.monotonic() + 5
     while time.monotonic() < end and _pids_with(tag):
@@ -196,9 +191,8 @@ def test_disk_full_stops_record_with_one_line_and_ends_the_workload(tmp_path):
     tag = f"{600 + uuid.uuid4().int % 100}.5"
     gen = ("import os\nfor i in range(50_000_000):\n    os.path.exists('/nonexistent/full-%d' % i)\n")
     try:
-        r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", "-o", str(full / "t.vft"), "--",
-                            "sh", "-c", f"sleep {tag} & {sys.executable} -c \"{gen}\""],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = cli("record", "--tier", "tracepoint", "-o", str(full / "t.vft"), "--",
+                "sh", "-c", f"sleep {tag} & {sys.executable} -c \"{gen}\"", timeout=300)
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vfstrace: error:")]
         assert r.returncode != 0 and len(errors) == 1 and "No space left" in errors[0], r.stderr
         assert "Traceback" not in r.stderr

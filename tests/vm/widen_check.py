@@ -9,7 +9,7 @@ left after close() (kprobes still registered, BPF programs still loaded,
 cgroups still there). Then, unless --no-stress, `vfstrace stress --widen`
 runs for STRESS seconds and its JSON result and the leftovers follow.
 
-The host-side test (tests/vm/test_widen_vm.py) makes the assertions.
+The host-side test (tests/test_widen_vm.py) makes the assertions.
 
 usage: widen_check.py [--modes fentry,kprobe] [-d SECONDS] [--stress SECONDS]
 """
