@@ -11,6 +11,17 @@
  *    VFS_STREAM_SUCCESS), after the pid / comm / path-prefix filters;
  *  - NS_OP: unlink/rmdir/rename/link/mkdir from every process (the churn
  *    that explains an ENOENT is usually someone else's), prefix-filtered;
+ *    and every operation that can create a name, on success: an open with
+ *    O_CREAT (NS_OP CREATE, decided here from the open's flags, so an open
+ *    without it ends where it did), creat, mknod*, symlink*, mount and
+ *    move_mount (the mount point), rename with RENAME_EXCHANGE (flag
+ *    EXCHANGE), and io_uring submissions whose opcode can create a name
+ *    (NS_OP URING: their paths are in user memory no tracepoint shows);
+ *  - on PATH_SYSCALL and NS_OP records: the dirfd the (created) path is
+ *    relative to (`seq`, flag DIRFD) and the inode number of the directory
+ *    it starts from, read in the kernel (`ino`, flag BASE: VFS_BASE, with
+ *    offsets the tracer reads from the kernel's BTF), so user space can
+ *    place a relative or dirfd-relative creator without resolving it;
  *  - D_FREE / D_ALLOC: kmem_cache_free/alloc on the "dentry" cache, with
  *    the dentry address (prune evidence; VFS_STREAM_DENTRY 0 counts only);
  *    the alloc probe is compiled only when the tracer asks for it
@@ -84,6 +95,8 @@ static __always_inline int task_passes(u64 id, u16 kind)
 static __always_inline int result_wanted(u16 kind, long ret)
 {
 	if (kind != VFS_K_PATH_SYSCALL) {
+		/* A creating open that failed created nothing: only the
+		 * namespace operations of old are streamed whatever their result. */
 		vfs_count(VFS_C_NS_OPS);
 		return 1;
 	}
@@ -98,14 +111,79 @@ static __always_inline int result_wanted(u16 kind, long ret)
 	return 1;
 }
 
-/* One PATH_SYSCALL / NS_OP record: p1, p2 are the syscall's user path pointers (p2 may be 0). */
-static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2)
+/*
+ * The directory a path starts from, as an inode number (0: not read): the
+ * task's root for an absolute path, its cwd for AT_FDCWD, else the dirfd's
+ * file. VFS_BASE and the VFS_OFF_* offsets come from the kernel's BTF
+ * (tracers/tracepoint.py base_plan()); every read is a probe read of kernel
+ * memory, so nothing depends on the headers BCC compiles against. Run only
+ * for records streamed, never on a result nobody streams.
+ */
+#ifdef VFS_BASE
+static __always_inline u64 vfs_kread(u64 at)
+{
+	u64 v = 0;
+	if (at)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)at);
+	return v;
+}
+
+static __always_inline u64 base_ino(s32 dfd, char first)
+{
+	u64 task = (u64)bpf_get_current_task();
+	u64 dentry = 0;
+	if (first == '/' || dfd == VFS_AT_FDCWD) {
+		u64 fs = vfs_kread(task + VFS_OFF_TASK_FS);
+		if (!fs)
+			return 0;
+		dentry = vfs_kread(fs + (first == '/' ? VFS_OFF_FS_ROOT_DENTRY : VFS_OFF_FS_PWD_DENTRY));
+	} else {
+		if (dfd < 0)
+			return 0;
+		u64 fdt = vfs_kread(vfs_kread(task + VFS_OFF_TASK_FILES) + VFS_OFF_FILES_FDT);
+		if (!fdt)
+			return 0;
+		u32 max = 0;
+		bpf_probe_read_kernel(&max, sizeof(max), (void *)(fdt + VFS_OFF_FDT_MAX_FDS));
+		if ((u32)dfd >= max)
+			return 0;
+		u64 arr = vfs_kread(fdt + VFS_OFF_FDT_FD);
+		u64 file = arr ? vfs_kread(arr + 8 * (u64)(u32)dfd) : 0;
+		dentry = file ? vfs_kread(file + VFS_OFF_FILE_PATH_DENTRY) : 0;
+	}
+	u64 inode = dentry ? vfs_kread(dentry + VFS_OFF_DENTRY_INODE) : 0;
+	return inode ? vfs_kread(inode + VFS_OFF_INODE_INO) : 0;
+}
+#endif
+
+/* The dirfd and base directory of a record whose (created) path is `path`. */
+static __always_inline void set_base(struct vfs_event *h, s32 dfd, const char *path)
+{
+	h->seq = (u32)dfd;
+	h->flags |= VFS_F_DIRFD;
+#ifdef VFS_BASE
+	u64 ino = base_ino(dfd, path[0]);
+	if (ino) {
+		h->ino = ino;
+		h->flags |= VFS_F_BASE;
+		return;
+	}
+#endif
+	vfs_count(VFS_C_BASE_UNREAD);
+}
+
+/* One PATH_SYSCALL / NS_OP record: p1, p2 are the syscall's user path pointers (p2 may be 0);
+ * dfd the dirfd of the path the record is about (p2's when there are two: the name created);
+ * xflags flags the caller decided (EXCHANGE). */
+static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2, s32 dfd,
+				     u32 xflags)
 {
 	struct vfs_path_event *e = vfs_pev_reserve();
 	if (!e)
 		return 0;
 	vfs_fill(&e->hdr, id, kind, op);
 	e->hdr.ret = ret;
+	e->hdr.flags |= xflags;
 	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (const void *)p1);
 	if (n < 0)
 		e->path[0] = 0;
@@ -124,6 +202,7 @@ static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long r
 		vfs_pev_discard(e);
 		return 0;
 	}
+	set_base(&e->hdr, dfd, p2 ? e->path2 : e->path);
 	vfs_pev_submit(ctx, e);
 	return 0;
 }
@@ -156,6 +235,9 @@ struct repeat_t {
 	u32 len;        /* path bytes incl. NUL, as bpf_probe_read_user_str returned */
 	u32 cur;        /* buf[cur] is the window's path, buf[cur ^ 1] the candidate */
 	u32 open;
+	s32 dfd;        /* the window's dirfd: part of what makes a repeat identical */
+	u32 base_flags; /* DIRFD | BASE as the window's first record had them */
+	u64 base_ino;
 	u64 comm[2];
 	char buf[2][VFS_PATH_LEN];
 };
@@ -194,7 +276,9 @@ static __always_inline void flush_repeats(void *ctx, struct repeat_t *r)
 	e->hdr.ts_ns = r->last_ts;
 	e->hdr.ret = r->ret;
 	e->hdr.count = n;
-	e->hdr.flags = VFS_F_COALESCED | (r->len >= VFS_PATH_LEN ? VFS_F_TRUNCATED : 0);
+	e->hdr.flags = VFS_F_COALESCED | (r->len >= VFS_PATH_LEN ? VFS_F_TRUNCATED : 0) | r->base_flags;
+	e->hdr.seq = (u32)r->dfd;
+	e->hdr.ino = r->base_ino;
 	__builtin_memcpy(e->hdr.comm, r->comm, sizeof(r->comm));
 	bpf_probe_read_kernel(e->path, sizeof(e->path), r->buf[r->cur & 1]);
 	vfs_pev_submit(ctx, e);
@@ -209,23 +293,23 @@ static __always_inline int flush_self(void *ctx)
 	return 0;
 }
 
-static __always_inline int emit_failure(void *ctx, u64 id, u16 op, long ret, u64 p1)
+static __always_inline int emit_failure(void *ctx, u64 id, u16 op, long ret, u64 p1, s32 dfd)
 {
 	int z = 0;
 	struct repeat_t *r = repeats.lookup(&z);
 	if (!r)
-		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0);
+		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0, dfd, 0);
 	u32 nxt = (r->cur ^ 1) & 1;
 	long n = bpf_probe_read_user_str(r->buf[nxt], VFS_PATH_LEN, (const void *)p1);
 	if (n <= 0)
-		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0);
+		return emit_path(ctx, id, VFS_K_PATH_SYSCALL, op, ret, p1, 0, dfd, 0);
 	if (!prefix_ok(r->buf[nxt])) {
 		vfs_count(VFS_C_FILTERED_PREFIX);
 		return 0;
 	}
 	u64 now = bpf_ktime_get_ns();
 	u64 key = ((u64)(u32)id << 32) | op;
-	if (r->open && r->key == key && r->ret == ret && r->len == (u32)n &&
+	if (r->open && r->key == key && r->ret == ret && r->len == (u32)n && r->dfd == dfd &&
 	    now - r->first_ts < VFS_COALESCE_NS && same_path(r->buf[r->cur & 1], r->buf[nxt], (u32)n)) {
 		r->n++;
 		r->last_ts = now;
@@ -244,7 +328,11 @@ static __always_inline int emit_failure(void *ctx, u64 id, u16 op, long ret, u64
 		e->hdr.flags |= VFS_F_TRUNCATED;
 	bpf_probe_read_kernel(e->path, sizeof(e->path), r->buf[nxt]);
 	e->path2[0] = 0;
+	set_base(&e->hdr, dfd, e->path);
 	__builtin_memcpy(r->comm, e->hdr.comm, sizeof(r->comm));
+	r->dfd = dfd;
+	r->base_flags = e->hdr.flags & (VFS_F_DIRFD | VFS_F_BASE);
+	r->base_ino = e->hdr.ino;
 	vfs_pev_submit(ctx, e);
 	r->cur = nxt;
 	r->key = key;
@@ -263,14 +351,51 @@ static __always_inline int flush_self(void *ctx)
 }
 #endif
 
-/* The record(s) for a syscall result that result_wanted() kept. */
-static __always_inline int emit_result(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2)
+/*
+ * How a probe reads the flags that decide what its result means (FL_*,
+ * compile-time per syscall, so a probe without any has no test at all):
+ * an open's O_CREAT (its flags argument; openat2's struct open_how, read
+ * from user memory) and renameat2's RENAME_EXCHANGE.
+ */
+#define FL_NONE 0
+#define FL_OPEN 1     /* the argument is the open flags */
+#define FL_HOW 2      /* the argument points to struct open_how, whose first member is the u64 flags */
+#define FL_RENAME 3   /* the argument is renameat2's flags */
+
+/* The flags value of a FL_HOW argument: how->flags (user memory). */
+static __always_inline u64 how_flags(u64 how)
 {
+	u64 f = 0;
+	if (how)
+		bpf_probe_read_user(&f, sizeof(f), (const void *)how);
+	return f;
+}
+
+/*
+ * The record(s) for a syscall result. `pre_kept`: the probe already asked
+ * result_wanted() (the probes with no flags to test do, before they fetch
+ * any argument: the hit path of stat() ends there). An open that
+ * succeeded with O_CREAT is a creator: streamed as NS_OP CREATE, every one
+ * (a hit path that opens without O_CREAT pays the flag test, nothing more).
+ */
+static __always_inline int on_result(void *ctx, u64 id, u16 kind, u16 op, long ret, u64 p1, u64 p2, s32 dfd,
+				     int flk, u64 fl, int pre_kept)
+{
+	u32 xflags = 0;
+	if ((flk == FL_OPEN || flk == FL_HOW) && kind == VFS_K_PATH_SYSCALL && ret >= 0 && (fl & VFS_O_CREAT)) {
+		vfs_count(VFS_C_CREATES);
+		kind = VFS_K_NS_OP;
+		op = VFS_OP_CREATE;
+	}
+	if (flk == FL_RENAME && (fl & VFS_RENAME_EXCHANGE))
+		xflags |= VFS_F_EXCHANGE;
+	if (!pre_kept && !result_wanted(kind, ret))
+		return 0;
 #if VFS_COALESCE_NS
 	if (kind == VFS_K_PATH_SYSCALL && ret < 0 && !p2)
-		return emit_failure(ctx, id, op, ret, p1);
+		return emit_failure(ctx, id, op, ret, p1, dfd);
 #endif
-	return emit_path(ctx, id, kind, op, ret, p1, p2);
+	return emit_path(ctx, id, kind, op, ret, p1, p2, dfd, xflags);
 }
 
 #ifdef VFS_EXIT_ONLY
@@ -296,30 +421,37 @@ static __always_inline int emit_result(void *ctx, u64 id, u16 kind, u16 op, long
 #define VFS_SC_ARG1 si
 #define VFS_SC_ARG2 dx
 #define VFS_SC_ARG3 r10
+#define VFS_SC_ARG4 r8
 #define SC_ARG(r, n) ((u64)(r)->VFS_SC_ARG##n)
+/* An argument by its sys_enter_<sc> field name (enter+map mode) and its
+ * 0-based index in the syscall (exit-only mode): tests/test_tracepoint_live.py
+ * checks every pair against this kernel's format files. */
+#define ARG(field, n) SC_ARG(r, n)
+#define NOARG 0
+#define CWD VFS_AT_FDCWD
 
-/* a1, a2: the path arguments' 0-based indexes in the syscall, i.e. their
- * order in the sys_enter_<sc> format file (tests/test_tracepoint_live.py
- * checks the table below against this kernel's). */
-#define EXIT_PROBE(sc, kind, op, p1, p2) \
+#define SC_PROBE(sc, kind, op, P1, P2, DFD, FLK, FL) \
 TRACEPOINT_PROBE(syscalls, sys_exit_##sc) \
 { \
 	u64 id = bpf_get_current_pid_tgid(); \
 	long ret = args->ret; \
 	if (!vfs_not_self(id)) \
 		return flush_self(args); \
-	if (!task_passes(id, kind) || !result_wanted(kind, ret)) \
+	if (!task_passes(id, kind)) \
+		return 0; \
+	if ((FLK) == FL_NONE && !result_wanted(kind, ret)) \
 		return 0; \
 	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()); \
-	return emit_result(args, id, kind, op, ret, p1, p2); \
+	u64 fl_ = (FLK) == FL_HOW ? how_flags((u64)(FL)) : (u64)(FL); \
+	return on_result(args, id, kind, op, ret, P1, P2, (s32)(DFD), FLK, fl_, (FLK) == FL_NONE); \
 }
-#define PATH1(sc, kind, op, field, a1) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), 0)
-#define PATH2(sc, kind, op, f1, a1, f2, a2) EXIT_PROBE(sc, kind, op, SC_ARG(r, a1), SC_ARG(r, a2))
 
 #else /* enter+map mode */
 struct inflight_t {
 	u64 p1;   /* user pointer: path */
 	u64 p2;   /* user pointer: second path (rename/link) or 0 */
+	u64 fl;   /* the flags FL_* says how to read, as read at enter */
+	s32 dfd;
 	u16 kind;
 	u16 op;
 };
@@ -327,22 +459,24 @@ struct inflight_t {
  * must not pin a slot forever and make later updates fail. */
 BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
 
-static __always_inline int on_enter(u16 kind, u16 op, const char *p1, const char *p2)
+static __always_inline int on_enter(u16 kind, u16 op, u64 p1, u64 p2, s32 dfd, u64 fl)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (!vfs_not_self(id) || !task_passes(id, kind))
 		return 0;
 	u32 tid = (u32)id;
 	struct inflight_t f = {};
-	f.p1 = (u64)p1;
-	f.p2 = (u64)p2;
+	f.p1 = p1;
+	f.p2 = p2;
+	f.fl = fl;
+	f.dfd = dfd;
 	f.kind = kind;
 	f.op = op;
 	inflight.update(&tid, &f);
 	return 0;
 }
 
-static __always_inline int on_exit(void *ctx, long ret)
+static __always_inline int on_exit(void *ctx, long ret, int flk)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -359,96 +493,160 @@ static __always_inline int on_exit(void *ctx, long ret)
 	struct inflight_t fl = *f;
 	inflight.delete(&tid);
 	/* The task filter ran at enter. */
-	if (!result_wanted(fl.kind, ret))
-		return 0;
-	return emit_result(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2);
+	return on_result(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2, fl.dfd, flk, fl.fl, 0);
 }
 
-/* One enter/exit pair per syscall. */
-#define PATH1(sc, kind, op, field, a1) \
-TRACEPOINT_PROBE(syscalls, sys_enter_##sc) { return on_enter(kind, op, args->field, 0); } \
-TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret); }
-#define PATH2(sc, kind, op, f1, a1, f2, a2) \
-TRACEPOINT_PROBE(syscalls, sys_enter_##sc) { return on_enter(kind, op, args->f1, args->f2); } \
-TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret); }
+#define ARG(field, n) ((u64)args->field)
+#define NOARG 0
+#define CWD VFS_AT_FDCWD
+
+/* One enter/exit pair per syscall. openat2's open_how is read at enter. */
+#define SC_PROBE(sc, kind, op, P1, P2, DFD, FLK, FL) \
+TRACEPOINT_PROBE(syscalls, sys_enter_##sc) \
+{ \
+	u64 fl_ = (FLK) == FL_HOW ? how_flags((u64)(FL)) : (u64)(FL); \
+	return on_enter(kind, op, P1, P2, (s32)(DFD), fl_); \
+} \
+TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret, FLK); }
 #endif
 
-/* Each syscall: its path argument(s) by tracepoint field name (enter+map)
- * and by argument index (exit-only); VFS_HAVE_<name> says the tracepoints
- * exist here. */
+/* Each syscall: its path argument(s), the dirfd of the path the record is
+ * about (CWD where the syscall has none) and the flags that decide what
+ * its result means, each as ARG(sys_enter_<sc> field, index);
+ * VFS_HAVE_<name> says the tracepoints exist here. */
+#define PATH1(sc, op, P, D) SC_PROBE(sc, VFS_K_PATH_SYSCALL, op, P, NOARG, D, FL_NONE, 0)
+#define OPEN1(sc, op, P, D, FL, FLK) SC_PROBE(sc, VFS_K_PATH_SYSCALL, op, P, NOARG, D, FLK, FL)
+#define NS1(sc, op, P, D) SC_PROBE(sc, VFS_K_NS_OP, op, P, NOARG, D, FL_NONE, 0)
+#define NS2(sc, op, P1, P2, D2, FLK, FL) SC_PROBE(sc, VFS_K_NS_OP, op, P1, P2, D2, FLK, FL)
+
 #ifdef VFS_HAVE_openat
-PATH1(openat, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT, filename, 1)
+OPEN1(openat, VFS_OP_OPENAT, ARG(filename, 1), ARG(dfd, 0), ARG(flags, 2), FL_OPEN)
 #endif
 #ifdef VFS_HAVE_openat2
-PATH1(openat2, VFS_K_PATH_SYSCALL, VFS_OP_OPENAT2, filename, 1)
+OPEN1(openat2, VFS_OP_OPENAT2, ARG(filename, 1), ARG(dfd, 0), ARG(how, 2), FL_HOW)
 #endif
 #ifdef VFS_HAVE_newfstatat
-PATH1(newfstatat, VFS_K_PATH_SYSCALL, VFS_OP_NEWFSTATAT, filename, 1)
+PATH1(newfstatat, VFS_OP_NEWFSTATAT, ARG(filename, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_statx
-PATH1(statx, VFS_K_PATH_SYSCALL, VFS_OP_STATX, filename, 1)
+PATH1(statx, VFS_OP_STATX, ARG(filename, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_faccessat
-PATH1(faccessat, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT, filename, 1)
+PATH1(faccessat, VFS_OP_FACCESSAT, ARG(filename, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_faccessat2
-PATH1(faccessat2, VFS_K_PATH_SYSCALL, VFS_OP_FACCESSAT2, filename, 1)
+PATH1(faccessat2, VFS_OP_FACCESSAT2, ARG(filename, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_execve
-PATH1(execve, VFS_K_PATH_SYSCALL, VFS_OP_EXECVE, filename, 0)
+PATH1(execve, VFS_OP_EXECVE, ARG(filename, 0), CWD)
 #endif
 #ifdef VFS_HAVE_readlinkat
-PATH1(readlinkat, VFS_K_PATH_SYSCALL, VFS_OP_READLINKAT, pathname, 1)
+PATH1(readlinkat, VFS_OP_READLINKAT, ARG(pathname, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_chdir
-PATH1(chdir, VFS_K_PATH_SYSCALL, VFS_OP_CHDIR, filename, 0)
+PATH1(chdir, VFS_OP_CHDIR, ARG(filename, 0), CWD)
 #endif
 /* Legacy x86-64 entry points: stat(2) is sys_newstat, lstat(2) sys_newlstat. */
 #ifdef VFS_HAVE_open
-PATH1(open, VFS_K_PATH_SYSCALL, VFS_OP_OPEN, filename, 0)
+OPEN1(open, VFS_OP_OPEN, ARG(filename, 0), CWD, ARG(flags, 1), FL_OPEN)
 #endif
 #ifdef VFS_HAVE_newstat
-PATH1(newstat, VFS_K_PATH_SYSCALL, VFS_OP_STAT, filename, 0)
+PATH1(newstat, VFS_OP_STAT, ARG(filename, 0), CWD)
 #endif
 #ifdef VFS_HAVE_newlstat
-PATH1(newlstat, VFS_K_PATH_SYSCALL, VFS_OP_LSTAT, filename, 0)
+PATH1(newlstat, VFS_OP_LSTAT, ARG(filename, 0), CWD)
 #endif
 #ifdef VFS_HAVE_access
-PATH1(access, VFS_K_PATH_SYSCALL, VFS_OP_ACCESS, filename, 0)
+PATH1(access, VFS_OP_ACCESS, ARG(filename, 0), CWD)
 #endif
 #ifdef VFS_HAVE_readlink
-PATH1(readlink, VFS_K_PATH_SYSCALL, VFS_OP_READLINK, path, 0)
+PATH1(readlink, VFS_OP_READLINK, ARG(path, 0), CWD)
 #endif
 
 #ifdef VFS_HAVE_unlinkat
-PATH1(unlinkat, VFS_K_NS_OP, VFS_OP_UNLINK, pathname, 1)
+NS1(unlinkat, VFS_OP_UNLINK, ARG(pathname, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_unlink
-PATH1(unlink, VFS_K_NS_OP, VFS_OP_UNLINK, pathname, 0)
+NS1(unlink, VFS_OP_UNLINK, ARG(pathname, 0), CWD)
 #endif
 #ifdef VFS_HAVE_rmdir
-PATH1(rmdir, VFS_K_NS_OP, VFS_OP_RMDIR, pathname, 0)
+NS1(rmdir, VFS_OP_RMDIR, ARG(pathname, 0), CWD)
 #endif
 #ifdef VFS_HAVE_mkdirat
-PATH1(mkdirat, VFS_K_NS_OP, VFS_OP_MKDIR, pathname, 1)
+NS1(mkdirat, VFS_OP_MKDIR, ARG(pathname, 1), ARG(dfd, 0))
 #endif
 #ifdef VFS_HAVE_mkdir
-PATH1(mkdir, VFS_K_NS_OP, VFS_OP_MKDIR, pathname, 0)
+NS1(mkdir, VFS_OP_MKDIR, ARG(pathname, 0), CWD)
 #endif
 #ifdef VFS_HAVE_renameat2
-PATH2(renameat2, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 1, newname, 3)
+NS2(renameat2, VFS_OP_RENAME, ARG(oldname, 1), ARG(newname, 3), ARG(newdfd, 2), FL_RENAME, ARG(flags, 4))
 #endif
 #ifdef VFS_HAVE_renameat
-PATH2(renameat, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 1, newname, 3)
+NS2(renameat, VFS_OP_RENAME, ARG(oldname, 1), ARG(newname, 3), ARG(newdfd, 2), FL_NONE, 0)
 #endif
 #ifdef VFS_HAVE_rename
-PATH2(rename, VFS_K_NS_OP, VFS_OP_RENAME, oldname, 0, newname, 1)
+NS2(rename, VFS_OP_RENAME, ARG(oldname, 0), ARG(newname, 1), CWD, FL_NONE, 0)
 #endif
 #ifdef VFS_HAVE_linkat
-PATH2(linkat, VFS_K_NS_OP, VFS_OP_LINK, oldname, 1, newname, 3)
+NS2(linkat, VFS_OP_LINK, ARG(oldname, 1), ARG(newname, 3), ARG(newdfd, 2), FL_NONE, 0)
 #endif
 #ifdef VFS_HAVE_link
-PATH2(link, VFS_K_NS_OP, VFS_OP_LINK, oldname, 0, newname, 1)
+NS2(link, VFS_OP_LINK, ARG(oldname, 0), ARG(newname, 1), CWD, FL_NONE, 0)
+#endif
+/* The other creators (streamed whatever their result, as every NS_OP; the
+ * correlator reads the successes). symlink: path is the target text,
+ * path2 the link made; mount/move_mount: the mount point. */
+#ifdef VFS_HAVE_creat
+NS1(creat, VFS_OP_CREATE, ARG(pathname, 0), CWD)
+#endif
+#ifdef VFS_HAVE_mknodat
+NS1(mknodat, VFS_OP_MKNOD, ARG(filename, 1), ARG(dfd, 0))
+#endif
+#ifdef VFS_HAVE_mknod
+NS1(mknod, VFS_OP_MKNOD, ARG(filename, 0), CWD)
+#endif
+#ifdef VFS_HAVE_symlinkat
+NS2(symlinkat, VFS_OP_SYMLINK, ARG(oldname, 0), ARG(newname, 2), ARG(newdfd, 1), FL_NONE, 0)
+#endif
+#ifdef VFS_HAVE_symlink
+NS2(symlink, VFS_OP_SYMLINK, ARG(oldname, 0), ARG(newname, 1), CWD, FL_NONE, 0)
+#endif
+#ifdef VFS_HAVE_mount
+NS1(mount, VFS_OP_MOUNT, ARG(dir_name, 1), CWD)
+#endif
+/* move_mount(2): 5.2, commit 2db154b3ea8e ("vfs: syscall: Add move_mount(2) to move mounts around"). */
+#ifdef VFS_HAVE_move_mount
+NS1(move_mount, VFS_OP_MOUNT, ARG(to_pathname, 3), ARG(to_dfd, 2))
+#endif
+
+/*
+ * io_uring submissions that can create a name: the tier sees the opcode,
+ * not the path (it is in the submission queue entry's user memory). One
+ * small record each (NS_OP URING, `seq` the opcode): the correlator takes
+ * any around a failure as a creator it could not see. The tracepoint is
+ * io_uring_submit_req since 5.19 (Stefan Roesch's "io-uring: Make
+ * tracepoints consistent" series renamed io_uring_submit_sqe); both carry
+ * `opcode`, and the tracer compiles the one this kernel has.
+ */
+static __always_inline int on_uring(void *ctx, u8 opc)
+{
+	if (opc != VFS_IORING_OP_OPENAT && opc != VFS_IORING_OP_OPENAT2 && opc != VFS_IORING_OP_RENAMEAT &&
+	    opc != VFS_IORING_OP_MKDIRAT && opc != VFS_IORING_OP_SYMLINKAT && opc != VFS_IORING_OP_LINKAT)
+		return 0;
+	vfs_count(VFS_C_URING_CREATES);
+	struct vfs_event *e = vfs_ev_reserve();
+	if (!e)
+		return 0;
+	vfs_fill(e, bpf_get_current_pid_tgid(), VFS_K_NS_OP, VFS_OP_URING);
+	e->seq = opc;
+	vfs_ev_submit(ctx, e);
+	return 0;
+}
+#ifdef VFS_HAVE_io_uring_submit_req
+TRACEPOINT_PROBE(io_uring, io_uring_submit_req) { return on_uring(args, args->opcode); }
+#endif
+#ifdef VFS_HAVE_io_uring_submit_sqe
+TRACEPOINT_PROBE(io_uring, io_uring_submit_sqe) { return on_uring(args, args->opcode); }
 #endif
 
 /*

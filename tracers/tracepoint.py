@@ -67,7 +67,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,7 +77,20 @@ from bpf import INCLUDE, program
 from tracers import Tracer, import_bcc
 from tracers.stream import PAGE_SIZE, PerfStream, RingStream, counter_totals, merge_lost, records_to_frame
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
-from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, ENOENT, Flag, Kind, counter_names
+from vfstrace.events import (
+    AT_FDCWD,
+    BPF_EVENT_DTYPE,
+    BPF_PATH_EVENT_DTYPE,
+    COLUMNS,
+    EBADF,
+    ENOENT,
+    ESRCH,
+    NUMPY_DTYPES,
+    STRING_COLUMNS,
+    Flag,
+    Kind,
+    counter_names,
+)
 
 log = logging.getLogger("vfstrace.tracers.tracepoint")
 
@@ -87,7 +102,11 @@ PATH_SYSCALLS = (
     "openat", "openat2", "newfstatat", "statx", "faccessat", "faccessat2", "execve",
     "readlinkat", "chdir", "open", "newstat", "newlstat", "access", "readlink",
 )
-NS_SYSCALLS = ("unlinkat", "unlink", "rmdir", "mkdirat", "mkdir", "renameat2", "renameat", "rename", "linkat", "link")
+NS_SYSCALLS = ("unlinkat", "unlink", "rmdir", "mkdirat", "mkdir", "renameat2", "renameat", "rename", "linkat", "link",
+               # the other operations that can create a name (bpf/tracepoint.c): every one seen on success
+               "creat", "mknodat", "mknod", "symlinkat", "symlink", "mount", "move_mount")
+# io_uring submission tracepoints (bpf/tracepoint.c on_uring): io_uring_submit_req since 5.19, io_uring_submit_sqe before.
+URING_EVENTS = ("io_uring_submit_req", "io_uring_submit_sqe")
 # The per-CPU `counts` slots of bpf/tracepoint.c (generated from vfstrace.events).
 COUNTER_NAMES = counter_names(SOURCE)
 # In-kernel coalescing window for identical repeated failures (bpf/tracepoint.c,
@@ -140,7 +159,45 @@ def available_tracepoints(root: Path | None = None) -> dict[str, bool]:
         have[ev] = "__data_loc char[] name;" in fmt and " ptr;" in fmt
     for ev in ("mm_shrink_slab_start", "mm_shrink_slab_end"):
         have[ev] = tracepoint_format("vmscan", ev, root) is not None
+    for ev in URING_EVENTS:
+        fmt = tracepoint_format("io_uring", ev, root) or ""
+        have[ev] = " opcode;" in fmt and not any(have.get(e) for e in URING_EVENTS)
     return have
+
+
+# The kernel reads behind a record's base directory (bpf/tracepoint.c base_ino):
+# -D define -> (struct, member path), each offset read from the kernel's BTF.
+BASE_OFFSETS = {
+    "VFS_OFF_TASK_FS": ("task_struct", "fs"),
+    "VFS_OFF_TASK_FILES": ("task_struct", "files"),
+    "VFS_OFF_FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
+    "VFS_OFF_FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
+    "VFS_OFF_FILES_FDT": ("files_struct", "fdt"),
+    "VFS_OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "VFS_OFF_FDT_FD": ("fdtable", "fd"),
+    "VFS_OFF_FILE_PATH_DENTRY": ("file", "f_path.dentry"),
+    "VFS_OFF_DENTRY_INODE": ("dentry", "d_inode"),
+    "VFS_OFF_INODE_INO": ("inode", "i_ino"),
+}
+
+
+def base_plan(btf=None) -> dict[str, str]:
+    """-D defines that let bpf/tracepoint.c read a record's base directory (VFS_BASE), or {}.
+
+    The offsets come from the running kernel's BTF, never from the headers
+    BCC compiles against (which may not be this kernel's: module docstring).
+    Without BTF, records carry no BASE flag and the correlator places their
+    creators by name alone (docs/verdicts.md).
+    """
+    from tracers.btf import Btf, BtfError
+
+    try:
+        btf = btf or Btf.from_file()
+        d = {k: str(btf.offsetof(st, m)) for k, (st, m) in BASE_OFFSETS.items()}
+    except (BtfError, VfstraceError, OSError):
+        return {}
+    d["VFS_BASE"] = "1"
+    return d
 
 
 KMEM_EVENTS = ("kmem_cache_free", "kmem_cache_alloc")
@@ -207,6 +264,97 @@ def _ring_bytes(pages: int) -> int:
     return max(1, pages) * PAGE_SIZE
 
 
+# Filesystems a name can appear on without a syscall of this kernel creating
+# it (another machine, a user-space server): a re-check there proves nothing
+# about the instant of the failure (RECHECK flag REMOTE_FS).
+REMOTE_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre", "gfs2",
+                       "ocfs2", "fuse", "fuseblk", "virtiofs", "davfs", "orangefs", "beegfs", "gpfs"})
+
+
+class Resolved(NamedTuple):
+    ret: int  # 0 exists, ENOENT, ESRCH (task gone), EBADF (dirfd closed / base changed)
+    resolved: str  # the path in the task's view, absolute ("" when unresolvable)
+    chain: str  # inode numbers of the directories on it, root first, ':'-joined ("" when not placeable)
+    flags: int  # Flag.REMOTE_FS
+
+
+def _mount_types(proc: str, cache: dict) -> dict[int, str]:
+    """Device number -> filesystem type of every mount in the task's mount namespace."""
+    try:
+        ns = os.readlink(f"{proc}/ns/mnt")
+    except OSError:
+        ns = proc
+    if ns not in cache:
+        m: dict[int, str] = {}
+        try:
+            with open(f"{proc}/mountinfo") as f:
+                for line in f:
+                    left, _, right = line.partition(" - ")
+                    mm = left.split()[2].split(":")
+                    m[os.makedev(int(mm[0]), int(mm[1]))] = right.split()[0]
+        except (OSError, IndexError, ValueError):
+            pass
+        cache[ns] = m
+    return cache[ns]
+
+
+def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, stats: dict, mounts: dict) -> Resolved:
+    """The failed ``path`` of task ``tid`` as it meant it, checked now (see TracepointTracer._recheck)."""
+    proc = f"/proc/{tid}"
+    if not os.path.isdir(proc):
+        proc = f"/proc/{pid}"
+        if not os.path.isdir(proc):
+            return Resolved(ESRCH, "", "", 0)
+    if path.startswith("/"):
+        link = f"{proc}/root"
+    elif dirfd == AT_FDCWD:
+        link = f"{proc}/cwd"
+    else:
+        link = f"{proc}/fd/{dirfd}"
+    try:
+        where = os.readlink(link)
+        st = os.stat(link)
+    except FileNotFoundError:
+        return Resolved(EBADF if os.path.isdir(proc) and link.startswith(f"{proc}/fd/") else ESRCH, "", "", 0)
+    except OSError:
+        return Resolved(ESRCH, "", "", 0)
+    if base_ino is not None and st.st_ino != base_ino:
+        return Resolved(EBADF, "", "", 0)  # the cwd or the fd names another directory than at the failure
+    if not where.startswith("/") or where.endswith(" (deleted)"):
+        return Resolved(EBADF, "", "", 0)  # not a directory in the task's tree (a pipe, a removed cwd)
+    rel = path.lstrip("/") if path.startswith("/") else path
+    full = "/" + "/".join(c for c in (where.strip("/") + "/" + rel).split("/") if c)
+    if path.startswith("/"):
+        full = "/" + "/".join(c for c in rel.split("/") if c)
+    check = f"{proc}/root{full}"
+    try:
+        found = os.stat(check)  # followed, as the failing lookups follow a final symlink
+    except OSError:
+        found = None
+    comps = [c for c in full.split("/") if c]
+    # The directories on the path, root first, as the task sees them.
+    chain, placeable = [], not any(c in (".", "..") for c in comps)
+    for k in range(len(comps)):
+        pre = f"{proc}/root/" + "/".join(comps[:k])
+        if pre not in stats:
+            try:
+                stats[pre] = (os.stat(pre), os.path.islink(pre.rstrip("/")) if k else False)
+            except OSError:
+                stats[pre] = None
+        got = stats[pre]
+        if got is None:
+            break
+        if got[1]:
+            placeable = False  # a symlink on the way: a creator is placed by name alone
+        chain.append(str(got[0].st_ino))
+    fl = 0
+    if found is not None:
+        fs = _mount_types(proc, mounts).get(found.st_dev, "")
+        if fs in REMOTE_FS or fs.startswith("fuse."):
+            fl |= int(Flag.REMOTE_FS)
+    return Resolved(0 if found is not None else ENOENT, full, ":".join(chain) if placeable else "", fl)
+
+
 class TracepointTracer(Tracer):
     tier = "tracepoint"
 
@@ -250,6 +398,8 @@ class TracepointTracer(Tracer):
         if self.kmem_probe not in KMEM_PROBES:
             raise VfstraceError(f"kmem_probe must be one of {', '.join(KMEM_PROBES)}, not {self.kmem_probe!r}")
         self._raw_kmem: dict[str, str] | None = None
+        self._base: dict[str, str] | None = None
+        self._mounts: dict[str, dict[int, str]] = {}  # per mount namespace: device -> filesystem type
 
     # -- program -----------------------------------------------------------
     def _defines(self) -> list[str]:
@@ -274,6 +424,9 @@ class TracepointTracer(Tracer):
         have = self._have if self._have is not None else {}
         d += [f"VFS_HAVE_{k}=1" for k, v in sorted(have.items()) if v and (k not in KMEM_EVENTS or k in self.kmem_events)]
         d += [f"{k}={v}" for k, v in sorted(self._raw_kmem_defines().items())]
+        if self._base is None:
+            self._base = base_plan()
+        d += [f"{k}={v}" for k, v in sorted(self._base.items())]
         return d
 
     def _raw_kmem_defines(self) -> dict[str, str]:
@@ -341,6 +494,7 @@ class TracepointTracer(Tracer):
         self._attached += [f"raw_tracepoint:{e}" if f"VFS_RAW_{e.upper()}_ARG" in raw else f"tracepoint:kmem:{e}"
                            for e in self.kmem_events if self._have.get(e) or f"VFS_RAW_{e.upper()}_ARG" in raw]
         self._attached += [f"tracepoint:vmscan:{e}" for e in ("mm_shrink_slab_start", "mm_shrink_slab_end") if self._have.get(e)]
+        self._attached += [f"tracepoint:io_uring:{e}" for e in URING_EVENTS if self._have.get(e)]
         if self.options.path_prefix is not None:
             self._set_prefix(self.options.path_prefix.encode())
         counts = self._bpf[b"counts"]
@@ -427,28 +581,59 @@ class TracepointTracer(Tracer):
         df = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
         df = df.sort_values("ts_ns", kind="stable", ignore_index=True)
         if self.recheck:
-            self._recheck(df)
+            df = self._recheck(df)
         return df
 
-    def _recheck(self, df) -> None:
-        """Set EXISTS_AFTER on ENOENT rows whose absolute path exists now."""
+    def _recheck(self, df):
+        """Re-check every ENOENT row's path (up to RECHECK_CAP) as its task meant it; ``df`` with one
+        RECHECK row per distinct (task, dirfd, path) appended, EXISTS_AFTER set on the failures found.
+
+        The path is resolved through /proc/TID (the task's root for an
+        absolute path, its cwd for AT_FDCWD, else the dirfd), checked there,
+        and the directories on it recorded by inode number (what places a
+        creator, docs/verdicts.md). Where the kernel read the base
+        directory (flag BASE), the /proc link must still name it: a cwd
+        changed or an fd closed and reused since is unresolvable (-EBADF),
+        as is a task gone (-ESRCH)."""
+        import pandas as pd
+
         mask = (df["kind"].values == int(Kind.PATH_SYSCALL)) & (df["ret"].values == ENOENT)
         idx = np.flatnonzero(mask)[:RECHECK_CAP]
         if not len(idx):
-            return
+            return df
         flags = df["flags"].values.copy()
-        paths = df["path"].values
-        seen: dict[str, bool] = {}
+        paths, tids, pids = df["path"].values, df["tid"].values, df["pid"].values
+        seqs, inos = df["seq"].values, df["ino"].values
+        done: dict[tuple, int] = {}
+        rows = []
+        stats: dict[str, os.stat_result | None] = {}
         for i in idx:
-            p = paths[i]
-            if not p.startswith("/"):
+            f = int(flags[i])
+            dirfd = int(np.int32(np.uint32(seqs[i]))) if f & int(Flag.DIRFD) else AT_FDCWD
+            base_ino = int(inos[i]) if f & int(Flag.BASE) else None
+            key = (int(tids[i]), dirfd, paths[i], base_ino)
+            if key in done:
+                if rows[done[key]]["ret"] == 0:
+                    flags[i] |= int(Flag.EXISTS_AFTER)
                 continue
-            if p not in seen:
-                seen[p] = os.path.lexists(p)
-                self.rechecked += 1
-            if seen[p]:
+            if not paths[i]:
+                continue  # "" names nothing: its ENOENT is the truth
+            r = resolve(int(tids[i]), int(pids[i]), paths[i], dirfd, base_ino, stats, self._mounts)
+            self.rechecked += 1
+            rows.append({"ts_ns": time.monotonic_ns(), "pid": int(pids[i]), "tid": int(tids[i]),
+                         "comm": df["comm"].values[i], "kind": int(Kind.RECHECK), "op": int(df["op"].values[i]),
+                         "path": paths[i], "path2": r.resolved, "name": r.chain, "ret": r.ret,
+                         "seq": int(seqs[i]), "flags": (f & int(Flag.DIRFD)) | r.flags, "cpu": int(df["cpu"].values[i]),
+                         "count": 1})
+            done[key] = len(rows) - 1
+            if r.ret == 0:
                 flags[i] |= int(Flag.EXISTS_AFTER)
         df["flags"] = flags
+        if not rows:
+            return df
+        rc = pd.DataFrame({c: [r.get(c, "" if c in STRING_COLUMNS else 0) for r in rows] for c in COLUMNS})
+        rc = rc.astype({c: NUMPY_DTYPES[c] for c in COLUMNS})
+        return pd.concat([df, rc], ignore_index=True)
 
     def lost(self) -> dict[int, int]:
         return merge_lost(*(s.lost() for s in self._streams))

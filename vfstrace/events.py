@@ -48,7 +48,8 @@ PATH_SYSCALL
     A path system call returned: ``op`` the syscall, ``path`` its path,
     ``ret`` its result (e.g. -ENOENT).
 NS_OP
-    A namespace operation: ``op`` is UNLINK, RMDIR, RENAME, LINK or MKDIR,
+    A namespace operation: ``op`` is UNLINK, RMDIR, RENAME, LINK, MKDIR, or
+    one of the creating operations CREATE, MKNOD, SYMLINK, MOUNT, URING,
     ``path`` the (old) path, ``path2`` the new path for RENAME/LINK, ``ret``
     its result. ``dentry``/``parent``/``name`` where the tier knows them.
 SHRINK_START / SHRINK_END
@@ -56,6 +57,26 @@ SHRINK_START / SHRINK_END
     number of objects freed at SHRINK_END, ``name`` the shrinker if known.
 LOST
     The kernel dropped ``ret`` events on ``cpu`` (ring/perf buffer full).
+RECHECK
+    The tracepoint tier's own re-check of a failed path syscall's path, made
+    from user space right after the failure (tracers/tracepoint.py), as the
+    failing task meant it: ``ts_ns`` when it ran (CLOCK_MONOTONIC, the
+    kernel's clock), ``pid``/``tid``/``comm``/``op`` the failing task's and
+    syscall's, ``path`` the path as recorded, ``seq`` and flag DIRFD as on
+    the failure, ``path2`` the path resolved (against the task's root, cwd
+    or dirfd, read through /proc at that moment; "" when it could not be),
+    ``ret`` 0 (it exists), -ENOENT (it does not), -ESRCH (the task is gone),
+    -EBADF (the dirfd is closed or names another directory now), ``name``
+    the inode numbers of the directories on the resolved path, root first,
+    as decimal text joined by ':' (what places a creator by its base
+    directory), flag REMOTE_FS.
+
+Tracepoint tier, PATH_SYSCALL and NS_OP: with flag DIRFD, ``seq`` holds the
+dirfd (as unsigned 32 bits; AT_FDCWD is 4294967196) the path is relative
+to (for a two-path operation, the one of the name it creates: ``path2``);
+with flag BASE, ``ino`` holds the inode number of the directory that path
+starts from (the task's root for an absolute path, its cwd, or the
+dirfd's directory), read in the kernel at the syscall's return.
 
 Every row also has ``count`` (see COLUMN_DEFAULTS): how many occurrences it
 stands for, 1 but for coalesced failure storms (flag COALESCED).
@@ -78,6 +99,25 @@ PATH_LEN = 256
 
 ENOENT = -errno.ENOENT
 ECHILD = -errno.ECHILD
+ESRCH = -errno.ESRCH  # RECHECK: the failing task is gone, its path cannot be resolved
+EBADF = -errno.EBADF  # RECHECK: its dirfd is closed, or names another directory now
+AT_FDCWD = -100  # include/uapi/linux/fcntl.h
+AT_FDCWD_U32 = AT_FDCWD & 0xFFFFFFFF  # as the ``seq`` column holds it
+
+# Kernel ABI values the tracepoint program tests (emitted into it by c_defines,
+# so its C never depends on the headers BCC finds):
+KERNEL_ABI = {
+    "AT_FDCWD": AT_FDCWD,
+    "O_CREAT": 0o100,  # include/uapi/asm-generic/fcntl.h (x86-64, arm64: the tier's exit-only mode is x86-64)
+    "RENAME_EXCHANGE": 2,  # include/uapi/linux/fs.h (3.15, commit da1ce0670c14)
+    # enum io_uring_op, include/uapi/linux/io_uring.h: the submissions that can create a name
+    "IORING_OP_OPENAT": 18,  # 5.6
+    "IORING_OP_OPENAT2": 28,  # 5.6
+    "IORING_OP_RENAMEAT": 35,  # 5.11
+    "IORING_OP_MKDIRAT": 37,  # 5.15
+    "IORING_OP_SYMLINKAT": 38,  # 5.15
+    "IORING_OP_LINKAT": 39,  # 5.15
+}
 
 
 class Kind(enum.IntEnum):
@@ -98,6 +138,7 @@ class Kind(enum.IntEnum):
     SHRINK_START = 13
     SHRINK_END = 14
     LOST = 15
+    RECHECK = 16
 
 
 class Op(enum.IntEnum):
@@ -125,6 +166,11 @@ class Op(enum.IntEnum):
     RENAME = 34
     LINK = 35
     MKDIR = 36
+    CREATE = 37  # open/openat/openat2 with O_CREAT, creat(): the name may have been created
+    MKNOD = 38
+    SYMLINK = 39  # path: the link's target text, path2: the link (the name created)
+    MOUNT = 40  # mount(2) or move_mount(2): path is the mount point
+    URING = 41  # an io_uring submission that may create a name (its path is not visible): seq is the opcode
     # SEQ_CHECK sites
     TRY_TO_UNLAZY = 64
     TRY_TO_UNLAZY_NEXT = 65
@@ -148,6 +194,10 @@ class Flag(enum.IntFlag):
     IN_WALK = 128  # SEQ_CHECK: ran inside a walk_component() call (the tracer held that walk's state)
     COALESCED = 256  # PATH_SYSCALL: stands for ``count`` identical repeats folded in the kernel (tracepoint tier)
     STEP = 512  # WALK_RETURN: step_into()'s return outside walk_component() (an open()'s last component)
+    EXCHANGE = 1024  # NS_OP RENAME: renameat2(RENAME_EXCHANGE): both names exist before and after
+    DIRFD = 2048  # PATH_SYSCALL / NS_OP (tracepoint tier): ``seq`` is the dirfd the created (or looked-up) path is relative to
+    BASE = 4096  # PATH_SYSCALL / NS_OP (tracepoint tier): ``ino`` is the inode number of the directory that path starts from, read in the kernel
+    REMOTE_FS = 8192  # RECHECK: the path is on a filesystem that can change without a syscall of this kernel (network, FUSE)
 
 
 # The order vfstrace writes columns in (readers find them by name); see docs/trace-format.md.
@@ -290,6 +340,9 @@ class TracepointCounter(enum.IntEnum):
     SHRINKER_RUNS = 10
     EXIT_WITHOUT_ENTER = 11  # enter+map mode: exit without a matching enter (attached mid-call)
     COALESCED = 12  # ENOENTs folded into an earlier record's count (not a loss)
+    CREATES = 13  # successful opens with O_CREAT (and creat()): streamed as NS_OP CREATE
+    URING_CREATES = 14  # io_uring submissions that may create a name (NS_OP URING)
+    BASE_UNREAD = 15  # records whose base directory could not be read in the kernel (no flag BASE)
 
 
 class KprobeCounter(enum.IntEnum):
@@ -359,6 +412,7 @@ def c_defines(program: str | None = None) -> str:
     lines += [f"#define VFS_OP_{o.name} {int(o)}" for o in Op]
     lines += [f"#define VFS_F_{f.name} {int(f)}" for f in Flag if f.name != "NONE"]
     lines += [f"#define VFS_ENOENT ({ENOENT})", f"#define VFS_ECHILD ({ECHILD})"]
+    lines += [f"#define VFS_{k} ({v})" for k, v in KERNEL_ABI.items()]
     if program is not None:
         enum_, lost_ev, lost_path = PROGRAM_COUNTERS[program]
         lines += [f"#define VFS_C_{c.name} {int(c)}" for c in enum_]
