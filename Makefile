@@ -28,7 +28,7 @@ test-fast: setup
 	$(PY) -m pytest -v -m "not live and not vm" $(PYTEST_ARGS)
 
 # The 2011 race on every kernel line vfstrace builds, 5.10 included (the
-# suite checks 6.1 and 6.12): each line's prepatch and control kernels
+# suite, and CI, check 6.1): each line's prepatch and control kernels
 # built, booted, and the detector checked against the kernel's own record.
 test-kernels: setup
 	VFSTRACE_VM_KERNEL_LINES=6.1,6.12,5.10 $(PY) -m pytest -v tests/test_prepatch_vm.py $(PYTEST_ARGS)

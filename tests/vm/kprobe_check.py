@@ -172,7 +172,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"kernel_release": os.uname().release, "runs": {}}
-    d = run(VFSTRACE + ["doctor", "--json"])
+    d = run(VFSTRACE + ["doctor", "--json"], 300)
     try:
         summary["doctor"] = json.loads(d.stdout)
     except ValueError:

@@ -109,7 +109,7 @@ def list_cmd(as_json):
 
 @vm_group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--kernel", "-k", type=click.Choice(boot_names()), required=True)
-@click.option("--timeout", type=Duration(0), default=900, show_default=True, help="Seconds before qemu is killed.")
+@click.option("--timeout", type=Duration(0), default=900, show_default=True, help="Limit in quiet-guest seconds (a slowed guest gets more wall time) before qemu is killed.")
 @click.option("--mem", default="2G", show_default=True)
 @click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Host folder shared at /vmout (default: a temp dir).")
