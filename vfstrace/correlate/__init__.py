@@ -13,9 +13,10 @@ tracepoint tier can say about it. Two implementations, one set of rules:
   close, and evidence young enough to matter (evicted by age).
 
 Both call the same functions (vfstrace/correlate/walk.py,
-vfstrace/correlate/syscall.py) on the same rows, so they agree exactly on any
-trace whose timestamps are out of order by at most ``skew_ns``; the property
-tests check that over simulated traces cut into random chunks.
+vfstrace/correlate/syscall.py, vfstrace/correlate/existence.py) on the same
+rows, so they agree exactly on any trace whose timestamps are out of order
+by at most ``skew_ns``; the property tests check that over simulated traces
+cut into random chunks.
 
 Verdicts (column ``verdict``)
 -----------------------------

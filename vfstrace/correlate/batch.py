@@ -42,8 +42,8 @@ VERDICTS = ("race", "retried", "explained", "absent", "uncertain", "transient")
 SUSPECT_VERDICTS = ("race", "uncertain", "transient", "retried")
 
 _EVIDENCE_KINDS = np.concatenate([PRUNE_KINDS, BOUNDARY_KINDS, ACTIVITY_KINDS,
-                                  np.array([Kind.NS_OP, Kind.LOST], dtype=np.uint8)])
-_NEEDED = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "name", "path",
+                                  np.array([Kind.NS_OP, Kind.LOST, Kind.RECHECK], dtype=np.uint8)])
+_NEEDED = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "seq", "name", "path",
            "path2", "ret", "flags")
 
 

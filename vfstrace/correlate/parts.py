@@ -51,8 +51,8 @@ from vfstrace.events import ECHILD, ENOENT, NUMPY_DTYPES, Kind, kind_mask
 from vfstrace.store.table import _column_numpy
 
 # The columns the correlator reads (vfstrace/correlate/batch.py _NEEDED).
-COLUMNS = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "name", "path",
-           "path2", "ret", "flags")
+COLUMNS = ("event_id", "ts_ns", "tid", "pid", "comm", "kind", "op", "dentry", "parent", "ino", "seq", "name",
+           "path", "path2", "ret", "flags")
 _OTHER_KINDS = np.concatenate([_EVIDENCE_KINDS, np.array([Kind.PATH_SYSCALL, Kind.NS_OP], dtype=np.uint8)])
 _WR = int(Kind.WALK_RETURN)
 _IS_WALK = kind_mask(WALK_KINDS.tolist())

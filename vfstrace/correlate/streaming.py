@@ -14,6 +14,7 @@ from vfstrace.correlate.batch import (
     _prepare,
     empty_verdicts,
 )
+from vfstrace.correlate.existence import recheck_of
 from vfstrace.correlate.syscall import (
     ACTIVITY_KINDS,
     Successes,
@@ -202,7 +203,8 @@ class StreamingCorrelator:
                 ps.loc[need_a, "after_ts"] = np.where(better, new_ts, cur_ts)
                 ps.loc[need_a, "after_id"] = np.where(better, new_id, cur_id)
             bd = ps["before_done"].to_numpy()
-            done = bd & ((final_at(ps, win) < safe) | final)
+            _, rts = recheck_of(ps, E, win)
+            done = bd & ((final_at(ps, win, rts) < safe) | final)
             if done.any():
                 parts.append(judge_syscalls(ps.loc[done].reset_index(drop=True), E, win, self.unplaced_lost))
             self._pending_sc = ps.loc[~done].reset_index(drop=True)
@@ -229,7 +231,8 @@ class StreamingCorrelator:
             k = E["kind"].to_numpy()
             ts = E["ts_ns"].to_numpy().astype(np.int64)
             lo = np.full(len(E), walk_lo, dtype=np.int64)
-            ns_or_lost = (k == Kind.NS_OP) | (k == Kind.LOST)
+            # Namespace operations, losses and re-checks: a pending syscall's window reaches back to them.
+            ns_or_lost = (k == Kind.NS_OP) | (k == Kind.LOST) | (k == Kind.RECHECK)
             lo[ns_or_lost] = min(walk_lo, sc_ns_lo)
             lo[np.isin(k, ACTIVITY_KINDS)] = min(walk_lo, act_lo)
             keep = ts >= lo

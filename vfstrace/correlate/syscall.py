@@ -5,29 +5,43 @@ results, namespace operations, dentry-cache frees/allocations and shrinker
 runs; nobody sees the walk, the dentry it found, or a d_seq re-check. So these
 verdicts are LOWER RESOLUTION than the walk-level ones in
 vfstrace/correlate/walk.py: they judge a ``PATH_SYSCALL`` that returned
--ENOENT by what happened to its *path*, not to a dentry.
+-ENOENT by what happened to its *path*, not to a dentry. Checked in this
+order (docs/verdicts.md, syscall level, is the table):
 
 * ``explained``: a namespace operation removed the path or a directory above
   it (unlink, rmdir, rename *away*) shortly before the failure (or between
   the last success and the next one on that path), and the path did not
   exist again between that removal and the failure. A rename *onto* a path
-  never explains: it replaces the name atomically;
-* ``transient``: the path existed just before and just after, nothing
-  removed it in between, and dentry frees or shrinker activity ran around
-  the failure: a suspect of the pruned-dentry race, not proof (on a kernel
-  with kprobes, the walk-level verdict is the proof). "Existed before" is a
-  successful path syscall on it or an operation that created it (mkdir,
-  link or rename onto it) within ``syscall_window_ns``; "existed after" is a
-  successful path syscall within that window or the tracer's own re-check
-  of the path right after the failure (``Flag.EXISTS_AFTER``), so a default
-  recording (successes not streamed) can reach it. The reason names which;
-* ``uncertain``: would be ``transient`` (or ``absent``) but events were lost
-  in that span, or the trace reports losses no LOST record places;
-* ``absent``: a plain miss.
+  never explains: it replaces the name atomically; a RENAME_EXCHANGE
+  removes neither of its names (both exist before and after), only what
+  lay below them;
+* ``absent``, a creator between: the path was there after the failure, but
+  an operation that can have made it (or a directory above it) ran between
+  the failure and that evidence (vfstrace/correlate/existence.py): the
+  failure may have been the truth. The reason names the creator;
+* ``uncertain``: the path was there after the failure and no seen creator
+  made it, but one may be unseen: events were lost between the failure and
+  the evidence after it (or the trace reports losses no LOST record
+  places), an io_uring submission that can create names ran around it, or
+  the path is on a network or FUSE filesystem; also a failure flagged
+  ``EXISTS_AFTER`` in a trace recorded before re-checks were rows (the
+  re-check's time unknown, creators between it and the failure cannot be
+  ruled out);
+* ``transient``: the path existed at the instant of the failure and dentry
+  frees or shrinker activity ran around it: a suspect of the pruned-dentry
+  race, not proof (on a kernel with kprobes, the walk-level verdict is the
+  proof). "Existed at the failure": the tracer's re-check (a ``RECHECK``
+  row, ret 0) right after it found the path as the task meant it, or
+  (successes streamed, an absolute path) successful syscalls on it before
+  and after, and nothing that can have made it ran between the failure and
+  that evidence. So a default recording (successes not streamed) reaches it;
+* ``absent``: a plain miss, the reason says which piece was missing; a
+  re-check that could not resolve the path (the task gone: -ESRCH; its
+  dirfd or cwd closed or changed: -EBADF) says so.
 
-Paths are compared as strings: a relative path and its absolute form do not
-match, which can only make a verdict ``absent`` where it could have been
-``explained`` or ``transient``.
+Successes are matched to a failure by path string: only an absolute path
+names the same file for every task, so a relative one is judged by its
+re-check alone.
 """
 
 from __future__ import annotations
@@ -35,14 +49,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vfstrace.events import ENOENT, Flag, Kind, Op, op_name
+from vfstrace.correlate.existence import CREATING_OPS, Creators, components, recheck_of
+from vfstrace.events import EBADF, ENOENT, ESRCH, Flag, Kind, Op, op_name
 
 ACTIVITY_KINDS = np.array([Kind.D_FREE, Kind.SHRINK_START, Kind.SHRINK_END], dtype=np.uint8)
 PATH_OPS = np.array([Op.UNLINK, Op.RMDIR, Op.RENAME], dtype=np.uint16)
-# Operations after which a path exists: mkdir (path), link and rename (path2: the new name).
-CREATING_OPS = {int(Op.MKDIR): "path", int(Op.LINK): "path2", int(Op.RENAME): "path2"}
 _NONE = -1
-
+_UNRESOLVED = {ESRCH: "the task had exited", EBADF: "its dirfd (or cwd) was closed or names another directory now"}
 
 def judged_syscalls(df: pd.DataFrame) -> np.ndarray:
     """Mask of PATH_SYSCALL rows that returned -ENOENT."""
@@ -59,9 +72,9 @@ def successes(df: pd.DataFrame) -> np.ndarray:
 def presences(df: pd.DataFrame) -> pd.DataFrame:
     """(event_id, ts_ns, path) of every event after which ``path`` existed.
 
-    Successful path syscalls, and the namespace operations that create a
-    name (mkdir, link, rename onto it: the new name in ``path2``). An open
-    with O_CREAT is a successful path syscall where successes are streamed.
+    Successful path syscalls, and the namespace operations after which a
+    name exists (existence.CREATING_OPS: mkdir, an open with O_CREAT, mknod,
+    mount over it; link, symlink, rename onto it: the new name in ``path2``).
     """
     cols = ["event_id", "ts_ns", "path"]
     parts = [df.loc[successes(df), cols]]
@@ -157,15 +170,26 @@ def neighbours(S: pd.DataFrame, succ, win, *, before=True, after=True) -> pd.Dat
     return S
 
 
-def final_at(S: pd.DataFrame, win) -> np.ndarray:
-    """The time after which every event a row's verdict depends on has been seen."""
+
+def final_at(S: pd.DataFrame, win, recheck_ts=None) -> np.ndarray:
+    """The time after which every event a row's verdict depends on has been seen.
+
+    ``recheck_ts``: per row, the stamp of its re-check (recheck_of()), -1
+    where none has been seen yet: a failure waits for its re-check (up to the
+    window; none comes for an empty path), then for the creators, io_uring
+    submissions and losses up to it."""
     t = S["ts_ns"].to_numpy().astype(np.int64)
     b = S["before_ts"].to_numpy()
     a = S["after_ts"].to_numpy()
     near = t + win.explain_after_ns
     waiting = t + win.syscall_window_ns
-    full = np.maximum.reduce([a + win.skew_ns + win.loss_horizon_ns, near, t + win.activity_ns])
-    return np.where(b == _NONE, near, np.where(a == _NONE, np.maximum(near, waiting), full))
+    tail = win.skew_ns + win.loss_horizon_ns
+    full = np.maximum.reduce([a + tail, near, t + win.activity_ns])
+    out = np.where(b == _NONE, near, np.where(a == _NONE, np.maximum(near, waiting), full))
+    rts = np.full(len(S), _NONE, dtype=np.int64) if recheck_ts is None else np.asarray(recheck_ts, dtype=np.int64)
+    named = S["path"].to_numpy(dtype=object) != ""
+    upto = np.where(rts != _NONE, rts, np.where(named, waiting, _NONE))
+    return np.where(upto != _NONE, np.maximum.reduce([out, upto + tail, t + win.activity_ns]), out)
 
 
 def _ancestors(p):
@@ -180,7 +204,11 @@ def _ancestors(p):
 
 
 def _removals(S, E, win, b, flicker):
-    """Per judged syscall, the removals (unlink, rmdir, rename away) of its path or a parent that explain it."""
+    """Per judged syscall, the removals (unlink, rmdir, rename away) of its path or a parent that explain it.
+
+    A RENAME_EXCHANGE swaps two names that both exist before and after: it
+    removes neither, only what lay below them (a directory swapped for
+    another)."""
     n = len(S)
     t = S["ts_ns"].to_numpy().astype(np.int64)
     paths = S["path"].to_numpy(dtype=object)
@@ -188,14 +216,19 @@ def _removals(S, E, win, b, flicker):
     ns_op = np.zeros(n, dtype=np.int64)
     ekind = E["kind"].to_numpy()
     N = E.loc[(ekind == Kind.NS_OP) & np.isin(E["op"].to_numpy(), PATH_OPS) & (E["ret"].to_numpy() >= 0),
-              ["event_id", "ts_ns", "op", "path"]]
-    keys = [(i, anc) for i, p in enumerate(paths.tolist()) if p for anc in _ancestors(p)]
+              ["event_id", "ts_ns", "op", "path", "path2", "flags"]]
+    keys = [(i, anc, k == 0) for i, p in enumerate(paths.tolist()) if p for k, anc in enumerate(_ancestors(p))]
     if not len(N) or not keys:
         return ns_ids, ns_op
-    K = pd.DataFrame(keys, columns=["_r", "key"])
+    K = pd.DataFrame(keys, columns=["_r", "key", "own"])
     # Only the name a rename moves away from (path); path2, the name it
-    # lands on, existed before and after.
+    # lands on, existed before and after. An exchange: either name, above the path.
+    xch = (N["flags"].to_numpy() & int(Flag.EXCHANGE)) != 0
+    X = N[xch]
+    N = pd.concat([N[~xch], X, X.assign(path=X["path2"])], ignore_index=True)
+    N["strict"] = np.r_[np.zeros((~xch).sum(), bool), np.ones(2 * len(X), bool)]
     m = K.merge(N[N["path"] != ""].rename(columns={"path": "key"}), on="key")
+    m = m[~(m["own"].to_numpy() & m["strict"].to_numpy())]
     if not len(m):
         return ns_ids, ns_op
     r = m["_r"].to_numpy()
@@ -215,8 +248,17 @@ def _removals(S, E, win, b, flicker):
     return ns_ids, ns_op
 
 
+def _spans(E, kinds_mask, lo, hi):
+    """Event ids and stamps of the rows of ``E`` under ``kinds_mask``, sorted, and per judged row the [lo, hi]
+    range of them (as positions)."""
+    X = E.loc[kinds_mask, ["event_id", "ts_ns"]].sort_values(["ts_ns", "event_id"])
+    xts = X["ts_ns"].to_numpy().astype(np.int64)
+    return X["event_id"].to_numpy(), xts, np.searchsorted(xts, lo, "left"), np.searchsorted(xts, hi, "right")
+
+
 def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0) -> pd.DataFrame | None:
-    """Verdicts for judged syscalls ``S`` (with before/after columns) given evidence ``E``.
+    """Verdicts for judged syscalls ``S`` (with before/after columns) given evidence ``E``; the module docstring
+    has the rules, in order.
 
     ``unplaced_lost``: lost events no LOST record places (see
     vfstrace/correlate/walk.py judge_walks): no ``transient`` or ``absent``.
@@ -227,73 +269,116 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
     t = S["ts_ns"].to_numpy().astype(np.int64)
     b = S["before_ts"].to_numpy()
     a = S["after_ts"].to_numpy()
-    recheck = (S["flags"].to_numpy() & int(Flag.EXISTS_AFTER)) != 0
-    after = (a != _NONE) | recheck
-    flicker = (b != _NONE) & after
     paths = S["path"].to_numpy(dtype=object)
     ekind = E["kind"].to_numpy()
     ns_ids, ns_op = _removals(S, E, win, b, (b != _NONE) & (a != _NONE))
     explained = np.array([bool(x) for x in ns_ids])
-    # Dentry frees or shrinker runs around the failure.
-    A = E.loc[np.isin(ekind, ACTIVITY_KINDS), ["event_id", "ts_ns"]].sort_values(["ts_ns", "event_id"])
-    ats = A["ts_ns"].to_numpy().astype(np.int64)
-    alo = np.searchsorted(ats, t - win.activity_ns, "left")
-    ahi = np.searchsorted(ats, t + win.activity_ns, "right")
+    # Existed after: the tracer's re-check found it, or successes on the same absolute path before and after.
+    rpos, rts = recheck_of(S, E, win)
+    has_r = rpos != _NONE
+    rp = np.maximum(rpos, 0)
+    rret = np.where(has_r, E["ret"].to_numpy()[rp], 1) if len(E) else np.ones(n, np.int64)
+    found = has_r & (rret == 0)
+    by_success = ~found & (b != _NONE) & (a != _NONE) & np.array([p.startswith("/") for p in paths.tolist()], bool)
+    present = found | by_success
+    # A trace recorded before re-checks were rows: the flag, and no time to rule creators out by.
+    untimed = ((S["flags"].to_numpy() & int(Flag.EXISTS_AFTER)) != 0) & ~has_r & ~present
+    end = np.where(found, rts, np.where(by_success, a, t + win.syscall_window_ns))  # creators: in (failure, end]
+    span_end = np.where(present, end, t)
+    aids, ats, alo, ahi = _spans(E, np.isin(ekind, ACTIVITY_KINDS), t - win.activity_ns, t + win.activity_ns)
     active = ahi > alo
-    aids = A["event_id"].to_numpy()
-    # Lost events between the last success and the next one (or the re-check, right after).
-    L = E.loc[ekind == Kind.LOST, ["event_id", "ts_ns", "ret"]].sort_values(["ts_ns", "event_id"])
-    lts = L["ts_ns"].to_numpy().astype(np.int64)
-    llo = np.searchsorted(lts, np.minimum(b, t - win.explain_before_ns) - win.skew_ns, "left")
-    lhi = np.searchsorted(lts, np.where(a != _NONE, a, t) + win.skew_ns + win.loss_horizon_ns, "right")
-    lost = flicker & ((lhi > llo) | (unplaced_lost > 0))
-    lids = L["event_id"].to_numpy()
-    transient = flicker & active & ~explained
-    unsure_absent = ~explained & ~transient & (unplaced_lost > 0)
-    verdict = np.where(explained, "explained",
-                       np.where(transient & lost, "uncertain",
-                                np.where(transient, "transient",
-                                         np.where(unsure_absent, "uncertain", "absent")))).astype(object)
+    # Lost events from the failure (or the success before it) to the evidence after it.
+    lo_t = np.where(by_success, np.minimum(b, t - win.explain_before_ns), t - win.explain_before_ns)
+    lids, _, llo, lhi = _spans(E, ekind == Kind.LOST, lo_t - win.skew_ns, span_end + win.skew_ns + win.loss_horizon_ns)
+    lost = (present | untimed) & ((lhi > llo) | (unplaced_lost > 0))
+    # io_uring creating submissions: a request may run in a worker well after its submission, so a window back.
+    uids, _, ulo, uhi = _spans(E, (ekind == Kind.NS_OP) & (E["op"].to_numpy() == int(Op.URING)),
+                               t - win.syscall_window_ns, span_end + win.skew_ns)
+    uring = present & (uhi > ulo)
+    rflags, rpath2, rname = E["flags"].to_numpy(), E["path2"].to_numpy(dtype=object), E["name"].to_numpy(dtype=object)
+    remote = found & ((rflags[rp] & int(Flag.REMOTE_FS)) != 0 if len(E) else False)
+    # Creators between the failure and the evidence after it (the failure's stamp is its exit: skew before it).
+    C = Creators(E)
+    created = np.full(n, _NONE, dtype=np.int64)
+    for i in np.flatnonzero((present | untimed) & ~explained) if len(C.ts) else ():
+        own = components(str(paths[i]))
+        comps = components(str(rpath2[rp[i]])) if found[i] else own
+        chain = [int(x) for x in str(rname[rp[i]]).split(":") if x] if found[i] and rname[rp[i]] else []
+        names = set(comps) | set(own)
+        created[i] = C.first(int(t[i]) - win.skew_ns, int(end[i]) + win.skew_ns, comps, chain, names,
+                             set(comps[:-1]) | set(own[:-1]))
+    made = created != _NONE
+    candidate = present & ~explained & ~made
+    unseen = candidate & (lost | (active & (remote | uring)))
+    transient = candidate & ~unseen & active
+    old = untimed & ~explained & ~made & active
+    unsure = ~explained & ~transient & (unplaced_lost > 0)
+    verdict = np.where(explained, "explained", np.where(transient, "transient", np.where(
+        unseen | old | unsure, "uncertain", "absent"))).astype(object)
     eid = S["event_id"].to_numpy().astype(np.int64)
     bid, aid = S["before_id"].to_numpy(), S["after_id"].to_numpy()
-    created = dict(zip(E.loc[ekind == Kind.NS_OP, "event_id"].to_numpy().astype(np.int64).tolist(),
-                       E.loc[ekind == Kind.NS_OP, "op"].to_numpy().tolist()))
+    rid = E["event_id"].to_numpy().astype(np.int64)
     at = np.searchsorted(ats, t, "left")  # per failure, the first activity at or after it
     evidence, reason = [], []
     for i in range(n):
-        v = verdict[i]
+        v, ev, j = verdict[i], [], int(rid[rp[i]]) if has_r[i] else _NONE
+        if found[i]:
+            ev.append(j)
+            shown = f" as {rpath2[rp[i]]}" if rpath2[rp[i]] and rpath2[rp[i]] != paths[i] else ""
+            how_a = f"the tracer's re-check found it{shown} (event {j})"
+        elif by_success[i]:
+            ev += [int(bid[i]), int(aid[i])]
+            how_a = f"successful syscalls on it before and after (events {int(bid[i])}, {int(aid[i])})"
+        else:
+            how_a = "the tracer's re-check found it (EXISTS_AFTER; its time is not in this trace)"
+        lost_r = ""
+        if lost[i]:
+            ev += [int(x) for x in lids[llo[i]:lhi[i]]]
+            lost_r = ("events were lost between the failure and the evidence after it: a creator may be among them"
+                      if lhi[i] > llo[i] else f"the trace reports {int(unplaced_lost)} lost event(s) that no LOST "
+                      "record places in time")
         if v == "explained":
-            ev = ns_ids[i]
+            ev = list(ns_ids[i])
             r = f"{op_name(ns_op[i])} of this path or a parent removed it (syscall level)"
+        elif made[i]:
+            c = int(created[i])
+            ev.append(int(C.event_id[c]))
+            r = (f"{op_name(C.op[c])} of {C.name[c] or 'a mount point'} (event {int(C.event_id[c])}) can have made it "
+                 f"or a directory above it between the failure and the evidence it existed ({how_a})")
+            r = (f"plain miss (syscall level): {r}" if v == "absent" else
+                 f"{r}, and the trace reports {int(unplaced_lost)} lost event(s) that no LOST record places in time "
+                 "(syscall level)")
         elif transient[i]:
             # The dentry free / shrinker event nearest the failure on each side.
             k = int(at[i])
-            near = [aids[j] for j in (k - 1, k) if alo[i] <= j < ahi[i]]
-            ev = [int(bid[i])] + ([int(aid[i])] if a[i] != _NONE else []) + [int(x) for x in near]
-            op_b = created.get(int(bid[i]))
-            how_b = f"{op_name(op_b)} created it (event {int(bid[i])})" if op_b is not None else \
-                f"a successful syscall on it (event {int(bid[i])})"
-            how_a = (f"a successful syscall on it (event {int(aid[i])})" if a[i] != _NONE
-                     else "the tracer's re-check found it right after (EXISTS_AFTER)")
-            r = (f"existed before: {how_b}; after: {how_a}; dentry frees/shrinker running, no removal "
-                 "(syscall level: a suspect)")
-            if v == "uncertain":
-                ev += [int(x) for x in lids[llo[i]:lhi[i]]]
-                r = ("would be transient, but events were lost in that span (syscall level)" if lhi[i] > llo[i] else
-                     f"would be transient, but the trace reports {int(unplaced_lost)} lost event(s) that no LOST "
-                     "record places in time (syscall level)")
+            ev += [int(aids[x]) for x in (k - 1, k) if alo[i] <= x < ahi[i]]
+            r = (f"existed at the failure: {how_a}, and nothing that can have made it or a directory above it ran "
+                 "in between; dentry frees/shrinker running, no removal (syscall level: a suspect)")
+        elif unseen[i] and lost[i]:
+            r = f"would be transient ({how_a}), but {lost_r} (syscall level)"
+        elif unseen[i] and remote[i]:
+            r = (f"{how_a}, but it is on a network or FUSE filesystem: a creator this kernel never sees may have "
+                 "made it (syscall level)")
+        elif unseen[i]:
+            ev += [int(x) for x in uids[ulo[i]:uhi[i]]]
+            r = (f"{how_a}, but io_uring requests that can create names ran around it (paths unseen, event "
+                 f"{int(uids[ulo[i]])}) (syscall level)")
+        elif old[i]:
+            r = (f"would be transient ({how_a}), but the re-check's time is not in this trace (recorded before "
+                 "re-checks were rows): a creator between cannot be ruled out" + (f"; and {lost_r}" if lost_r else "")
+                 + " (syscall level)")
         elif v == "uncertain":
-            ev = []
             r = (f"no removal seen, but the trace reports {int(unplaced_lost)} lost event(s) that no LOST record "
                  "places in time (syscall level)")
+        elif present[i] or untimed[i]:
+            r = f"plain miss (syscall level): {how_a}, but no dentry frees or shrinker activity around it"
+        elif has_r[i]:
+            ev.append(j)
+            why = _UNRESOLVED.get(int(rret[i]))
+            r = (f"plain miss (syscall level): the re-check could not resolve the path: {why} (event {j})" if why else
+                 f"plain miss (syscall level): the tracer's re-check did not find it (event {j})")
         else:
-            ev = []
-            if b[i] == _NONE:
-                r = "plain miss (syscall level): no earlier success or creation of this path"
-            elif not after[i]:
-                r = "plain miss (syscall level): no later success or re-check of this path"
-            else:
-                r = "plain miss (syscall level): no dentry frees or shrinker activity around it"
+            r = "plain miss (syscall level): no re-check found it and no later success on it"
         ev.append(int(eid[i]))
         evidence.append(sorted(set(ev)))
         reason.append(r)
