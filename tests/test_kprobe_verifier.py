@@ -311,3 +311,47 @@ def test_real_verifier_accepts_the_empty_program(btf, monkeypatch):
         assert t.counters() == {} and t.poll() == []
     finally:
         t.close()
+
+
+class _FakeBcc:
+    """Records the attach calls the tracer makes (the kernel side is the VM tests')."""
+
+    def __init__(self):
+        self.calls = []
+
+    def attach_kprobe(self, **kw):
+        self.calls.append(("kprobe", kw))
+
+    def attach_kretprobe(self, **kw):
+        self.calls.append(("kretprobe", kw))
+
+
+@pytest.mark.parametrize("release,preempt,pool", [
+    ("5.10.262-vfstrace-prepatch", False, 128),  # num_possible_cpus() = 2 instances by default: ask
+    ("5.10.262-vfstrace-prepatch", True, 0),  # CONFIG_PREEMPTION: max(10, 2 * CPUs) already
+    ("6.1.192-vfstrace-prepatch", False, 0),  # 3b7ddab8a19a: max(10, 2 * CPUs) everywhere
+])
+def test_kretprobes_ask_for_a_pool_only_where_the_default_is_the_cpu_count(btf, monkeypatch, tmp_path,
+                                                                              release, preempt, pool):
+    from tracers import kprobe_events, tracepoint
+    from tracers.kprobe import KprobeTracer
+
+    monkeypatch.setattr(kprobe_events, "possible_cpus", lambda path=None: 2)
+    t = KprobeTracer(TraceOptions(), _choice())
+    t.release = release
+    t._ks = {"preempt_schedule": 1} if preempt else {}
+    assert t.kretprobe_pool() == pool
+    assert any(n.startswith("kretprobes:") and f"asking for {pool}" in n for n in t.notes) is bool(pool)
+    t.bpf = _FakeBcc()
+    t._attach_kprobes()
+    rets = [kw for kind, kw in t.bpf.calls if kind == "kretprobe"]
+    assert {kw["event"] for kw in rets} >= {t.choice.symbols["walk"].encode(), t.choice.symbols["lookup"].encode()}
+    assert all(kw.get("maxactive", 0) == pool for kw in rets)
+    assert all("maxactive" not in kw for kind, kw in t.bpf.calls if kind == "kprobe")
+    # what the named kretprobes missed, from kprobe_profile; PMU ones have no line there
+    monkeypatch.setattr(tracepoint, "tracefs", lambda: tmp_path)
+    pid = os.getpid()
+    (tmp_path / "kprobe_profile").write_text(
+        f"  r_walk_component_bcc_{pid}   1000   7\n  r_lookup_fast_bcc_{pid}   900   2\n"
+        f"  p_walk_component_bcc_{pid}   1000   5\n  r_walk_component_bcc_1   10   10\n")
+    assert t.kretprobe_missed() == (9 if pool else None)

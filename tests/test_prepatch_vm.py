@@ -139,13 +139,26 @@ def _boot_now(kernel: str) -> dict:
     sel = (summary.get("selftest") or {}).get("result") or {}
     print(f"{kernel} ({summary['kernel_release']}): cp ENOENT {st.get('cp_enoent')}, {st.get('files_copied')} files "
           f"copied in {st.get('copy_rounds')} full rounds, spurious ENOENT (kernel) {k.get('truth_count')}, race {k.get('suspects')} "
-          f"(matched {k.get('matched')}), verdicts {k.get('verdicts')}, selftest {sel.get('verdict')}; "
+          f"(matched {k.get('matched')}{_scores(k)}), verdicts {k.get('verdicts')}, selftest {sel.get('verdict')}; "
           f"boot+run {res.duration_s:.0f} s")
     for t in tiers[1:]:
         r = summary["runs"].get(t) or {}
         print(f"{kernel} {t}: spurious ENOENT (kernel) {r.get('truth_count')}, race {r.get('suspects')} "
-              f"(matched {r.get('matched')}), verdicts {r.get('verdicts')}")
+              f"(matched {r.get('matched')}{_scores(r)}), verdicts {r.get('verdicts')}")
     return summary
+
+
+def _scores(r: dict) -> str:
+    """", precision P, recall R" of a tier run against the ground truth, and the returns its kretprobes lost
+    where the kernel says (named kprobe_events: tracers/kprobe_events.py kretprobe_maxactive)."""
+    out = ""
+    if r.get("suspects"):
+        out += f", precision {r['matched'] / r['suspects']:.2f}"
+    if r.get("truth"):
+        out += f", recall {r['matched'] / r['truth']:.2f}"
+    if r.get("kretprobe_missed") is not None:
+        out += f", kretprobe returns missed {r['kretprobe_missed']}"
+    return out
 
 
 def readme_results(kernel: str) -> list[dict]:

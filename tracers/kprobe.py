@@ -19,7 +19,12 @@ turns a :class:`vfstrace.doctor.TierChoice` into that program:
   that exact name; a compiler clone (``lookup_fast.constprop.0``) has none,
   so that probe falls back to a kprobe and :attr:`KprobeTracer.notes` says so;
 * events travel through tracers/stream.py (BPF ring buffer on 5.8+, perf
-  buffer otherwise); failed submissions are counted per CPU in the kernel.
+  buffer otherwise); failed submissions are counted per CPU in the kernel;
+* kretprobes attach through the kprobe PMU with the kernel's default pool of
+  instances where that pool is max(10, 2 * CPUs); where it is
+  num_possible_cpus() (before v6.1, without CONFIG_PREEMPTION: 5.10) they
+  ask for more through named kprobe_events (tracers/kprobe_events.py
+  kretprobe_maxactive), and ``kretprobe_missed`` counts the returns lost.
 
 :class:`EmptyKprobeTracer` is the same plan running bpf/empty.c: empty
 programs on exactly these attach points, the floor bench/probe_cost.py
@@ -159,6 +164,8 @@ class KprobeTracer(Tracer):
         self._stream = None
         self._btf = None
         self._defines: list[str] | None = None
+        self._ks: dict[str, int] | None = None
+        self._maxactive: int | None = None
         self.probes = self._plan()
 
     # -- planning ----------------------------------------------------------
@@ -169,7 +176,6 @@ class KprobeTracer(Tracer):
         if blockers:
             raise TierUnavailable(f"the {self.tier} tier cannot run on kernel {self.release}: "
                                   f"{'; '.join(blockers)} (see `vfstrace doctor`)")
-        ks = None
         probes = [
             Probe("walk", syms["walk"], "WALK", "vt_walk_enter", "vt_walk_return", True),
             Probe("lookup", syms["lookup"], "LOOKUP", None, "vt_lookup_return", False),
@@ -183,8 +189,7 @@ class KprobeTracer(Tracer):
                   ("ns_unlink", "d_delete", "DELETE", "vt_delete", None),
                   ("ns_rename", "d_move", "MOVE", "vt_move", None)]
         for role, base, define, entry, ret in extras:
-            ks = ks if ks is not None else _kallsyms_text()
-            sym = _find_symbol(ks, base)
+            sym = _find_symbol(self._kallsyms(), base)
             if sym is None:
                 self.notes.append(f"{base} not in /proc/kallsyms: no {role} events from it")
                 continue
@@ -224,6 +229,62 @@ class KprobeTracer(Tracer):
                     "whose arguments cannot be read reliably"
                 )
         return probes
+
+    def _kallsyms(self) -> dict[str, int]:
+        if self._ks is None:
+            self._ks = _kallsyms_text()
+        return self._ks
+
+    def kretprobe_pool(self) -> int:
+        """maxactive each kretprobe of the plan asks for; 0: the kernel's default (through the PMU).
+
+        Where the kernel's default is num_possible_cpus(), a walk that
+        sleeps inside walk_component() (lookup_slow() waiting for the
+        filesystem) or step_into() holds one of that many instances, and
+        every other walk's return is lost while they are held (a 2-CPU
+        5.10 guest, 2 instances: the kprobe tier missed 38 of 89 spurious
+        ENOENTs, the fentry tier, whose fexit has no pool, none of 112).
+        """
+        if self._maxactive is None:
+            self.cflags()  # the modes: fentry probes have no pool
+            from tracers.kprobe_events import (PREEMPTION_SYMBOL, kretprobe_default_instances,
+                                               kretprobe_maxactive, possible_cpus)
+
+            self._maxactive = 0
+            if any(p.mode == "kprobe" and p.ret for p in self.probes):
+                cpus, pre = possible_cpus(), PREEMPTION_SYMBOL in self._kallsyms()
+                self._maxactive = kretprobe_maxactive(self.release, cpus, pre)
+                if self._maxactive:
+                    default = kretprobe_default_instances(self.release, cpus, pre)
+                    self.notes.append(
+                        f"kretprobes: kernel {self.release} gives each {default} instance(s) by default "
+                        "(num_possible_cpus(): no CONFIG_PREEMPTION, before 3b7ddab8a19a, v6.2 and 6.1.3), "
+                        "fewer than the walks that sleep in walk_component/step_into at once; asking for "
+                        f"{self._maxactive} through kprobe_events (a recorder killed with SIGKILL leaves "
+                        "those events; the next recorder removes them)")
+        return self._maxactive
+
+    def _kretprobe_events(self) -> set[str]:
+        """The names in kprobe_events of this tracer's kretprobes (where they have names: kretprobe_pool() > 0)."""
+        from tracers.kprobe_events import bcc_event_base
+
+        return {f"{bcc_event_base('ret', p.symbol)}_bcc_{os.getpid()}" for p in self.probes
+                if p.mode == "kprobe" and p.ret}
+
+    def kretprobe_missed(self) -> int | None:
+        """Returns this tracer's kretprobes lost (kprobe_profile's nmissed), or None where the kernel
+        does not say (PMU kretprobes have no kprobe_profile line)."""
+        if not self._maxactive or self.bpf is None:
+            return None
+        from tracers.kprobe_events import profile_missed
+        from tracers.tracepoint import tracefs
+
+        try:
+            text = (tracefs() / "kprobe_profile").read_text()
+        except (OSError, VfstraceError):
+            return None
+        missed = profile_missed(text, self._kretprobe_events())
+        return sum(missed.values()) if missed else None
 
     def _offsets(self) -> dict[str, int]:
         if self._btf is None:
@@ -404,6 +465,7 @@ class KprobeTracer(Tracer):
 
             raise PrivilegeError("the kprobe tier needs root (CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)")
         self.compile()
+        self.kretprobe_pool()
         for n in self.notes:
             log.info(f"note: {n}")
         try:
@@ -422,12 +484,13 @@ class KprobeTracer(Tracer):
             if p.entry:
                 self._attach(b.attach_kprobe, p, self._kprobe_fn(p.entry))
             if p.ret:
-                # No maxactive: libbcc then attaches through the kprobe
-                # PMU, whose probes the kernel removes with the process
-                # (tracers/kprobe_events.py). Each kretprobe gets the
-                # kernel's default instances, max(10, 2 * possible CPUs)
-                # (kernel/kprobes.c register_kretprobe()).
-                self._attach(b.attach_kretprobe, p, self._kprobe_fn(p.ret), ret=True)
+                # No maxactive where the kernel's default pool serves
+                # (kretprobe_pool() 0): libbcc then attaches through the
+                # kprobe PMU, whose probes the kernel removes with the
+                # process (tracers/kprobe_events.py). With one, libbcc
+                # writes a named kprobe_events entry.
+                self._attach(b.attach_kretprobe, p, self._kprobe_fn(p.ret), ret=True,
+                             maxactive=self.kretprobe_pool())
 
     def _kprobe_fn(self, fn: str) -> str:
         """The program attached where bpf/kprobe.c's ``fn`` goes."""
@@ -512,9 +575,12 @@ class KprobeTracer(Tracer):
         if left:
             log.warning(f"stale kprobe event(s) still in use, left: {', '.join(left)}")
 
-    def _attach(self, how, p: Probe, fn: str, ret: bool = False) -> None:
+    def _attach(self, how, p: Probe, fn: str, ret: bool = False, maxactive: int = 0) -> None:
         try:
-            how(event=p.symbol.encode(), fn_name=fn.encode())
+            if maxactive:
+                how(event=p.symbol.encode(), fn_name=fn.encode(), maxactive=maxactive)
+            else:
+                how(event=p.symbol.encode(), fn_name=fn.encode())
         except Exception as e:
             raise TierUnavailable(
                 f"cannot attach {'kretprobe' if ret else 'kprobe'} to {p.symbol} "
@@ -538,7 +604,11 @@ class KprobeTracer(Tracer):
             return {}
         from tracers.stream import counter_totals
 
-        return counter_totals(self.bpf["counts"], COUNTERS)
+        out = counter_totals(self.bpf["counts"], COUNTERS)
+        missed = self.kretprobe_missed()
+        if missed is not None:
+            out["kretprobe_missed"] = missed
+        return out
 
     def attached(self) -> list[str]:
         return [s for p in self.probes for s in p.describe()]

@@ -14,6 +14,17 @@ So before attaching, the tracer removes the named events that a dead
 process left on the functions it is about to probe (BCC's own name for
 that function and probe type, and a creator pid that no longer exists).
 An event still in use answers EBUSY and is left alone.
+
+Kretprobe instances (:func:`kretprobe_maxactive`): a kretprobe takes one
+instance from a pool fixed at registration at each entry and gives it back
+at the return; a call that finds the pool empty loses its return (the
+probe's nmissed). Calls that sleep inside the function hold theirs, so the
+pool must cover the tasks inside it at once, not the CPUs: walk_component()
+sleeps in lookup_slow() while the filesystem answers, step_into() in a
+symlink's ->get_link(). The PMU takes no maxactive: the kernel's default
+applies, and on kernels where that default is num_possible_cpus() (2 in a
+2-CPU guest) the tier asks for more instances, through a named event, and
+reads what its kretprobes missed from kprobe_profile (:func:`profile_missed`).
 """
 
 from __future__ import annotations
@@ -81,3 +92,76 @@ def remove_stale(root: Path, bases: set[str], alive=pid_alive) -> tuple[list[str
         except OSError as e:
             left.append(f"{name} ({errno.errorcode.get(e.errno, e.errno)})")
     return removed, left
+
+
+# kretprobe instances ---------------------------------------------------------
+
+# register_kretprobe()'s default pool (maxactive <= 0) is max(10, 2 * possible
+# CPUs) on every kernel since 3b7ddab8a19a ("kprobes: kretprobe events missing
+# on 2-core KVM guest", wuqiang, v6.2; in 6.1.3 as d465fa2a9add). Before it
+# that was the default of CONFIG_PREEMPTION kernels only; without preemption
+# (PREEMPT_NONE, PREEMPT_VOLUNTARY: Debian's 5.10, vfstrace's own 5.10 builds)
+# it was num_possible_cpus(). The release string cannot tell 6.1.0-6.1.2 from
+# 6.1.3 and later (Debian calls every 6.1 kernel "6.1.0-<abi>"): the line counts.
+MAXACTIVE_FLOOR_SINCE = (6, 1)
+# What the tier asks for where the default is too small: tasks, not CPUs, bound
+# the calls in flight, and an instance costs a few dozen bytes.
+KRETPROBE_INSTANCES = 128
+# trace_kprobe.c refuses a larger maxactive in kprobe_events (KRETPROBE_MAXACTIVE_MAX).
+KRETPROBE_MAXACTIVE_MAX = 4096
+
+PREEMPTION_SYMBOL = "preempt_schedule"  # kernel/sched/core.c defines it only under CONFIG_PREEMPTION
+
+
+def _line(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def kretprobe_default_instances(release: str, possible_cpus: int, preemptible: bool) -> int:
+    """The instances the kernel ``release`` gives a kretprobe registered without maxactive (PMU kretprobes)."""
+    n = max(1, possible_cpus)
+    if preemptible or _line(release) >= MAXACTIVE_FLOOR_SINCE:
+        return max(10, 2 * n)
+    return n
+
+
+def kretprobe_maxactive(release: str, possible_cpus: int, preemptible: bool) -> int:
+    """maxactive for each kretprobe: 0 where the kernel's default pool is max(10, 2 * CPUs) (attach
+    through the PMU, which the kernel cleans up with the process), else the instances to ask for."""
+    n = max(1, possible_cpus)
+    if kretprobe_default_instances(release, n, preemptible) >= max(10, 2 * n):
+        return 0
+    return min(max(KRETPROBE_INSTANCES, 2 * n), KRETPROBE_MAXACTIVE_MAX)
+
+
+def parse_cpu_list(text: str) -> int:
+    """How many CPUs a sysfs CPU list names ("0-1", "0,2-3"); 0 if none."""
+    n = 0
+    for part in text.strip().split(","):
+        lo, _, hi = part.strip().partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """num_possible_cpus() of the running kernel (os.cpu_count() if sysfs does not say)."""
+    try:
+        with open(path) as f:
+            n = parse_cpu_list(f.read())
+    except OSError:
+        n = 0
+    return n or os.cpu_count() or 1
+
+
+def profile_missed(text: str, events: set[str]) -> dict[str, int]:
+    """nmissed per event of ``events`` (names without group) in tracefs kprobe_profile ``text``
+    ("  <event> <nhit> <nmissed>"; a kretprobe's counts the returns its empty pool lost)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in events and parts[2].isdigit():
+            out[parts[0]] = int(parts[2])
+    return out
+

@@ -120,6 +120,8 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
         "first_suspect_s": round((first_race - t_start) / 1e9, 2) if first_race else None,
         "first_truth_s": round((first_truth - t_start) / 1e9, 2) if first_truth else None,
         "trace_seconds": round((t_end - t_start) / 1e9, 1),
+        # returns the tier's kretprobes lost (kprobe_profile), where the kernel says: their walks go unjudged
+        "kretprobe_missed": (meta.get("kernel_counters") or {}).get("kretprobe_missed"),
     }
     if tier != "tracepoint":
         step = (df["kind"] == int(Kind.WALK_RETURN)) & ((df["flags"] & int(Flag.STEP)) != 0)
