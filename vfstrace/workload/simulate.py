@@ -72,7 +72,8 @@ SEMANTICS = ("buggy", "fixed")
 VIEWS = ("kprobe", "tracepoint")
 DELIVERIES = ("ts", "percpu")
 # The kinds a tracepoint-only kernel can see (no function probes).
-TRACEPOINT_KINDS = (Kind.PATH_SYSCALL, Kind.NS_OP, Kind.D_FREE, Kind.D_ALLOC, Kind.SHRINK_START, Kind.SHRINK_END, Kind.LOST)
+TRACEPOINT_KINDS = (Kind.PATH_SYSCALL, Kind.NS_OP, Kind.D_FREE, Kind.D_ALLOC, Kind.SHRINK_START, Kind.SHRINK_END, Kind.LOST,
+                    Kind.RECHECK)
 
 FRESH_NS = 500_000        # removed names are looked up for this long after removal
 RECREATE_NS = 1_500_000   # ... and re-created this long after it
@@ -277,14 +278,24 @@ class _Sim:
                 self.wcpu[w] = self.u(0, self.cpus - 1)
 
     def _recheck(self, row, comps):
-        """The tracepoint tier's lstat() of a failed path at its next poll: EXISTS_AFTER if it is there."""
+        """The tracepoint tier's re-check of a failed path at its next poll: a RECHECK row (ret 0 found,
+        -ENOENT not), as tracers/tracepoint.py writes one, and EXISTS_AFTER on the failure if it is there.
+
+        The row carries no directory inode chain (``name`` ""): the correlator then places creators by
+        the created name alone, which can only find more of them (vfstrace/correlate/existence.py)."""
         yield RECHECK_NS
-        d = ""
+        d, found = "", True
         for k, c in enumerate(comps):
             if c not in self.fs.get(d, {}):
-                return
+                found = False
+                break
             d = c if k == 0 else d + "/" + c
-        self.exists_after.add(row)
+        r = self.rows[row]
+        cpu, tid, comm, op, path, seq = r[1], r[3], r[4], r[6], r[11], r[13]
+        self.emit(Kind.RECHECK, cpu, tid, comm, op=op, path=path, path2=path if found else "", seq=seq,
+                  ret=0 if found else ENOENT, pid=r[2])
+        if found:
+            self.exists_after.add(row)
 
     def _churn_target(self):
         now = self.now
@@ -599,7 +610,7 @@ class _Sim:
             for s in starts:
                 c = cpu[s]
                 idx = np.flatnonzero((cpu[s:] == c))[: int(nrng.integers(10, 2 * mean_burst))] + s
-                idx = idx[keep[idx]]
+                idx = idx[keep[idx] & (arr["kind"][idx] != Kind.RECHECK)]  # re-checks are user space's rows
                 if not len(idx):
                     continue
                 keep[idx] = False
@@ -611,6 +622,8 @@ class _Sim:
                 arr["flags"][ea] |= int(Flag.EXISTS_AFTER)
             if not all_paths:  # a default recording: successful path syscalls are not streamed
                 keep &= ~((arr["kind"] == Kind.PATH_SYSCALL) & (arr["ret"] >= 0))
+        else:  # only the tracepoint tier re-checks failed paths
+            keep &= arr["kind"] != Kind.RECHECK
         sel = np.flatnonzero(keep)
         df = pd.DataFrame({
             "ts_ns": ts[sel].astype(np.uint64),
@@ -692,8 +705,9 @@ def simulate(seed: int, *, semantics: str = "buggy", walkers: int = 4, files: in
     LOST); its truth is then the syscall level only. ``delivery="percpu"``
     numbers events in the order a reader of per-CPU perf buffers receives
     them (grouped by CPU per drain, POLL_NS/DRAIN_NS) instead of by time.
-    In the tracepoint view, a failed path syscall carries ``EXISTS_AFTER``
-    when its path existed RECHECK_NS later (the tracer's re-check), and
+    In the tracepoint view, every failed path syscall is followed RECHECK_NS
+    later by the tracer's re-check of its path (a RECHECK row; the failure
+    carries ``EXISTS_AFTER`` too when the path was there), and
     ``all_paths=False`` drops the successful path syscalls, as a recording
     without ``--all-paths`` does.
     """
