@@ -21,17 +21,17 @@ demo: setup
 # they are cached.
 test: setup
 	$(VFSTRACE) vm fetch --kernel all
-	$(PY) -m pytest -v --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -v -rs --durations=25 $(PYTEST_ARGS)
 
 # Unit and recorded-trace tests only (no root, no VM).
 test-fast: setup
-	$(PY) -m pytest -v -m "not live and not vm" $(PYTEST_ARGS)
+	$(PY) -m pytest -v -rs -m "not live and not vm" $(PYTEST_ARGS)
 
 # The 2011 race on every kernel line vfstrace builds, 5.10 included (the
 # suite, and CI, check 6.1): each line's prepatch and control kernels
 # built, booted, and the detector checked against the kernel's own record.
 test-kernels: setup
-	VFSTRACE_VM_KERNEL_LINES=6.1,6.12,5.10 $(PY) -m pytest -v tests/test_prepatch_vm.py $(PYTEST_ARGS)
+	VFSTRACE_VM_KERNEL_LINES=6.1,6.12,5.10 $(PY) -m pytest -v -rs tests/test_prepatch_vm.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
