@@ -30,6 +30,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+from vfstrace.vm.kernels import VmTimeout
+
 JOBS = max(1, int(os.environ.get("VFSTRACE_VM_JOBS", "2")))
 # A guest that shares the host with another runs slower; its time limit
 # (a guard against a hung guest, not a performance bound) grows with that.
@@ -46,11 +48,19 @@ _times: dict[tuple, list] = {}
 _t0 = time.monotonic()
 
 
+# Console lines a hung guest's failure carries: what the kernel printed last
+# (a stall's or an oops's stack) is the only account of it a CI log keeps.
+CONSOLE_TAIL = 60
+
+
 def _timed(key: tuple, boot: Callable[[], object]) -> Callable[[], object]:
     def run():
         _times[key] = [time.monotonic(), None]
         try:
             return boot()
+        except VmTimeout as e:
+            tail = "\n".join(e.console.splitlines()[-CONSOLE_TAIL:])
+            raise VmTimeout(f"{e}\nthe guest console's last {CONSOLE_TAIL} lines:\n{tail}", e.console) from None
         finally:
             _times[key][1] = time.monotonic()
     return run

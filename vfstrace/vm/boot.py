@@ -201,6 +201,13 @@ def _wait_paced(proc, budget: "pace.Budget", beat_path: Path) -> bool:
             return proc.poll() is not None
 
 
+def _keep_console(meta: Path, text: str) -> None:
+    try:
+        (meta / "console.log").write_text(text + "\n")
+    except OSError:
+        pass
+
+
 def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResult:
     meta = out / ".vm"
     shutil.rmtree(meta, ignore_errors=True)
@@ -243,10 +250,17 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
             proc.kill()
             proc.wait()
             reader.join(5)
+            text = "\n".join(console)
+            # The whole console stays with the results: a hung guest's last
+            # kernel messages (a blocked task's stack, a stall) are its only account.
+            _keep_console(meta, text)
+            where = (f"its command started {started[0]:.0f} s after boot" if started[0] is not None
+                     else "it never started its command (hung while booting)")
             raise VmTimeout(
-                f"{k.series} guest ({k.release}) did not finish within its limit, {budget.describe()}; "
-                f"qemu killed (last console line: {_last_line(chr(10).join(console))})",
-                console="\n".join(console),
+                f"{k.series} guest ({k.release}) did not finish within its limit, {budget.describe()}, "
+                f"and {where}; qemu killed (last console line: {_last_line(text)}; "
+                f"console in {meta / 'console.log'})",
+                console=text,
             )
     except VmTimeout:
         raise
@@ -261,6 +275,7 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
         res = json.loads((meta / "result.json").read_text())
     except (OSError, ValueError):
         why = "kernel panic" if "Kernel panic" in text else "init or runner failed"
+        _keep_console(meta, text)
         raise VmError(
             f"{k.series} guest ({k.release}) stopped without a result ({why}; qemu exit {proc.returncode}); "
             f"last console line: {_last_line(text)}"
