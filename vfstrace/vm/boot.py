@@ -202,6 +202,9 @@ def _wait_paced(proc, budget: "pace.Budget", beat_path: Path) -> bool:
 
 
 def _keep_console(meta: Path, text: str) -> None:
+    """The whole console beside the results, whatever the outcome: a hung
+    guest's last kernel messages (a blocked task's stack, a stall) are its
+    only account, and a passing one's warnings show a hang in the making."""
     try:
         (meta / "console.log").write_text(text + "\n")
     except OSError:
@@ -251,8 +254,6 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
             proc.wait()
             reader.join(5)
             text = "\n".join(console)
-            # The whole console stays with the results: a hung guest's last
-            # kernel messages (a blocked task's stack, a stall) are its only account.
             _keep_console(meta, text)
             where = (f"its command started {started[0]:.0f} s after boot" if started[0] is not None
                      else "it never started its command (hung while booting)")
@@ -271,11 +272,11 @@ def _boot(k, initrd, out, argv, timeout, mem, cpus, env, cwd, stream) -> VmResul
     reader.join(5)
     duration = time.monotonic() - t0
     text = "\n".join(console)
+    _keep_console(meta, text)
     try:
         res = json.loads((meta / "result.json").read_text())
     except (OSError, ValueError):
         why = "kernel panic" if "Kernel panic" in text else "init or runner failed"
-        _keep_console(meta, text)
         raise VmError(
             f"{k.series} guest ({k.release}) stopped without a result ({why}; qemu exit {proc.returncode}); "
             f"last console line: {_last_line(text)}"
