@@ -18,6 +18,12 @@ path, then one that does, the hit path):
   vfstrace --dentry-allocs the same with the opt-in dentry-allocation probe,
                            which runs on every slab allocation (the getname()
                            of each stat() among them): what leaving it off saves
+  vfstrace no creators     the same without the creator probes (creat, mknod*,
+                           symlink*, mount, move_mount, io_uring, and the open
+                           probes' O_CREAT record: tracers/tracepoint.py
+                           CREATOR_ONLY), the tier as it was before them: the
+                           line "creator probes" prints what they add to the
+                           hit ratio, beside today's
 
 Rounds are interleaved (every tracer once per round, in the same order), and
 the median over rounds is printed. The loops time themselves in their own
@@ -56,6 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _statgen import StatGen  # noqa: E402
 
 COMM = "vfs-cmp"
+# The CLI of this checkout, run by this interpreter (main() puts the checkout on PYTHONPATH).
+VFSTRACE = [sys.executable, "-m", "vfstrace.cli"]
 ATTACH_WAIT_S = 1.0  # after a tracer says it attached, before the loop starts
 
 BCC_CALLBACK = r'''
@@ -255,8 +263,7 @@ def breakdown(loop, miss, hit, n, work, env):
         script = " && ".join([show + snaps[0], " ".join(loop.argv(miss, n)), show + snaps[1],
                               " ".join(loop.argv(hit, n)), show + snaps[2]])
         trace = os.path.join(work, "breakdown.vft")
-        vft = os.path.join(ROOT, ".venv", "bin", "vfstrace")
-        r = subprocess.run([vft, "record", "--tier", "tracepoint", "-o", trace, "--", "sh", "-c", script],
+        r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", "-o", trace, "--", "sh", "-c", script],
                            capture_output=True, text=True, env=env)
         shutil.rmtree(trace, ignore_errors=True)
         if r.returncode != 0:
@@ -286,7 +293,8 @@ def breakdown(loop, miss, hit, n, work, env):
 
 
 # The vfstrace rows: name -> extra `vfstrace record` flags.
-VFSTRACE_RUNS = {"vfstrace record": (), "vfstrace --dentry-allocs": ("--dentry-allocs",)}
+VFSTRACE_RUNS = {"vfstrace record": (), "vfstrace --dentry-allocs": ("--dentry-allocs",),
+                 "vfstrace no creators": ("--no-creator-probes",)}
 
 
 def run_vfstrace(loop, miss, hit, n, work, env, flags=()):
@@ -298,8 +306,7 @@ def run_vfstrace(loop, miss, hit, n, work, env, flags=()):
     trace = os.path.join(work, "cmp.vft")
     shutil.rmtree(trace, ignore_errors=True)
     cmd = " && ".join(" ".join(loop.argv(p, n)) for p in (miss, hit))
-    vft = os.path.join(ROOT, ".venv", "bin", "vfstrace")
-    r = subprocess.run([vft, "record", "--tier", "tracepoint", *flags, "-o", trace, "--", "sh", "-c", cmd],
+    r = subprocess.run([*VFSTRACE, "record", "--tier", "tracepoint", *flags, "-o", trace, "--", "sh", "-c", cmd],
                        capture_output=True, text=True, env=env)
     ns = parse_loop(r.stdout)
     if r.returncode != 0 or len(ns) != 2:
@@ -408,6 +415,10 @@ def main():
         print(f"vfstrace: keeps {verdict['kept']:.1f} % (goal >= 99: {'met' if verdict['kept'] >= 99 else 'NOT met'}), "
               f"ENOENT ratio {verdict['enoent']:.2f} (goal <= 1.75: {'met' if verdict['enoent'] <= 1.75 else 'NOT met'}), "
               f"hit ratio {verdict['hit']:.2f} (goal <= 1.25: {'met' if verdict['hit'] <= 1.25 else 'NOT met'})")
+    on, off = res["vfstrace record"]["hit"], res["vfstrace no creators"]["hit"]
+    if on and off:
+        print(f"creator probes: hit ratio {med(on) / base_h:.2f} with them, {med(off) / base_h:.2f} without "
+              f"(added {med(on) / med(off):.3f}x on the hit path)")
     for line in per_program:
         print(line)
 

@@ -25,6 +25,7 @@ control's false suspects beside them.
     .venv/bin/python bench/eval_kernel.py --small      # CI size: the 6.1 line, 20 s, the fentry tier only
     .venv/bin/python bench/eval_kernel.py --lines 6.12,5.10 --tiers kprobe,fentry
     .venv/bin/python bench/eval_kernel.py --kernel 6.12-prepatch --tiers kprobe -d 60
+    .venv/bin/python bench/eval_kernel.py --kernel 6.1-control --tiers tracepoint --churn   # false transients
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ assert set(KERNELS) == set(BUILT)
 TIERS = ["fentry", "kprobe", "tracepoint"]
 
 
-def _boot(kernel: str, tiers: list[str], seconds: float, widen: str, share: str | None) -> dict:
+def guest_argv(tiers: list[str], seconds: float, widen: str, share: str | None, churn: bool = False) -> list[str]:
+    """tests/vm/prepatch_check.py as the guest runs it; ``churn``: its stress runs with --churn."""
+    argv = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tests" / "vm" / "prepatch_check.py"), "/vmout",
+            "--tiers", ",".join(tiers), "--seconds", str(seconds), "--widen", widen]
+    if share:
+        argv += ["--widen-share", share]
+    if churn:
+        argv.append("--churn")
+    return argv
+
+
+def _boot(kernel: str, tiers: list[str], seconds: float, widen: str, share: str | None, churn: bool = False) -> dict:
     from vfstrace import vm
 
     out = ROOT / ".cache" / "bench-eval-kernel" / kernel
@@ -54,10 +66,7 @@ def _boot(kernel: str, tiers: list[str], seconds: float, widen: str, share: str 
     # never stand in for this one's.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    argv = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tests" / "vm" / "prepatch_check.py"), "/vmout",
-            "--tiers", ",".join(tiers), "--seconds", str(seconds), "--widen", widen]
-    if share:
-        argv += ["--widen-share", share]
+    argv = guest_argv(tiers, seconds, widen, share, churn)
     res = vm.run(kernel, argv, timeout=len(tiers) * (seconds + 400) + 300, out_dir=out, cwd=str(ROOT))
     try:
         s = json.loads((out / "summary.json").read_text())
@@ -81,7 +90,11 @@ def line(kernel: str, tier: str, r: dict) -> str:
     first_t = f"{r['first_truth_s']} s" if r["first_truth_s"] is not None else "-"
     head = f"{kernel:13} {tier:10} "
     if kernel.endswith("control"):
-        return (head + f"false {r['suspect']} {s}; ground truth: none (unmodified kernel); "
+        # No spurious ENOENT on an unmodified kernel: every suspect is a false one (under --churn, a real
+        # ENOENT a real unlink or rename explains, judged `transient`), so precision is 0 wherever there is one.
+        return (head + f"precision {_ratio(m, s)} recall {_ratio(m, t)} ({m} matched / {s} {r['suspect']} / {t} "
+                f"spurious ENOENT logged{', stress --churn' if r.get('churn') else ''}); "
+                f"false {r['suspect']} {s}; ground truth: none (unmodified kernel); "
                 f"cp ENOENT {st.get('cp_enoent')} in {st.get('copy_rounds')} rounds; verdicts {r['verdicts']}; "
                 f"lost {r['lost']}")
     return (head + f"precision {_ratio(m, s)} recall {_ratio(m, t)} "
@@ -150,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("-d", "--seconds", type=float, default=45.0, help="stress duration per tier")
     ap.add_argument("--widen", default="200us")
     ap.add_argument("--widen-share", default=None, help="stress --widen-share (default: stress's own)")
+    ap.add_argument("--churn", action="store_true",
+                    help="stress --churn in every run: real ENOENTs a real unlink or rename explains (on a control "
+                         "kernel, each `transient` is then a false one, its precision printed)")
     ap.add_argument("--small", action="store_true", help="CI size: 20 s per tier, fentry only unless --tiers")
     ap.add_argument("--json", action="store_true", help="print the guests' summaries as JSON too")
     a = ap.parse_args(argv)
@@ -173,11 +189,11 @@ def main(argv=None) -> int:
         print("eval_kernel: no kernel to boot: run `vfstrace vm build --kernel all`", file=sys.stderr)
         return 2
     results = {}
-    print(f"== eval_kernel: stress --widen {a.widen}, {seconds:g} s per tier", flush=True)
+    print(f"== eval_kernel: stress --widen {a.widen}{' --churn' if a.churn else ''}, {seconds:g} s per tier", flush=True)
     for k in kernels:
         # Each kernel's lines as soon as its guest is done: a run cut short
         # (CI's time budget) still shows the kernels it finished.
-        results[k] = s = _boot(k, tiers, seconds, a.widen, a.widen_share)
+        results[k] = s = _boot(k, tiers, seconds, a.widen, a.widen_share, a.churn)
         print(f"-- {k} ({s['kernel_release']}), boot + {len(tiers)} runs {s['boot_seconds']:.0f} s")
         for t in tiers:
             print(line(k, t, s["runs"].get(t, {})))

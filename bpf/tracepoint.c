@@ -10,10 +10,12 @@
  *  - PATH_SYSCALL: path syscalls that returned -ENOENT (all results when
  *    VFS_STREAM_SUCCESS), after the pid / comm / path-prefix filters;
  *  - NS_OP: unlink/rmdir/rename/link/mkdir from every process (the churn
- *    that explains an ENOENT is usually someone else's), prefix-filtered;
+ *    that explains an ENOENT is usually someone else's), prefix-filtered
+ *    (one on a relative path is kept: paths_pass);
  *    and every operation that can create a name, on success: an open with
  *    O_CREAT (NS_OP CREATE, decided here from the open's flags, so an open
- *    without it ends where it did), creat, mknod*, symlink*, mount and
+ *    without it ends where it did; from every process too, whatever the
+ *    pid/comm filter), creat, mknod*, symlink*, mount and
  *    move_mount (the mount point), rename with RENAME_EXCHANGE (flag
  *    EXCHANGE), and io_uring submissions whose opcode can create a name
  *    (NS_OP URING: their paths are in user memory no tracepoint shows);
@@ -172,6 +174,24 @@ static __always_inline void set_base(struct vfs_event *h, s32 dfd, const char *p
 	vfs_count(VFS_C_BASE_UNREAD);
 }
 
+/*
+ * The path-prefix filter of a record: its path, or a rename's/link's second
+ * path, under the prefix. A namespace operation on a relative path (to its
+ * cwd or a dirfd) can be under it too, and only user space can tell (its
+ * BASE directory): it is kept, or a creator or a removal by dirfd would be
+ * dropped and the failure it explains judged without it.
+ */
+static __always_inline int paths_pass(u16 kind, const char *p1, const char *p2, int two)
+{
+#ifdef VFS_FILTER_PREFIX
+	if (kind == VFS_K_NS_OP && (p1[0] != '/' || (two && p2[0] != '/')))
+		return 1;
+	return prefix_ok(p1) || (two && prefix_ok(p2));
+#else
+	return 1;
+#endif
+}
+
 /* One PATH_SYSCALL / NS_OP record: p1, p2 are the syscall's user path pointers (p2 may be 0);
  * dfd the dirfd of the path the record is about (p2's when there are two: the name created);
  * xflags flags the caller decided (EXCHANGE). */
@@ -197,7 +217,7 @@ static __always_inline int emit_path(void *ctx, u64 id, u16 kind, u16 op, long r
 		else if (n == sizeof(e->path2))
 			e->hdr.flags |= VFS_F_TRUNCATED;
 	}
-	if (!prefix_ok(e->path) && !(p2 && prefix_ok(e->path2))) {
+	if (!paths_pass(kind, e->path, e->path2, p2 != 0)) {
 		vfs_count(VFS_C_FILTERED_PREFIX);
 		vfs_pev_discard(e);
 		return 0;
@@ -362,6 +382,15 @@ static __always_inline int flush_self(void *ctx)
 #define FL_HOW 2      /* the argument points to struct open_how, whose first member is the u64 flags */
 #define FL_RENAME 3   /* the argument is renameat2's flags */
 
+/* An open that made or may have made a name: O_CREAT, and it succeeded. */
+static __always_inline int creates(int flk, u64 fl, long ret)
+{
+#ifdef VFS_NO_CREATORS
+	return 0; /* tracers/tracepoint.py creators False: a benchmark's baseline */
+#endif
+	return (flk == FL_OPEN || flk == FL_HOW) && ret >= 0 && (fl & VFS_O_CREAT);
+}
+
 /* The flags value of a FL_HOW argument: how->flags (user memory). */
 static __always_inline u64 how_flags(u64 how)
 {
@@ -382,7 +411,7 @@ static __always_inline int on_result(void *ctx, u64 id, u16 kind, u16 op, long r
 				     int flk, u64 fl, int pre_kept)
 {
 	u32 xflags = 0;
-	if ((flk == FL_OPEN || flk == FL_HOW) && kind == VFS_K_PATH_SYSCALL && ret >= 0 && (fl & VFS_O_CREAT)) {
+	if (kind == VFS_K_PATH_SYSCALL && creates(flk, fl, ret)) {
 		vfs_count(VFS_C_CREATES);
 		kind = VFS_K_NS_OP;
 		op = VFS_OP_CREATE;
@@ -437,12 +466,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_##sc) \
 	long ret = args->ret; \
 	if (!vfs_not_self(id)) \
 		return flush_self(args); \
-	if (!task_passes(id, kind)) \
-		return 0; \
-	if ((FLK) == FL_NONE && !result_wanted(kind, ret)) \
+	if ((FLK) == FL_NONE && (!task_passes(id, kind) || !result_wanted(kind, ret))) \
 		return 0; \
 	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()); \
 	u64 fl_ = (FLK) == FL_HOW ? how_flags((u64)(FL)) : (u64)(FL); \
+	if ((FLK) != FL_NONE && !creates(FLK, fl_, ret) && !task_passes(id, kind)) \
+		return 0; \
 	return on_result(args, id, kind, op, ret, P1, P2, (s32)(DFD), FLK, fl_, (FLK) == FL_NONE); \
 }
 
@@ -454,15 +483,22 @@ struct inflight_t {
 	s32 dfd;
 	u16 kind;
 	u16 op;
+	u32 unwanted; /* an O_CREAT open of a task the filter drops: kept only if it made a name */
 };
 /* LRU: a task killed inside a syscall never reaches sys_exit; its entry
  * must not pin a slot forever and make later updates fail. */
 BPF_TABLE("lru_hash", u32, struct inflight_t, inflight, 65536);
 
-static __always_inline int on_enter(u16 kind, u16 op, u64 p1, u64 p2, s32 dfd, u64 fl)
+static __always_inline int on_enter(u16 kind, u16 op, u64 p1, u64 p2, s32 dfd, u64 fl, int flk)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	if (!vfs_not_self(id) || !task_passes(id, kind))
+	if (!vfs_not_self(id))
+		return 0;
+	/* An open with O_CREAT may make a name whatever task runs it: its filter waits for the result. */
+	u32 unwanted = 0;
+	if ((flk == FL_OPEN || flk == FL_HOW) && (fl & VFS_O_CREAT))
+		unwanted = kind == VFS_K_PATH_SYSCALL && !vfs_task_wanted(id);
+	else if (!task_passes(id, kind))
 		return 0;
 	u32 tid = (u32)id;
 	struct inflight_t f = {};
@@ -472,6 +508,7 @@ static __always_inline int on_enter(u16 kind, u16 op, u64 p1, u64 p2, s32 dfd, u
 	f.dfd = dfd;
 	f.kind = kind;
 	f.op = op;
+	f.unwanted = unwanted;
 	inflight.update(&tid, &f);
 	return 0;
 }
@@ -492,7 +529,11 @@ static __always_inline int on_exit(void *ctx, long ret, int flk)
 	}
 	struct inflight_t fl = *f;
 	inflight.delete(&tid);
-	/* The task filter ran at enter. */
+	/* The task filter ran at enter, but for an O_CREAT open: a creator if it made a name, else filtered. */
+	if (fl.unwanted && !creates(flk, fl.fl, ret)) {
+		vfs_count(VFS_C_FILTERED_TASK);
+		return 0;
+	}
 	return on_result(ctx, id, fl.kind, fl.op, ret, fl.p1, fl.p2, fl.dfd, flk, fl.fl, 0);
 }
 
@@ -505,7 +546,7 @@ static __always_inline int on_exit(void *ctx, long ret, int flk)
 TRACEPOINT_PROBE(syscalls, sys_enter_##sc) \
 { \
 	u64 fl_ = (FLK) == FL_HOW ? how_flags((u64)(FL)) : (u64)(FL); \
-	return on_enter(kind, op, P1, P2, (s32)(DFD), fl_); \
+	return on_enter(kind, op, P1, P2, (s32)(DFD), fl_, FLK); \
 } \
 TRACEPOINT_PROBE(syscalls, sys_exit_##sc) { return on_exit(args, args->ret, FLK); }
 #endif

@@ -139,3 +139,35 @@ def test_a_worker_is_in_the_cgroup_before_it_runs_and_the_controller_never_is(tm
         assert r.returncode == 0 and not (tmp_path / "pwned").exists() and evil.is_file()
     finally:
         cg.rmdir()
+
+
+def test_churn_makes_names_through_every_creating_call_and_stops(tmp_path):
+    """The --churn task, on its own for a moment: it unlinks and re-creates its names through each creating
+    call in turn (vfstrace/workload/creators.py; a directory, a FIFO, a symlink among what it leaves) and ends
+    when the run's stop is set."""
+    import stat
+    import threading
+    import time
+
+    from vfstrace.workload.creators import CALLS
+    from vfstrace.workload.stress import CHURN_NAMES, Stress
+
+    s = Stress(duration=1, churn=True, pressure="none", churn_rate=5000)
+    t = threading.Thread(target=s._churn_loop, args=(tmp_path / "churn",))
+    t.start()
+    end = time.monotonic() + 30
+    while s.churn_ops < 4 * len(CALLS) and time.monotonic() < end:
+        time.sleep(0.05)
+    s.stop_ev.set()
+    t.join(timeout=10)
+    assert not t.is_alive() and s.churn_ops >= 4 * len(CALLS)
+    left = list((tmp_path / "churn").iterdir())
+    kinds = {stat.S_IFMT(p.lstat().st_mode) for p in left}
+    assert {stat.S_IFDIR, stat.S_IFIFO, stat.S_IFLNK, stat.S_IFREG} <= kinds
+    assert len([p for p in left if not p.name.startswith(".")]) <= CHURN_NAMES
+
+
+def test_bad_churn_rate_is_one_line():
+    r = cli("stress", "--churn", "--churn-rate", "0", "-d", "1")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--churn-rate" in r.stderr

@@ -74,8 +74,9 @@ def test_churn_enoent_explained_by_ns_ops_in_trace(churn_trace):
     df, _, _ = churn_trace
     enoent = df[(df.kind == int(Kind.PATH_SYSCALL)) & (df.ret == -2) & df.path.str.contains("/churn/c")]
     assert len(enoent) > 0
-    unlinked = set(df[(df.kind == int(Kind.NS_OP)) & (df.op == int(Op.UNLINK))].path)
-    assert set(enoent.path) <= unlinked  # every churn ENOENT names a path the churn unlinked
+    removals = [int(Op.UNLINK), int(Op.RMDIR), int(Op.RENAME)]
+    removed = set(df[(df.kind == int(Kind.NS_OP)) & df.op.isin(removals)].path)
+    assert set(enoent.path) <= removed  # every churn ENOENT names a path the churn unlinked or renamed away
 
 
 def _correlate(df):

@@ -528,3 +528,22 @@ def test_a_folded_storm_is_judged_once_and_counted_as_every_failure_it_stands_fo
     s = summarize(df, {"tier": "tracepoint"}, verdicts=v)
     assert s["verdicts"]["counts"] == {"absent": 1000}
     assert "1,000 failed lookups" in s["answer"]
+
+
+@pytest.mark.parametrize("creator", [
+    _ns(5_100, Op.CREATE, "x", flags=DIRFD | BASE, seq=9, ino=700, tid=81),  # openat(fd of /t, "x", O_CREAT)
+    _ns(5_100, Op.MKNOD, "x", flags=DIRFD | BASE, seq=9, ino=700, tid=81),  # mknodat(fd of /t, "x"): mkfifo
+    _ns(5_100, Op.LINK, ".src", "x", flags=DIRFD | BASE, seq=9, ino=700, tid=81),  # linkat(fd, ".src", fd, "x")
+    _ns(5_100, Op.SYMLINK, ".src", "x", flags=DIRFD | BASE, seq=9, ino=700, tid=81),  # symlinkat(".src", fd, "x")
+])
+def test_a_creator_by_dirfd_of_a_task_the_filters_drop_is_the_failures_creator(creator):
+    # `watch -c stat --path-prefix /t`: stat("/t/x") of the traced task fails (-ENOENT), then another task
+    # makes x relative to its fd of /t (inode 700). The tier streams that creator whatever the comm filter (an
+    # O_CREAT open is a creator from every task, as every NS_OP) and whatever the prefix (a relative path may
+    # be under it: bpf/tracepoint.c paths_pass); the re-check then finds /t/x, made in between: a plain miss.
+    fail = _sc(5_000, "/t/x", ENOENT, flags=EA | BASE, ino=2)
+    rc = _rc(5_200, "/t/x", chain="2:700")
+    v = agree(trace(fail, FREE, creator, rc)).set_index("event_id")
+    assert v.loc[1, "verdict"] == "absent" and "(event 3) can have made it" in v.loc[1, "reason"]
+    # Had the tier dropped it, the re-check's find would read as existence at the failure.
+    assert agree(trace(fail, FREE, rc)).set_index("event_id").loc[1, "verdict"] == "transient"

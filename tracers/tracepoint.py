@@ -105,6 +105,9 @@ PATH_SYSCALLS = (
 NS_SYSCALLS = ("unlinkat", "unlink", "rmdir", "mkdirat", "mkdir", "renameat2", "renameat", "rename", "linkat", "link",
                # the other operations that can create a name (bpf/tracepoint.c): every one seen on success
                "creat", "mknodat", "mknod", "symlinkat", "symlink", "mount", "move_mount")
+# The probes that are there only for creators (the O_CREAT test of the open probes aside): what
+# options.extra["creators"] False leaves off, so bench/compare.py can price them.
+CREATOR_ONLY = ("creat", "mknodat", "mknod", "symlinkat", "symlink", "mount", "move_mount")
 # io_uring submission tracepoints (bpf/tracepoint.c on_uring): io_uring_submit_req since 5.19, io_uring_submit_sqe before.
 URING_EVENTS = ("io_uring_submit_req", "io_uring_submit_sqe")
 # The per-CPU `counts` slots of bpf/tracepoint.c (generated from vfstrace.events).
@@ -371,6 +374,9 @@ class TracepointTracer(Tracer):
         # The kmem events this recording probes (allocations only on request: module docstring).
         self.kmem_events = KMEM_EVENTS if self.dentry_allocs else ("kmem_cache_free",)
         self.recheck = bool(self.options.extra.get("recheck", True))
+        # False: no creator probes (CREATOR_ONLY, io_uring, the opens' O_CREAT record): a benchmark's baseline only,
+        # since without them a name made after a failure reads as existence at it (docs/verdicts.md).
+        self.creators = bool(self.options.extra.get("creators", True))
         self.use_perf = bool(self.options.extra.get("perf_buffer", False)) or (
             choice is not None and getattr(choice, "ringbuf", True) is False
         )
@@ -419,6 +425,8 @@ class TracepointTracer(Tracer):
             d.append("VFS_FILTER_PREFIX=1")
         if self.use_perf:
             d.append("VFS_USE_PERF=1")
+        if not self.creators:
+            d.append("VFS_NO_CREATORS=1")
         if (self.mode or self._first_mode()) == "regs":
             d.append("VFS_EXIT_ONLY=1")
         have = self._have if self._have is not None else {}
@@ -428,6 +436,12 @@ class TracepointTracer(Tracer):
             self._base = base_plan()
         d += [f"{k}={v}" for k, v in sorted(self._base.items())]
         return d
+
+    def _wanted(self, have: dict[str, bool]) -> dict[str, bool]:
+        """``have`` less the creator probes when they are off (``creators``)."""
+        if self.creators:
+            return have
+        return {k: v and k not in CREATOR_ONLY + URING_EVENTS for k, v in have.items()}
 
     def _raw_kmem_defines(self) -> dict[str, str]:
         """The raw-tracepoint plan (raw_kmem_plan) for ``kmem_events`` unless kmem_probe says tracepoint."""
@@ -447,7 +461,7 @@ class TracepointTracer(Tracer):
     def program_text(self) -> str:
         if self._have is None:
             try:
-                self._have = available_tracepoints()
+                self._have = self._wanted(available_tracepoints())
             except VfstraceError:
                 self._have = {}
         lines = ["/* vfstrace tracepoint tier; compiled with: */"]
@@ -470,7 +484,7 @@ class TracepointTracer(Tracer):
             raise PrivilegeError("the tracepoint tier needs root (CAP_BPF + CAP_PERFMON): run as root")
         bcc = import_bcc()
         root = tracefs()
-        self._have = available_tracepoints(root)
+        self._have = self._wanted(available_tracepoints(root))
         if not any(self._have.get(s) for s in PATH_SYSCALLS):
             raise TierUnavailable("no syscalls:sys_enter_* tracepoints on this kernel (CONFIG_FTRACE_SYSCALLS off)")
         first = self._first_mode()

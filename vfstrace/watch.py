@@ -341,8 +341,10 @@ def render_summary(s: dict) -> str:
 
 
 def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-         ring_pages=256, shared=False, dentry_allocs=False):
+         ring_pages=256, shared=False, dentry_allocs=False, creators=True):
     extra = {"stream_success": True} if stream_success else {}
+    if not creators:
+        extra["creators"] = False
     if dentry_allocs:
         extra["dentry_allocs"] = True
     sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra, ring_pages=ring_pages,
@@ -392,6 +394,9 @@ _common = [
     click.option("--dentry-allocs", is_flag=True,
                  help="Also record dentry-cache allocations (tracepoint tier; its probe runs on every slab "
                       "allocation of the machine, and no verdict of that tier needs them)."),
+    click.option("--no-creator-probes", "creators", flag_value=False, default=True, hidden=True,
+                 help="Tracepoint tier: leave the creating syscalls' probes off (bench/compare.py's baseline: "
+                      "without them a name made after a failure reads as existence at it)."),
     click.option("--shared", is_flag=True,
                  help="Let the trace's group read it (0750/0640); by default only its owner can (0700/0600)."),
 ]
@@ -411,8 +416,8 @@ _EXAMPLES = "\b\nExamples:" + __doc__.split("EXAMPLES", 1)[1]
 @click.option("-o", "--output", type=click.Path(), help="Also write the events to this trace directory.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload; stop when it ends.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, dentry_allocs, shared,
-              output, workload, cmd):
+def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, dentry_allocs,
+              creators, shared, output, workload, cmd):
     """Watch path lookups and dentry pruning live; print suspects as they happen.
 
     \b
@@ -421,7 +426,7 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_r
     trace (-o) and prints a summary of events, verdicts and lost events.
     """
     return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-                ring_pages, shared, dentry_allocs)
+                ring_pages, shared, dentry_allocs, creators)
 
 
 @click.command("record", epilog=_EXAMPLES)
@@ -429,8 +434,8 @@ def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_r
 @click.option("-o", "--output", type=click.Path(), required=True, help="Trace directory to write.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, dentry_allocs, shared,
-               output, workload, cmd):
+def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, dentry_allocs,
+               creators, shared, output, workload, cmd):
     """Record a trace while a command runs (or for -d SECONDS); stop when it exits.
 
     \b
@@ -438,4 +443,4 @@ def record_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_
     vfstrace record -o idle.trace -d 10
     """
     return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-                ring_pages, shared, dentry_allocs)
+                ring_pages, shared, dentry_allocs, creators)

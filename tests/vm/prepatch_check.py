@@ -136,8 +136,21 @@ def judge(tier: str, trace: Path, truth: list[dict]) -> dict:
     return out
 
 
+def stress_argv(seconds: float, widen: str, share: str | None, workdir: str, files: int, pressure: str,
+                churn: bool = False) -> list[str]:
+    """The `vfstrace stress` a tier's run watches; ``churn``: with --churn (real, explained ENOENT: on a
+    control kernel every `transient` it yields is a false one)."""
+    stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json",
+                         "--files", str(files), "--pressure", pressure, "--drop-interval", "0.1"]
+    if share:
+        stress += ["--widen-share", share]
+    if churn:
+        stress.append("--churn")
+    return stress
+
+
 def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None, workdir: str,
-             files: int, pressure: str) -> dict:
+             files: int, pressure: str, churn: bool = False) -> dict:
     from vfstrace.vm import groundtruth
 
     trace = out / f"{tier}.vft"
@@ -148,10 +161,7 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
         shutil.rmtree(trace)
     trace.unlink(missing_ok=True)
     stress_out.unlink(missing_ok=True)
-    stress = VFSTRACE + ["stress", "-d", str(seconds), "--widen", widen, "--workdir", workdir, "--json",
-                         "--files", str(files), "--pressure", pressure, "--drop-interval", "0.1"]
-    if share:
-        stress += ["--widen-share", share]
+    stress = stress_argv(seconds, widen, share, workdir, files, pressure, churn)
     groundtruth.clear()
     c0 = groundtruth.count()
     # the stress result goes to its own file; watch's stdout carries verdicts
@@ -159,7 +169,7 @@ def tier_run(out: Path, tier: str, seconds: float, widen: str, share: str | None
                        "sh", "-c", 'exec "$@" > "$VT_STRESS_OUT"', "sh", *stress]
     t0 = time.monotonic()
     r = run(argv, seconds + 600, env=dict(os.environ, VT_STRESS_OUT=str(stress_out)))
-    res = {"tier": tier, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
+    res = {"tier": tier, "churn": churn, "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
            "stderr_tail": r.stderr[-2500:]}
     print(r.stderr[-2500:], flush=True)
     snap = groundtruth.snapshot()
@@ -235,6 +245,7 @@ def main():
     # the very dentries cp and the statter look up, ten times a second.
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--pressure", default="drop_caches")
+    ap.add_argument("--churn", action="store_true", help="stress --churn: real ENOENTs a trace explains")
     ap.add_argument("--readme", default=None, help="JSON list of README examples to run as written (tests/readme.py)")
     a = ap.parse_args()
     out = Path(a.out)
@@ -246,7 +257,8 @@ def main():
     workdir = "/var/tmp/vt-prepatch"  # on the overlay over 9p: its dentries can be pruned (tmpfs ones cannot)
     os.makedirs(workdir, exist_ok=True)
     for tier in [t for t in a.tiers.split(",") if t]:
-        summary["runs"][tier] = tier_run(out, tier, a.seconds, a.widen, a.widen_share, workdir, a.files, a.pressure)
+        summary["runs"][tier] = tier_run(out, tier, a.seconds, a.widen, a.widen_share, workdir, a.files, a.pressure,
+                                         a.churn)
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if a.selftest_seconds > 0:
         summary["selftest"] = selftest(out, a.selftest_seconds)

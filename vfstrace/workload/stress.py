@@ -23,8 +23,10 @@ the same, so the symptom can be counted and traced:
   /proc/sys/vm/drop_caches every ``--drop-interval`` (frees dentries and
   inodes); the command itself, which compiles BPF programs, stays outside
   the cgroup it squeezes, and a worker the OOM killer takes is counted;
-* ``--churn``: rename-over and unlink/re-create loops inside the source tree
-  that make real, explainable ENOENT (and NS_OPs that explain them);
+* ``--churn``: unlinks, renames away and re-creates (through every creating
+  system call, by path and by directory fd) and renames onto names inside
+  the source tree, at most ``--churn-rate`` a second: real, explainable
+  ENOENT for cp (and NS_OPs that explain them);
 * ``--widen DELAY`` (kernels with kprobes only): the workload runs in a
   cgroup of its own and tracers/widen.py holds its RCU lookups for DELAY
   between finding a dentry and re-checking its d_seq, so that the pruning
@@ -68,6 +70,10 @@ FAST_LOOP_OP = "stat+open"
 # (2 vCPUs under TCG, drop_caches pressure) a quarter gave 16 spurious
 # ENOENTs in a 40 s run while cp kept copying; every lookup held stalls cp.
 WIDEN_SHARE = 0.25
+# --churn: names it changes in the source tree, and the default bound on its operations a second.
+CHURN_NAMES = 32
+CHURN_RATE = 200.0
+CHURN_RATE_MAX = 10000.0
 
 STATTER = r"""
 import ctypes, os, sys, time
@@ -373,7 +379,9 @@ def join_and_exec(procs_file: str | os.PathLike, argv: list[str]) -> list[str]:
 class Stress:
     def __init__(self, duration=20.0, tree=None, files=2000, depth=3, size=1024, copies=4, stagger=0.05,
                  churn=False, pressure="auto", workdir=None, out=None, widen_ns=None, widen_share=WIDEN_SHARE,
-                 drop_interval=0.1):
+                 drop_interval=0.1, churn_rate=CHURN_RATE):
+        if not 1 <= churn_rate <= CHURN_RATE_MAX:
+            raise VfstraceError(f"--churn-rate {churn_rate:g}: namespace operations a second, 1 to {CHURN_RATE_MAX:g}")
         if copies < 1 or files < 1 or depth < 0 or size < 0 or duration <= 0:
             raise VfstraceError("stress: --copies, --files and -d must be positive; --depth and --size not negative")
         self.duration = float(duration)
@@ -381,6 +389,7 @@ class Stress:
         self.files, self.depth, self.size = files, depth, size
         self.copies, self.stagger = copies, stagger
         self.churn = churn
+        self.churn_rate = float(churn_rate)
         self.stop_ev = threading.Event()
         self.pressure = Pressure(pressure, self.stop_ev, interval=drop_interval)
         self.workdir_req = workdir
@@ -515,35 +524,59 @@ class Stress:
             k += 1
 
     def _churn_loop(self, churn_dir: Path) -> None:
-        """Rename-over and unlink/re-create: real, explainable ENOENT for readers of churn_dir."""
+        """Real namespace changes in the source tree while cp copies it (``--churn``), at most ``churn_rate`` a second.
+
+        Each step, on the names of churn_dir (a directory of the tree cp
+        copies): a name is unlinked (or renamed away), so a copy that listed it
+        fails with a real ENOENT that the unlink or rename explains, then made
+        again by the next creating call of vfstrace/workload/creators.py in turn
+        (open O_CREAT, creat, mkdir, link, symlink, rename, mknod/mkfifo; by
+        absolute path and relative to a directory fd); and another name is
+        replaced by a rename onto it. Removals go by absolute path, so a
+        trace's NS_OP names the very path cp failed on. Everything is under the
+        session directory, removed at exit.
+        """
+        from vfstrace.workload import creators
+
         churn_dir.mkdir(parents=True, exist_ok=True)
-        names = [churn_dir / f"c{i:03d}.dat" for i in range(32)]
+        d = str(churn_dir)
+        names = [f"c{i:03d}.dat" for i in range(CHURN_NAMES)]
         for n in names:
-            n.write_bytes(b"churn\n")
+            (churn_dir / n).write_bytes(b"churn\n")
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        calls = creators.CALLS
+        period = 1.0 / self.churn_rate
         i = 0
-        while not self.stop_ev.is_set():
-            target = names[i % len(names)]
-            tmp = churn_dir / f".tmp{i % 4}"
-            try:
-                tmp.write_bytes(b"new\n")
-                os.rename(tmp, target)  # rename-over
-                victim = names[(i * 7 + 3) % len(names)]
-                os.unlink(victim)
-                time.sleep(0.0005)  # a window where the name is really gone
-                victim.write_bytes(b"back\n")
-                # stat the gone name too: a real ENOENT explained by the unlink above
-                os.unlink(names[(i * 5 + 1) % len(names)])
+        try:
+            while not self.stop_ev.is_set():
+                t0 = time.monotonic()
+                ops = 0
+                victim = os.path.join(d, names[(i * 7 + 3) % len(names)])
+                call, by_fd = calls[i % len(calls)]
                 try:
-                    os.stat(names[(i * 5 + 1) % len(names)])
-                except FileNotFoundError:
+                    if i % 4 == 3 and os.path.isfile(victim):
+                        os.rename(victim, victim + ".away")  # a rename away: the name is gone
+                        creators.remove(victim + ".away")
+                        ops += 2
+                    else:
+                        creators.remove(victim)  # unlink (rmdir: a name mkdir made)
+                        ops += 1
+                    self.stop_ev.wait(0.0005)  # a window where the name is really gone
+                    creators.make(call, by_fd, d, dfd, os.path.basename(victim))
+                    creators.remove(os.path.join(d, f".src-{os.path.basename(victim)}"))
+                    ops += 1
+                    target = names[i % len(names)]
+                    if os.path.isfile(os.path.join(d, target)):  # a rename onto an existing name
+                        creators.rename_over(d, dfd, target, by_fd=bool(i % 2))
+                        ops += 1
+                except OSError:
                     pass
-                names[(i * 5 + 1) % len(names)].write_bytes(b"back\n")
-            except OSError:
-                pass
-            with self.lock:
-                self.churn_ops += 3
-            i += 1
-            time.sleep(0.002)
+                with self.lock:
+                    self.churn_ops += ops
+                i += 1
+                self.stop_ev.wait(max(0.0, ops * period - (time.monotonic() - t0)))
+        finally:
+            os.close(dfd)
 
     def _statter(self, files: list[str]):
         lst = self.session / "statter.list"
@@ -756,7 +789,11 @@ def render(r: dict) -> str:
 @click.option("--size", type=click.IntRange(min=0), default=1024, show_default=True, help="Bytes per generated file.")
 @click.option("-j", "--copies", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Parallel cp -a loops.")
 @click.option("--stagger", type=Duration(0, min_open=False), default=0.05, show_default=True, help="Seconds between starting copies.")
-@click.option("--churn", is_flag=True, help="Rename-over and unlink loops in the tree (real, explainable ENOENT).")
+@click.option("--churn", is_flag=True,
+              help="Unlink, rename and re-create names in the source tree while cp runs (real, explainable ENOENT; "
+                   "every creating syscall, by path and by dirfd).")
+@click.option("--churn-rate", type=float, default=CHURN_RATE, show_default=True, metavar="OPS",
+              help="With --churn: at most this many namespace operations a second.")
 @click.option("--pressure", type=click.Choice(["auto", "cgroup", "drop_caches", "none"]), default="auto", show_default=True)
 @click.option("--drop-interval", type=Duration(0.01, min_open=False), default=0.1, show_default=True,
               help="With drop_caches pressure (auto, drop_caches): seconds between passes (more passes, more prunes of looked-up dentries).")
@@ -766,8 +803,8 @@ def render(r: dict) -> str:
 @click.option("--widen-share", "widen_share", metavar="SHARE", default=str(WIDEN_SHARE), show_default=True,
               help="With --widen: the share of lookups held (0-1 or a percentage); 1 holds every one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, pressure, drop_interval, workdir, widen,
-               widen_share, as_json):
+def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, churn_rate, pressure, drop_interval, workdir,
+               widen, widen_share, as_json):
     """Run the 2011 reproducer: staggered parallel `cp -a` under memory pressure.
 
     \b
@@ -775,6 +812,14 @@ def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, press
     symptom) and lists their paths; cleans up trees and cgroups on exit.
     With --widen (kernels with kprobes) the workload's own RCU lookups are
     held at the race window and the result says how many, for how long.
+    With --churn a task unlinks, renames and re-creates names in the tree
+    as cp copies it: ENOENTs a trace explains (never `transient`).
+
+    \b
+    Examples:
+      vfstrace stress -d 30
+      vfstrace stress -d 30 --churn --churn-rate 100
+      vfstrace watch --tier tracepoint -- vfstrace stress -d 30 --churn
     """
     from vfstrace.workload.child import orphan_signal
 
@@ -787,6 +832,6 @@ def stress_cmd(duration, tree, files, depth, size, copies, stagger, churn, press
 
         widen_ns, share = parse_delay(widen), parse_share(widen_share)
     r = Stress(duration, tree, files, depth, size, copies, stagger, churn, pressure, workdir, widen_ns=widen_ns,
-               widen_share=share, drop_interval=drop_interval).run()
+               widen_share=share, drop_interval=drop_interval, churn_rate=churn_rate).run()
     click.echo(json.dumps(r) if as_json else render(r))
     return 0
