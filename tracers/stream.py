@@ -192,6 +192,27 @@ def records_to_frame(rec: np.ndarray):
     return pd.DataFrame(cols, columns=list(COLUMNS))
 
 
+def poll_streams(streams, timeout_ms: int = 100, clock=time.monotonic) -> list[np.ndarray]:
+    """One batch of raw records per stream; waits up to ``timeout_ms`` for the first record of any."""
+    deadline = clock() + timeout_ms / 1000.0
+    while True:
+        out = [s.poll_records(0) for s in streams]
+        if any(len(r) for r in out) or clock() >= deadline:
+            return out
+        time.sleep(min(0.005, max(0.0, deadline - clock())))
+
+
+def batches_frame(batches, dtype: np.dtype):
+    """Record batches of several streams -> one event-schema frame in time order (stable)."""
+    import pandas as pd
+
+    frames = [records_to_frame(r) for r in batches if len(r)]
+    if not frames:
+        return records_to_frame(np.empty(0, dtype=dtype))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return df.sort_values("ts_ns", kind="stable", ignore_index=True)
+
+
 def percpu_slots(table) -> list[list[int]]:
     """A program's per-CPU counters (bpf/common.h ``struct vfs_counts``, one element): slot values per CPU."""
     import ctypes

@@ -75,7 +75,15 @@ import numpy as np
 
 from bpf import INCLUDE, program
 from tracers import Tracer, import_bcc
-from tracers.stream import PAGE_SIZE, PerfStream, RingStream, counter_totals, merge_lost, records_to_frame
+from tracers.stream import (
+    PAGE_SIZE,
+    PerfStream,
+    RingStream,
+    batches_frame,
+    counter_totals,
+    merge_lost,
+    poll_streams,
+)
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import (
     AT_FDCWD,
@@ -537,14 +545,9 @@ class TracepointTracer(Tracer):
             raise VfstraceError("tracer not loaded")
         import time
 
-        deadline = time.monotonic() + timeout_ms / 1000.0
         if timeout_ms == 0 or time.monotonic() - self._flushed_at >= FLUSH_EVERY_S:
             self.flush_repeats()
-        while True:
-            out = [s.poll_records(0) for s in self._streams]
-            if any(len(r) for r in out) or time.monotonic() >= deadline:
-                return out
-            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+        return poll_streams(self._streams, timeout_ms)
 
     def flush_repeats(self) -> None:
         """Have every CPU report the repeats it has folded and not yet
@@ -573,13 +576,7 @@ class TracepointTracer(Tracer):
             os.sched_setaffinity(0, saved)
 
     def poll(self, timeout_ms: int = 100):
-        import pandas as pd
-
-        batches = [records_to_frame(r) for r in self.poll_records(timeout_ms) if len(r)]
-        if not batches:
-            return records_to_frame(np.empty(0, dtype=BPF_EVENT_DTYPE))
-        df = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
-        df = df.sort_values("ts_ns", kind="stable", ignore_index=True)
+        df = batches_frame(self.poll_records(timeout_ms), BPF_EVENT_DTYPE)
         if self.recheck:
             df = self._recheck(df)
         return df

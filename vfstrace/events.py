@@ -385,6 +385,14 @@ class WidenCounter(enum.IntEnum):
     NOT_SAMPLED = 6  # armed, but outside the sampled share: not held
 
 
+class StreamBenchCounter(enum.IntEnum):
+    """Slots of bpf/stream_bench.c's per-CPU ``counts`` (bench/stream.py's synthetic producer)."""
+
+    DROPPED_EVENTS = 0  # struct vfs_event records a full ring refused
+    DROPPED_PATH_EVENTS = 1  # struct vfs_path_event records a full ring refused
+    TRIGGERS = 2  # generator syscalls that emitted VFS_BENCH_K records each
+
+
 class EmptyCounter(enum.IntEnum):
     """bpf/empty.c counts nothing: it is the cost of a program that does nothing."""
 
@@ -396,6 +404,7 @@ PROGRAM_COUNTERS = {
     "kprobe.c": (KprobeCounter, KprobeCounter.LOST, None),
     "widen.c": (WidenCounter, None, None),
     "empty.c": (EmptyCounter, None, None),
+    "stream_bench.c": (StreamBenchCounter, StreamBenchCounter.DROPPED_EVENTS, StreamBenchCounter.DROPPED_PATH_EVENTS),
 }
 
 
