@@ -58,12 +58,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 	u64 *ser = serial.lookup(&zero);
 	if (!ser)
 		return 0;
-	u32 cpu = bpf_get_smp_processor_id();
-	u64 base = ((u64)cpu << 56) | *ser;
+	u64 base = ((u64)bpf_get_smp_processor_id() << 56) | *ser;
 	*ser += VFS_BENCH_K;
 	vfs_count(VFS_C_TRIGGERS);
-	char comm[VFS_COMM_LEN];
-	bpf_get_current_comm(comm, sizeof(comm));
 	for (u32 i = 0; i < VFS_BENCH_K; i++) {
 		u64 n = base + i;
 #if VFS_BENCH_DENTRY_EVERY > 0
@@ -71,15 +68,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 			struct vfs_event *d = vfs_ev_reserve();
 			if (!d)
 				continue;
-			__builtin_memset(d, 0, sizeof(*d));
-			d->ts_ns = bpf_ktime_get_ns();
-			d->pid = id >> 32;
-			d->tid = (u32)id;
-			d->cpu = cpu;
-			d->kind = VFS_K_D_FREE;
-			d->count = 1;
+			vfs_fill(d, id, VFS_K_D_FREE, VFS_OP_NONE);
 			d->dentry = 0xffff888000000000ULL + n * 192;
-			__builtin_memcpy(d->comm, comm, sizeof(comm));
 			vfs_ev_submit(args, d);
 			continue;
 		}
@@ -87,16 +77,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 		struct vfs_path_event *e = vfs_pev_reserve();
 		if (!e)
 			continue;
-		__builtin_memset(e, 0, sizeof(*e));
-		e->hdr.ts_ns = bpf_ktime_get_ns();
-		e->hdr.pid = id >> 32;
-		e->hdr.tid = (u32)id;
-		e->hdr.cpu = cpu;
-		e->hdr.kind = VFS_K_PATH_SYSCALL;
-		e->hdr.op = VFS_OP_NEWFSTATAT;
+		vfs_fill(&e->hdr, id, VFS_K_PATH_SYSCALL, VFS_OP_NEWFSTATAT);
 		e->hdr.ret = VFS_ENOENT;
-		e->hdr.count = 1;
-		__builtin_memcpy(e->hdr.comm, comm, sizeof(comm));
+		__builtin_memset(e->path, 0, sizeof(e->path));
+		__builtin_memset(e->path2, 0, sizeof(e->path2));
 		__builtin_memcpy(e->path, VFS_BENCH_PREFIX, VFS_BENCH_PREFIX_LEN);
 		vfs_bench_hex(e->path + VFS_BENCH_PREFIX_LEN, n);
 		__builtin_memcpy(e->hdr.name, VFS_BENCH_NAME_PREFIX, VFS_BENCH_NAME_PREFIX_LEN);

@@ -438,6 +438,29 @@ class PerfStream:
         self._chunks.clear()
 
 
+class StreamOwner:
+    """What a tracer that owns a BCC program and the streams of its rings
+    shares (a mixin before :class:`tracers.Tracer`): their losses merged,
+    and one way to close them, streams first, so no view of a ring outlives
+    the program that holds its map."""
+
+    _bpf = None
+    _streams: list = []
+
+    def lost(self) -> dict[int, int]:
+        return merge_lost(*(s.lost() for s in self._streams))
+
+    def close(self) -> None:
+        for s in self._streams:
+            s.close()
+        self._streams = []
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
+
+
 def merge_lost(*parts: dict[int, int]) -> dict[int, int]:
     out: dict[int, int] = {}
     for p in parts:

@@ -18,7 +18,7 @@ import os
 
 from bpf import INCLUDE, program
 from tracers import BuildError, Tracer, build_bpf, import_bcc
-from tracers.stream import PAGE_SIZE, RingStream, batches_frame, counter_totals, merge_lost, poll_streams
+from tracers.stream import PAGE_SIZE, RingStream, StreamOwner, batches_frame, counter_totals, poll_streams
 from vfstrace.errors import PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import BPF_EVENT_DTYPE, BPF_PATH_EVENT_DTYPE, counter_names
 
@@ -26,7 +26,7 @@ SOURCE = "stream_bench.c"
 TRIGGER = "tracepoint:syscalls:sys_enter_getppid"
 
 
-class StreamBenchTracer(Tracer):
+class StreamBenchTracer(StreamOwner, Tracer):
     """Loads bpf/stream_bench.c for the generator (``pid`` or ``comm`` of the options); polls its two rings."""
 
     tier = "stream-bench"
@@ -84,9 +84,6 @@ class StreamBenchTracer(Tracer):
     def poll(self, timeout_ms: int = 100):
         return batches_frame(self.poll_records(timeout_ms), BPF_EVENT_DTYPE)
 
-    def lost(self) -> dict[int, int]:
-        return merge_lost(*(s.lost() for s in self._streams))
-
     def counters(self) -> dict[str, int]:
         if self._bpf is None:
             return {}
@@ -94,13 +91,3 @@ class StreamBenchTracer(Tracer):
 
     def attached(self) -> list[str]:
         return [TRIGGER] if self._bpf is not None else []
-
-    def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams = []
-        if self._bpf is not None:
-            try:
-                self._bpf.cleanup()
-            finally:
-                self._bpf = None

@@ -79,9 +79,9 @@ from tracers.stream import (
     PAGE_SIZE,
     PerfStream,
     RingStream,
+    StreamOwner,
     batches_frame,
     counter_totals,
-    merge_lost,
     poll_streams,
 )
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
@@ -363,7 +363,7 @@ def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, sta
     return Resolved(0 if found is not None else ENOENT, full, ":".join(chain) if placeable else "", fl)
 
 
-class TracepointTracer(Tracer):
+class TracepointTracer(StreamOwner, Tracer):
     tier = "tracepoint"
 
     def __init__(self, options, choice=None):
@@ -632,9 +632,6 @@ class TracepointTracer(Tracer):
         rc = rc.astype({c: NUMPY_DTYPES[c] for c in COLUMNS})
         return pd.concat([df, rc], ignore_index=True)
 
-    def lost(self) -> dict[int, int]:
-        return merge_lost(*(s.lost() for s in self._streams))
-
     def counters(self) -> dict[str, int]:
         if self._bpf is None:
             return {}
@@ -649,13 +646,3 @@ class TracepointTracer(Tracer):
 
     def attached(self) -> list[str]:
         return list(self._attached)
-
-    def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams = []
-        if self._bpf is not None:
-            try:
-                self._bpf.cleanup()
-            finally:
-                self._bpf = None
