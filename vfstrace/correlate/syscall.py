@@ -65,7 +65,8 @@ def judged_syscalls(df: pd.DataFrame) -> np.ndarray:
 def successes(df: pd.DataFrame) -> np.ndarray:
     m = (df["kind"].to_numpy() == Kind.PATH_SYSCALL) & (df["ret"].to_numpy() >= 0)
     rows = np.flatnonzero(m)  # paths compared on these rows only (a string comparison per row is slow)
-    m[rows] = df["path"].to_numpy(dtype=object)[rows] != ""
+    if len(rows):
+        m[rows] = _nonempty(df["path"].iloc[rows])
     return m
 
 
@@ -141,7 +142,10 @@ def neighbours(S: pd.DataFrame, succ, win, *, before=True, after=True) -> pd.Dat
     n = len(S)
     W = win.syscall_window_ns
     t = S["ts_ns"].to_numpy().astype(np.int64)
-    qc = idx.paths.get_indexer(S["path"].to_numpy(dtype=object)).astype(np.int64) if n else np.zeros(0, np.int64)
+    if n and len(idx.paths):
+        qc = idx.paths.get_indexer(S["path"].to_numpy(dtype=object)).astype(np.int64)
+    else:  # no success on any path: every failure's code is -1 (and no Python string per row is made)
+        qc = np.full(n, -1, dtype=np.int64)
     sc, sts, sid = idx.code, idx.ts, idx.sid
     found = {}
     if n and len(sc):
@@ -198,9 +202,10 @@ def _nonempty(col: pd.Series) -> np.ndarray:
     return (col != "").to_numpy(dtype=bool) if len(col) else np.zeros(0, dtype=bool)
 
 
-def _basenames(col: pd.Series) -> list[str]:
-    """The last component of each path ("" for ""), as Python strings."""
-    return [p.rsplit("/", 1)[-1] if p else "" for p in col.tolist()]
+def _texts(values) -> pd.Series:
+    """Python strings as an object column: a Series typed so keeps pandas
+    from inferring its Arrow ``str`` dtype (a conversion per row)."""
+    return pd.Series(values, dtype=object)
 
 
 def _ancestors(p):
@@ -346,7 +351,7 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
              "places in time (syscall level)" if unplaced_lost > 0 else
              "plain miss (syscall level): no re-check found it and no later success on it")
     reason = [plain] * n
-    evidence = [[e] for e in eid.tolist()]
+    evidence = eid.reshape(-1, 1).tolist()  # [[id], ...]: the lists made in C
     for i in np.flatnonzero(~simple).tolist():
         v, ev, j = verdict[i], [], int(rid[rp[i]]) if has_r[i] else _NONE
         if found[i]:
@@ -411,16 +416,19 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
         reason[i] = r
     return pd.DataFrame({
         "event_id": eid.astype(np.uint64),
-        "verdict": verdict,
+        # Text columns as Python strings (object), the dtype verdicts carry
+        # (batch._finish): built so, pandas does not first convert them to
+        # its Arrow strings, row by row, only to be converted back.
+        "verdict": _texts(verdict),
         "ts_ns": S["ts_ns"].to_numpy().astype(np.uint64),
         "tid": S["tid"].to_numpy().astype(np.uint32),
         "pid": S["pid"].to_numpy().astype(np.uint32),
-        "comm": S["comm"].to_numpy(dtype=object),
+        "comm": _texts(S["comm"].to_numpy(dtype=object)),
         "dentry": np.zeros(n, dtype=np.uint64),
-        "name": _basenames(S["path"]),
-        "path": paths,
+        "name": _texts([p.rsplit("/", 1)[-1] if p else "" for p in paths.tolist()]),
+        "path": _texts(paths),
         "evidence": evidence,
-        "reason": reason,
+        "reason": _texts(reason),
         "overlap": np.zeros(n, dtype=bool),
         # A folded record stands for its identical repeats (same task, path
         # and errno within the kernel's fold window): one verdict, count lookups.
