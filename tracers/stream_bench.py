@@ -75,6 +75,7 @@ class StreamBenchTracer(StreamOwner, Tracer):
             RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, self.ev_pages * PAGE_SIZE, counts, 0),
             RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, self.path_pages * PAGE_SIZE, counts, 1),
         ]
+        self._start_streams()
 
     def poll_records(self, timeout_ms: int = 100):
         if self._bpf is None:

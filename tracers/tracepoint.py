@@ -517,6 +517,7 @@ class TracepointTracer(StreamOwner, Tracer):
                 RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
                 RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
+            self._start_streams()
 
     def _compile(self, bcc, mode: str) -> str | None:
         """Compile, load and attach in ``mode``; the first error line on failure."""
