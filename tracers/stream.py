@@ -280,11 +280,38 @@ def records_to_frame(rec: np.ndarray):
     return pd.DataFrame(cols, columns=list(COLUMNS))
 
 
+def _grouped(batches: list[np.ndarray], limit: int) -> list[np.ndarray]:
+    """Consecutive batches joined into runs of at most ``limit`` bytes (a
+    batch larger than that alone): a thread that empties the ring as it
+    fills copies out many small batches, each of which would cost the
+    recorder a conversion of its own, while one joined copy of them all
+    would be memory the process has not touched yet (RingStream.poll_batches)."""
+    out, run, size = [], [], 0
+    for b in batches:
+        if run and size + b.nbytes > limit:
+            out.append(run[0] if len(run) == 1 else np.concatenate(run))
+            run, size = [], 0
+        run.append(b)
+        size += b.nbytes
+    if run:
+        out.append(run[0] if len(run) == 1 else np.concatenate(run))
+    return out
+
+
+def _joined(batches: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    if not batches:
+        return np.empty(0, dtype=dtype)
+    return batches[0] if len(batches) == 1 else np.concatenate(batches)
+
+
 def poll_streams(streams, timeout_ms: int = 100, clock=time.monotonic) -> list[np.ndarray]:
-    """One batch of raw records per stream; waits up to ``timeout_ms`` for the first record of any."""
+    """Batches of raw records from every stream (a ring stream's as it copied
+    them out, see RingStream.poll_batches); waits up to ``timeout_ms`` for the first record of any."""
     deadline = clock() + timeout_ms / 1000.0
     while True:
-        out = [s.poll_records(0) for s in streams]
+        out = []
+        for s in streams:
+            out += s.poll_batches(0) if hasattr(s, "poll_batches") else [s.poll_records(0)]
         if any(len(r) for r in out) or clock() >= deadline:
             return out
         time.sleep(min(0.005, max(0.0, deadline - clock())))
@@ -402,6 +429,9 @@ def _kernel_ring_size(map_fd: int) -> int | None:
 
 IDLE_S = 0.002  # a started stream's thread sleeps this long when its ring is empty
 QUEUE_RINGS = 8  # ... and queues at most this many rings' worth of records for poll_records
+# ... handed on in runs of at most this many bytes: below glibc's largest mmap threshold (32 MiB),
+# so a run's memory is reused from the heap rather than faulted in anew
+JOIN_BYTES = 16 << 20
 
 
 class RingStream:
@@ -426,7 +456,9 @@ class RingStream:
         self.polls = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._kick = threading.Event()  # wakes the thread from its idle sleep
+        self._cond = threading.Condition()  # guards the queue and the rounds asked for / served
+        self._asked = self._served = 0
         self._queue: list[np.ndarray] = []
         self._queued_bytes = 0
         self._max_queued = QUEUE_RINGS * size_bytes
@@ -452,11 +484,14 @@ class RingStream:
     def drain(self) -> np.ndarray:
         """Take every committed record now in the ring (and, once started, every
         one the thread has queued), without waiting."""
+        return _joined(self._drain_batches(), self.dtype)
+
+    def _drain_batches(self) -> list[np.ndarray]:
         if self._thread is not None:
             return self._take()
         recs = self._ring.drain()
         self.received += len(recs)
-        return recs
+        return [recs] if len(recs) else []
 
     def start(self, max_queued_bytes: int | None = None) -> None:
         """Drain the ring on a thread of its own from now on (module docstring: why)."""
@@ -468,51 +503,71 @@ class RingStream:
         self._thread.start()
 
     def _run(self) -> None:
+        """Only this thread reads the ring once started. A consumer that must
+        see everything up to now (``_take``) asks for a round (``_asked``)
+        and waits until one that began after its asking has ended
+        (``_served``): the ring is never read from two threads, and no lock
+        is held while reading it, which would starve the consumer of it."""
         try:
             while not self._stop.is_set():
-                if self._queued_bytes >= self._max_queued:  # the consumer is behind: the kernel drops, counted
-                    self._stop.wait(IDLE_S)
-                    continue
-                with self._lock:
-                    recs = self._ring.drain()
+                with self._cond:
+                    asked = self._asked
+                full = self._queued_bytes >= self._max_queued  # the consumer is behind: the kernel drops, counted
+                recs = self._ring.drain() if not full or asked > self._served else np.empty(0, dtype=self.dtype)
+                with self._cond:
                     if len(recs):
                         self._queue.append(recs)
                         self._queued_bytes += recs.nbytes
                         self.received += len(recs)
+                    self._served = asked
+                    self._cond.notify_all()
                 if not len(recs):
-                    self._stop.wait(IDLE_S)
+                    self._kick.wait(IDLE_S)
+                    self._kick.clear()
         except BaseException as e:  # noqa: BLE001 - a RingError is raised to the consumer at its next poll
             self._error = e
+        finally:
+            with self._cond:
+                self._served = float("inf")
+                self._cond.notify_all()
 
     def _take(self) -> np.ndarray:
-        """What the thread queued, then what the ring holds now: the ring is
-        read here too, under the same lock, so a caller that made records
-        (a flush of folded repeats) and drains at once finds them, and
-        nothing is left in the ring by a drain that returns empty."""
-        if self._error is not None:
-            raise self._error
-        with self._lock:
+        """What the thread queued up to a round of reading the ring that began
+        after this call: a caller that made records (a flush of folded
+        repeats) and drains at once finds them, and a drain that returns
+        empty left nothing in the ring."""
+        with self._cond:
+            self._asked += 1
+            want = self._asked
+            self._kick.set()
+            while self._served < want and self._error is None:
+                self._cond.wait(0.1)
             q, self._queue, self._queued_bytes = self._queue, [], 0
-            now = self._ring.drain()
-            self.received += len(now)
-        q = [r for r in (*q, now) if len(r)]
-        if not q:
-            return np.empty(0, dtype=self.dtype)
-        return q[0] if len(q) == 1 else np.concatenate(q)
+        if self._error is not None and not q:
+            raise self._error
+        return _grouped(q, JOIN_BYTES)
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
             self._stop.set()
+            self._kick.set()
             self._thread.join()
 
     def poll_records(self, timeout_ms: int = 100) -> np.ndarray:
         """Records as one numpy batch; waits up to ``timeout_ms`` for the first."""
+        return _joined(self.poll_batches(timeout_ms), self.dtype)
+
+    def poll_batches(self, timeout_ms: int = 100) -> list[np.ndarray]:
+        """The records as the batches they were copied out in (none empty):
+        joining them would copy them all once more into memory the process
+        has not touched yet, and on hosts where a page fault is dear that
+        costs more than parsing them did. Waits up to ``timeout_ms`` for the first."""
         self.polls += 1
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
-            recs = self.drain()
-            if len(recs) or time.monotonic() >= deadline:
-                return recs
+            out = self._drain_batches()
+            if out or time.monotonic() >= deadline:
+                return out
             time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
     def poll(self, timeout_ms: int = 100):

@@ -541,7 +541,7 @@ class TracepointTracer(StreamOwner, Tracer):
         t[t.Key(0)] = leaf
 
     def poll_records(self, timeout_ms: int = 100) -> list[np.ndarray]:
-        """Raw record batches, one per stream (the bench measures this layer)."""
+        """Raw record batches of both streams (the bench measures this layer)."""
         if self._bpf is None:
             raise VfstraceError("tracer not loaded")
         import time

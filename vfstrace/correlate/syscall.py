@@ -208,6 +208,52 @@ def _texts(values) -> pd.Series:
     return pd.Series(values, dtype=object)
 
 
+def _ancestor_keys(paths: pd.Series, names: set[str]) -> pd.DataFrame:
+    """(_r, key, own): each row's path or a parent of it (_ancestors()) that
+    is one of ``names``, ``own`` where it is the path itself; in row order,
+    longest first, as listing every row's ancestors and keeping those would.
+
+    Why not that listing: with removals anywhere on the system (the only
+    time this is asked) every failure's path was cut into all its parents in
+    Python, the costliest step of a storm of distinct names. A name of L
+    bytes is a parent of a path, or the path, exactly when the path's first
+    L bytes are that name and byte L is "/" or the end: that is asked of
+    whole columns in Arrow, once per distinct length of the names."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows, keys, own, lens = [], [], [], []
+    if len(paths) and names:
+        col = pa.array(paths.to_numpy(dtype=object) if paths.dtype == object else paths.array, type=pa.large_string())
+        raw = col.cast(pa.large_binary())
+        size = pc.binary_length(raw).to_numpy(zero_copy_only=False)
+        by_len: dict[int, list[bytes]] = {}
+        for x in names:
+            by_len.setdefault(len(x.encode()), []).append(x.encode())
+        for L, xs in by_len.items():
+            head = pc.binary_slice(raw, 0, L)
+            hit = pc.is_in(head, value_set=pa.array(xs, type=pa.large_binary())).to_numpy(zero_copy_only=False)
+            hit &= size >= L
+            if not hit.any():
+                continue
+            at = np.flatnonzero(hit)
+            nxt = pc.binary_slice(raw.take(pa.array(at)), L, L + 1).to_numpy(zero_copy_only=False)
+            whole = size[at] == L
+            ok = whole | (nxt == b"/")
+            at, whole = at[ok], whole[ok]
+            if not len(at):
+                continue
+            rows.append(at)
+            keys.append(pc.binary_slice(raw.take(pa.array(at)), 0, L).cast(pa.large_string()).to_numpy(zero_copy_only=False))
+            own.append(whole)
+            lens.append(np.full(len(at), L))
+    if not rows:
+        return pd.DataFrame({"_r": np.zeros(0, np.int64), "key": pd.Series([], dtype=object), "own": np.zeros(0, bool)})
+    r, key, o, ln = (np.concatenate(x) for x in (rows, keys, own, lens))
+    order = np.lexsort((-ln, r))
+    return pd.DataFrame({"_r": r[order], "key": pd.Series(key[order], dtype=object), "own": o[order]})
+
+
 def _ancestors(p):
     out = [p]
     while True:
@@ -234,17 +280,15 @@ def _removals(S, E, win, b, flicker):
     if not len(N):  # no removal seen: no path's ancestors need listing
         return ns_ids, ns_op
     t = S["ts_ns"].to_numpy().astype(np.int64)
-    paths = S["path"].to_numpy(dtype=object)
-    keys = [(i, anc, k == 0) for i, p in enumerate(paths.tolist()) if p for k, anc in enumerate(_ancestors(p))]
-    if not len(N) or not keys:
-        return ns_ids, ns_op
-    K = pd.DataFrame(keys, columns=["_r", "key", "own"])
     # Only the name a rename moves away from (path); path2, the name it
     # lands on, existed before and after. An exchange: either name, above the path.
     xch = (N["flags"].to_numpy() & int(Flag.EXCHANGE)) != 0
     X = N[xch]
     N = pd.concat([N[~xch], X, X.assign(path=X["path2"])], ignore_index=True)
     N["strict"] = np.r_[np.zeros((~xch).sum(), bool), np.ones(2 * len(X), bool)]
+    K = _ancestor_keys(S["path"], set(N["path"].tolist()) - {""})
+    if not len(K):
+        return ns_ids, ns_op
     m = K.merge(N[N["path"] != ""].rename(columns={"path": "key"}), on="key")
     m = m[~(m["own"].to_numpy() & m["strict"].to_numpy())]
     if not len(m):
