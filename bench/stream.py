@@ -113,7 +113,7 @@ def run_step(exe, work, rate, seconds, per_trigger, dentry_every, profile=None):
     from vfstrace.options import TraceOptions
     from vfstrace.recorder import POLL_MS, Recorder
     from vfstrace.store import TraceWriter
-    from vfstrace.watch import count_verdicts
+    from vfstrace.correlate.batch import count_verdicts
 
     triggers = max(1, int(rate * seconds / per_trigger))
     trace = os.path.join(work, f"step-{rate}.vft")

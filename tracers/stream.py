@@ -66,6 +66,13 @@ per-CPU array (``bpf_ringbuf_reserve`` returned NULL), perf buffers report
 lost samples through BCC's lost callback; both surface as ``lost() ->
 {cpu: n}`` (cpu -1 when the kernel does not say which CPU lost them).
 
+Why one module: the reader's safety argument above (positions checked,
+spans bounded, records copied before the consumer position moves, the
+ring read by one thread at a time) is about the code of RingView and
+RingStream together, their thread included; split, the argument would
+live apart from code it covers. The conversion of records to the event
+schema is apart (tracers/text.py).
+
 Public API::
 
     s = RingStream(map_fd, BPF_EVENT_DTYPE, size_bytes, drops=percpu_table, drop_index=0)
@@ -75,9 +82,10 @@ Public API::
     s.close()
 
 :func:`parse_ring_span` is the pure parser (tested on synthetic bytes) and
-:func:`records_to_frame` the fast conversion to the event schema (the same
-frame as vfstrace.events.frame_from_records, with strings decoded once per
-distinct value instead of once per row).
+:func:`records_to_frame` (tracers/text.py, importable from here) the fast
+conversion to the event schema (the same frame as
+vfstrace.events.frame_from_records, strings made in Arrow from the fixed-width
+fields).
 """
 
 from __future__ import annotations
@@ -89,8 +97,8 @@ import time
 
 import numpy as np
 
+from tracers.text import records_to_frame
 from vfstrace.errors import TierUnavailable, VfstraceError
-from vfstrace.events import COLUMN_DEFAULTS, COLUMNS, NUMPY_DTYPES, STRING_COLUMNS
 
 BUSY_BIT = 1 << 31  # BPF_RINGBUF_BUSY_BIT (include/uapi/linux/bpf.h)
 DISCARD_BIT = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
@@ -157,127 +165,6 @@ def parse_ring_span(buf, dtype: np.dtype) -> tuple[np.ndarray, int]:
     recs = framed["rec"][:k]
     out = recs[keep] if not keep.all() else recs.copy()
     return out, k * stride
-
-
-def _decode_fixed_py(col: np.ndarray, nonempty: np.ndarray | None = None) -> np.ndarray:
-    """Fixed-width NUL-padded bytes -> str objects, decoding each distinct value once
-    (the fallback of :func:`_decode_fixed` for bytes that are not UTF-8).
-
-    Most rows of a batch share few distinct strings (comm "cp", an empty
-    name on every dentry free), so rows whose first byte is NUL become ""
-    without touching Python, and the rest are factorized before decoding.
-    """
-    import pandas as pd
-
-    n = len(col)
-    out = np.full(n, "", dtype=object)
-    if n == 0:
-        return out
-    idx = np.flatnonzero(nonempty) if nonempty is not None else np.arange(n)
-    if len(idx) == 0:
-        return out
-    codes, uniq = pd.factorize(col[idx].astype(object))
-    # bytes after the first NUL are stale kernel buffer contents: cut there.
-    dec = np.array([b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in uniq], dtype=object)
-    out[idx] = dec[codes]
-    return out
-
-
-_HIGHS = np.uint64(0x8080808080808080)
-_LOWS = np.uint64(0x0101010101010101)
-# The lowest flagged byte of a zero-byte mask word, by value: 0x80 << 8k is byte k.
-_BYTE_FLAGS = np.array([0x80 << (8 * k) for k in range(8)], dtype=np.uint64)
-
-
-def _c_lengths(raw: np.ndarray) -> np.ndarray:
-    """Per row of a (n, width) uint8 array, the bytes before the first NUL (width if none).
-
-    Eight bytes at a time, and only as far as each row goes: a word holds a
-    zero byte where ``(v - 0x01..01) & ~v & 0x80..80`` is non-zero, and its
-    lowest flagged byte is the first zero byte (a flag above it can be a
-    borrow's false alarm, never one below). A row leaves the scan at its
-    first word with a NUL, so a 256-byte field holding a 50-byte path costs
-    seven word tests, not 256 byte comparisons."""
-    n, width = raw.shape
-    lens = np.full(n, width, dtype=np.int64)
-    if n == 0 or width == 0:
-        return lens
-    words = width // 8
-    pending = np.arange(n)
-    if words:
-        v = np.ascontiguousarray(raw[:, : words * 8]).view("<u8")
-        for j in range(words):
-            x = v[pending, j]
-            m = (x - _LOWS) & ~x & _HIGHS
-            hit = m != 0
-            mh = m[hit]
-            lens[pending[hit]] = j * 8 + np.searchsorted(_BYTE_FLAGS, mh & (~mh + np.uint64(1)))
-            pending = pending[~hit]
-            if not len(pending):
-                break
-    if words * 8 < width and len(pending):  # a tail shorter than a word
-        tail = raw[pending, words * 8 :] == 0
-        has = tail.any(axis=1)
-        lens[pending[has]] = words * 8 + tail[has].argmax(axis=1)
-    return lens
-
-
-def _decode_fixed(col: np.ndarray):
-    """Fixed-width NUL-padded bytes -> a pandas ``str`` (Arrow) array, text cut at the first NUL.
-
-    Why not a Python string per row: in a storm of distinct names nearly
-    every row's name and path differ, and making, hashing and converting a
-    Python object per row and column held the live stream near 100k events
-    per second. The bytes before each NUL are gathered with numpy into one
-    Arrow buffer with its offsets, and Arrow checks the whole column is
-    UTF-8 at once. Bytes that are not UTF-8 (a path is any bytes) take the
-    per-value decoding with replacement characters instead, as before, so
-    the result is the same either way.
-    """
-    import pandas as pd
-    import pyarrow as pa
-
-    n = len(col)
-    if n == 0:
-        return np.full(0, "", dtype=object)  # as the empty frame has always been typed
-    width = col.dtype.itemsize
-    raw = np.ascontiguousarray(col).view(np.uint8).reshape(n, width)
-    lens = _c_lengths(raw)
-    top = int(lens.max())
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    if top:
-        data = raw[:, :top][np.arange(top) < lens[:, None]]
-    else:
-        data = np.zeros(0, dtype=np.uint8)
-    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
-    try:
-        arr.validate(full=True)
-    except pa.ArrowInvalid:
-        arr = pa.array(_decode_fixed_py(col, lens > 0), type=pa.large_string())
-    return pd.array(arr, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
-
-
-def records_to_frame(rec: np.ndarray):
-    """Kernel records -> an event-schema DataFrame (same result as events.frame_from_records)."""
-    import pandas as pd
-
-    n = len(rec)
-    cols = {}
-    names = rec.dtype.names or ()
-    for name in COLUMNS:
-        if name in names:
-            col = rec[name]
-            if name in STRING_COLUMNS:
-                cols[name] = _decode_fixed(col)
-            else:
-                cols[name] = col.astype(NUMPY_DTYPES[name], copy=True)
-        elif name in STRING_COLUMNS:
-            cols[name] = np.full(n, "", dtype=object)
-        else:
-            cols[name] = np.full(n, COLUMN_DEFAULTS.get(name, 0), dtype=NUMPY_DTYPES[name])
-    cols["count"] = np.maximum(cols["count"], 1)  # a record that does not set it stands for one
-    return pd.DataFrame(cols, columns=list(COLUMNS))
 
 
 def _grouped(batches: list[np.ndarray], limit: int) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ import click
 import numpy as np
 
 from vfstrace.correlate import SUSPECT_VERDICTS, StreamingCorrelator
+from vfstrace.correlate.batch import count_verdicts
 from vfstrace.errors import PrivilegeError, VfstraceError
 from vfstrace.options import Duration
 from vfstrace.report.answer import answer, first_paths
@@ -120,26 +121,6 @@ def check_output(path) -> None:
         raise VfstraceError(f"{p}: {e.strerror}") from None
     if st.f_flag & os.ST_RDONLY:
         raise VfstraceError(f"{p}: {parent} is on a read-only file system")
-
-
-def count_verdicts(counts: dict[str, int], vdf) -> None:
-    """Add a frame of verdicts to ``counts`` (verdict -> judged lookups), in
-    first-seen order. A record the kernel folded stands for ``count``
-    lookups (at least 1). Whole columns at once: in a storm every failure is
-    a verdict, and a Python dict per verdict would cost the live stream
-    more than all the rest of its work on that row."""
-    import numpy as np
-    import pandas as pd
-
-    if not len(vdf):
-        return
-    names = vdf["verdict"].astype(str).to_numpy(dtype=object)
-    if "count" in vdf:
-        n = np.maximum(1, pd.to_numeric(vdf["count"], errors="coerce").fillna(1).to_numpy().astype(np.int64))
-    else:
-        n = np.ones(len(vdf), dtype=np.int64)
-    for name, k in pd.Series(n).groupby(names, sort=False).sum().items():
-        counts[name] = counts.get(name, 0) + int(k)
 
 
 def _fmt_verdict(v) -> str:

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from vfstrace.correlate.existence import CREATING_OPS, Creators, components, recheck_of
+from vfstrace.correlate.paths import ancestor_keys, nonempty, texts
 from vfstrace.events import EBADF, ENOENT, ESRCH, Flag, Kind, Op, op_name
 
 ACTIVITY_KINDS = np.array([Kind.D_FREE, Kind.SHRINK_START, Kind.SHRINK_END], dtype=np.uint8)
@@ -66,7 +67,7 @@ def successes(df: pd.DataFrame) -> np.ndarray:
     m = (df["kind"].to_numpy() == Kind.PATH_SYSCALL) & (df["ret"].to_numpy() >= 0)
     rows = np.flatnonzero(m)  # paths compared on these rows only (a string comparison per row is slow)
     if len(rows):
-        m[rows] = _nonempty(df["path"].iloc[rows])
+        m[rows] = nonempty(df["path"].iloc[rows])
     return m
 
 
@@ -191,78 +192,9 @@ def final_at(S: pd.DataFrame, win, recheck_ts=None) -> np.ndarray:
     full = np.maximum.reduce([a + tail, near, t + win.activity_ns])
     out = np.where(b == _NONE, near, np.where(a == _NONE, np.maximum(near, waiting), full))
     rts = np.full(len(S), _NONE, dtype=np.int64) if recheck_ts is None else np.asarray(recheck_ts, dtype=np.int64)
-    named = _nonempty(S["path"])
+    named = nonempty(S["path"])
     upto = np.where(rts != _NONE, rts, np.where(named, waiting, _NONE))
     return np.where(upto != _NONE, np.maximum.reduce([out, upto + tail, t + win.activity_ns]), out)
-
-
-def _nonempty(col: pd.Series) -> np.ndarray:
-    """Mask of the non-empty strings of a column, compared in its own storage
-    (Arrow for pandas' str dtype): no Python string per row."""
-    return (col != "").to_numpy(dtype=bool) if len(col) else np.zeros(0, dtype=bool)
-
-
-def _texts(values) -> pd.Series:
-    """Python strings as an object column: a Series typed so keeps pandas
-    from inferring its Arrow ``str`` dtype (a conversion per row)."""
-    return pd.Series(values, dtype=object)
-
-
-def _ancestor_keys(paths: pd.Series, names: set[str]) -> pd.DataFrame:
-    """(_r, key, own): each row's path or a parent of it (_ancestors()) that
-    is one of ``names``, ``own`` where it is the path itself; in row order,
-    longest first, as listing every row's ancestors and keeping those would.
-
-    Why not that listing: with removals anywhere on the system (the only
-    time this is asked) every failure's path was cut into all its parents in
-    Python, the costliest step of a storm of distinct names. A name of L
-    bytes is a parent of a path, or the path, exactly when the path's first
-    L bytes are that name and byte L is "/" or the end: that is asked of
-    whole columns in Arrow, once per distinct length of the names."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    rows, keys, own, lens = [], [], [], []
-    if len(paths) and names:
-        col = pa.array(paths.to_numpy(dtype=object) if paths.dtype == object else paths.array, type=pa.large_string())
-        raw = col.cast(pa.large_binary())
-        size = pc.binary_length(raw).to_numpy(zero_copy_only=False)
-        by_len: dict[int, list[bytes]] = {}
-        for x in names:
-            by_len.setdefault(len(x.encode()), []).append(x.encode())
-        for L, xs in by_len.items():
-            head = pc.binary_slice(raw, 0, L)
-            hit = pc.is_in(head, value_set=pa.array(xs, type=pa.large_binary())).to_numpy(zero_copy_only=False)
-            hit &= size >= L
-            if not hit.any():
-                continue
-            at = np.flatnonzero(hit)
-            nxt = pc.binary_slice(raw.take(pa.array(at)), L, L + 1).to_numpy(zero_copy_only=False)
-            whole = size[at] == L
-            ok = whole | (nxt == b"/")
-            at, whole = at[ok], whole[ok]
-            if not len(at):
-                continue
-            rows.append(at)
-            keys.append(pc.binary_slice(raw.take(pa.array(at)), 0, L).cast(pa.large_string()).to_numpy(zero_copy_only=False))
-            own.append(whole)
-            lens.append(np.full(len(at), L))
-    if not rows:
-        return pd.DataFrame({"_r": np.zeros(0, np.int64), "key": pd.Series([], dtype=object), "own": np.zeros(0, bool)})
-    r, key, o, ln = (np.concatenate(x) for x in (rows, keys, own, lens))
-    order = np.lexsort((-ln, r))
-    return pd.DataFrame({"_r": r[order], "key": pd.Series(key[order], dtype=object), "own": o[order]})
-
-
-def _ancestors(p):
-    out = [p]
-    while True:
-        i = p.rfind("/")
-        if i <= 0:
-            break
-        p = p[:i]
-        out.append(p)
-    return out
 
 
 def _removals(S, E, win, b, flicker):
@@ -286,7 +218,7 @@ def _removals(S, E, win, b, flicker):
     X = N[xch]
     N = pd.concat([N[~xch], X, X.assign(path=X["path2"])], ignore_index=True)
     N["strict"] = np.r_[np.zeros((~xch).sum(), bool), np.ones(2 * len(X), bool)]
-    K = _ancestor_keys(S["path"], set(N["path"].tolist()) - {""})
+    K = ancestor_keys(S["path"], set(N["path"].tolist()) - {""})
     if not len(K):
         return ns_ids, ns_op
     m = K.merge(N[N["path"] != ""].rename(columns={"path": "key"}), on="key")
@@ -463,16 +395,16 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
         # Text columns as Python strings (object), the dtype verdicts carry
         # (batch._finish): built so, pandas does not first convert them to
         # its Arrow strings, row by row, only to be converted back.
-        "verdict": _texts(verdict),
+        "verdict": texts(verdict),
         "ts_ns": S["ts_ns"].to_numpy().astype(np.uint64),
         "tid": S["tid"].to_numpy().astype(np.uint32),
         "pid": S["pid"].to_numpy().astype(np.uint32),
-        "comm": _texts(S["comm"].to_numpy(dtype=object)),
+        "comm": texts(S["comm"].to_numpy(dtype=object)),
         "dentry": np.zeros(n, dtype=np.uint64),
-        "name": _texts([p.rsplit("/", 1)[-1] if p else "" for p in paths.tolist()]),
-        "path": _texts(paths),
+        "name": texts([p.rsplit("/", 1)[-1] if p else "" for p in paths.tolist()]),
+        "path": texts(paths),
         "evidence": evidence,
-        "reason": _texts(reason),
+        "reason": texts(reason),
         "overlap": np.zeros(n, dtype=bool),
         # A folded record stands for its identical repeats (same task, path
         # and errno within the kernel's fold window): one verdict, count lookups.
