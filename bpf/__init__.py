@@ -20,7 +20,7 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
 INCLUDE = f"-I{SOURCE_DIR}"
-PROGRAMS = ("tracepoint.c", "kprobe.c", "widen.c", "empty.c")
+PROGRAMS = ("tracepoint.c", "kprobe.c", "widen.c", "empty.c", "stream_bench.c")
 COMMON = "common.h"
 COMMON_INCLUDE = f'#include "{COMMON}"'
 

@@ -75,7 +75,15 @@ import numpy as np
 
 from bpf import INCLUDE, program
 from tracers import Tracer, import_bcc
-from tracers.stream import PAGE_SIZE, PerfStream, RingStream, counter_totals, merge_lost, records_to_frame
+from tracers.stream import (
+    PAGE_SIZE,
+    PerfStream,
+    RingStream,
+    StreamOwner,
+    batches_frame,
+    counter_totals,
+    poll_streams,
+)
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import (
     AT_FDCWD,
@@ -358,7 +366,7 @@ def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, sta
     return Resolved(0 if found is not None else ENOENT, full, ":".join(chain) if placeable else "", fl)
 
 
-class TracepointTracer(Tracer):
+class TracepointTracer(StreamOwner, Tracer):
     tier = "tracepoint"
 
     def __init__(self, options, choice=None):
@@ -523,6 +531,7 @@ class TracepointTracer(Tracer):
                 RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
                 RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
+            self._start_streams()
 
     def _compile(self, bcc, mode: str) -> str | None:
         """Compile, load and attach in ``mode``; the first error line on failure."""
@@ -546,19 +555,14 @@ class TracepointTracer(Tracer):
         t[t.Key(0)] = leaf
 
     def poll_records(self, timeout_ms: int = 100) -> list[np.ndarray]:
-        """Raw record batches, one per stream (the bench measures this layer)."""
+        """Raw record batches of both streams (the bench measures this layer)."""
         if self._bpf is None:
             raise VfstraceError("tracer not loaded")
         import time
 
-        deadline = time.monotonic() + timeout_ms / 1000.0
         if timeout_ms == 0 or time.monotonic() - self._flushed_at >= FLUSH_EVERY_S:
             self.flush_repeats()
-        while True:
-            out = [s.poll_records(0) for s in self._streams]
-            if any(len(r) for r in out) or time.monotonic() >= deadline:
-                return out
-            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+        return poll_streams(self._streams, timeout_ms)
 
     def flush_repeats(self) -> None:
         """Have every CPU report the repeats it has folded and not yet
@@ -587,13 +591,7 @@ class TracepointTracer(Tracer):
             os.sched_setaffinity(0, saved)
 
     def poll(self, timeout_ms: int = 100):
-        import pandas as pd
-
-        batches = [records_to_frame(r) for r in self.poll_records(timeout_ms) if len(r)]
-        if not batches:
-            return records_to_frame(np.empty(0, dtype=BPF_EVENT_DTYPE))
-        df = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
-        df = df.sort_values("ts_ns", kind="stable", ignore_index=True)
+        df = batches_frame(self.poll_records(timeout_ms), BPF_EVENT_DTYPE)
         if self.recheck:
             df = self._recheck(df)
         return df
@@ -649,9 +647,6 @@ class TracepointTracer(Tracer):
         rc = rc.astype({c: NUMPY_DTYPES[c] for c in COLUMNS})
         return pd.concat([df, rc], ignore_index=True)
 
-    def lost(self) -> dict[int, int]:
-        return merge_lost(*(s.lost() for s in self._streams))
-
     def counters(self) -> dict[str, int]:
         if self._bpf is None:
             return {}
@@ -666,13 +661,3 @@ class TracepointTracer(Tracer):
 
     def attached(self) -> list[str]:
         return list(self._attached)
-
-    def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams = []
-        if self._bpf is not None:
-            try:
-                self._bpf.cleanup()
-            finally:
-                self._bpf = None

@@ -303,11 +303,15 @@ def _decode_str(col: np.ndarray) -> np.ndarray:
     )
 
 
-def frame_from_records(rec: np.ndarray):
+def frame_from_records(rec: np.ndarray, decode=None, copy: bool = False):
     """Turn kernel records (BPF_EVENT_DTYPE or BPF_PATH_EVENT_DTYPE) into schema columns.
 
     ``event_id`` is left 0: the trace writer numbers events in arrival order.
+    ``decode`` turns a fixed-width text field into a column (a string per
+    row by default; tracers/text.py passes its Arrow decoding), ``copy``
+    copies numeric fields even where their type already fits.
     """
+    decode = decode or _decode_str
     import pandas as pd
 
     n = len(rec)
@@ -315,7 +319,7 @@ def frame_from_records(rec: np.ndarray):
     for name in COLUMNS:
         if name in rec.dtype.names:
             col = rec[name]
-            cols[name] = _decode_str(col) if name in STRING_COLUMNS else col.astype(NUMPY_DTYPES[name], copy=False)
+            cols[name] = decode(col) if name in STRING_COLUMNS else col.astype(NUMPY_DTYPES[name], copy=copy)
         elif name in STRING_COLUMNS:
             cols[name] = np.full(n, "", dtype=object)
         else:
@@ -385,6 +389,14 @@ class WidenCounter(enum.IntEnum):
     NOT_SAMPLED = 6  # armed, but outside the sampled share: not held
 
 
+class StreamBenchCounter(enum.IntEnum):
+    """Slots of bpf/stream_bench.c's per-CPU ``counts`` (bench/stream.py's synthetic producer)."""
+
+    DROPPED_EVENTS = 0  # struct vfs_event records a full ring refused
+    DROPPED_PATH_EVENTS = 1  # struct vfs_path_event records a full ring refused
+    TRIGGERS = 2  # generator syscalls that emitted VFS_BENCH_K records each
+
+
 class EmptyCounter(enum.IntEnum):
     """bpf/empty.c counts nothing: it is the cost of a program that does nothing."""
 
@@ -396,6 +408,7 @@ PROGRAM_COUNTERS = {
     "kprobe.c": (KprobeCounter, KprobeCounter.LOST, None),
     "widen.c": (WidenCounter, None, None),
     "empty.c": (EmptyCounter, None, None),
+    "stream_bench.c": (StreamBenchCounter, StreamBenchCounter.DROPPED_EVENTS, StreamBenchCounter.DROPPED_PATH_EVENTS),
 }
 
 

@@ -21,7 +21,14 @@ records (``poll``) and loss counters (``lost() -> {cpu: n}``, cumulative);
 * hands each numbered batch to the trace writer (whose metadata
   ``lost_per_cpu`` it keeps equal to the rows written) and to the streaming
   correlator, so the live verdicts and the verdicts of ``analyze`` on the
-  trace are computed from the same rows.
+  trace are computed from the same rows. The correlator gets them gathered,
+  at least CORR_FEED_ROWS rows or CORR_FEED_S seconds' worth at a time (and
+  everything at ``drain``/``finish``): its cost per feed grows with the
+  failures still waiting for their window (a second of them), so feeding it
+  every small batch of a busy ring would re-examine those rows hundreds of
+  times a second. Its verdicts do not depend on how the rows are cut into
+  feeds (the property tests cut them at random); they only arrive a feed
+  later, well inside the window they wait for anyway.
 
 Loading and attaching stay with the caller (``tracer.load()``), apart from
 polling, so a command can fail with one clear line before anything runs.
@@ -39,6 +46,8 @@ import pandas as pd
 from vfstrace.events import BPF_EVENT_DTYPE, Kind, kind_name
 
 POLL_MS = 200
+CORR_FEED_ROWS = 262144
+CORR_FEED_S = 0.25
 # The cpu of drops the kernel does not place (a perf buffer's lost callback,
 # which tracers report as cpu -1): in LOST rows and in lost_per_cpu alike,
 # so the two agree and the cpu column stays an unsigned 32-bit number.
@@ -79,6 +88,9 @@ class Recorder:
         self.kind_counts: dict[str, int] = {}
         self.lost_seen: dict[int, int] = {}  # cpu -> lost, as already turned into rows
         self.finished = False
+        self._corr_batches: list[pd.DataFrame] = []  # numbered rows not yet fed to the correlator
+        self._corr_rows = 0
+        self._corr_fed_at = time.monotonic()
 
     @property
     def lost_total(self) -> int:
@@ -93,6 +105,8 @@ class Recorder:
         if lost is not None:
             df = pd.concat([lost, df], ignore_index=True) if len(df) else lost
         self._hand_on(df)
+        if self._corr_rows and time.monotonic() - self._corr_fed_at >= CORR_FEED_S:
+            self._feed()
         return df
 
     def drain(self, max_polls: int = 50) -> list[pd.DataFrame]:
@@ -108,6 +122,7 @@ class Recorder:
         if tail is not None:
             self._hand_on(tail)
             out.append(tail)
+        self._feed()
         return out
 
     def finish(self) -> pd.DataFrame:
@@ -117,6 +132,7 @@ class Recorder:
         self.finished = True
         if self.corr is None:
             return pd.DataFrame()
+        self._feed()
         v = self.corr.finish()
         self._verdicts(v)
         return v
@@ -151,7 +167,18 @@ class Recorder:
         if self.writer is not None:
             self.writer.write(df)
         if self.corr is not None:
-            self._verdicts(self.corr.feed(df))
+            self._corr_batches.append(df)
+            self._corr_rows += n
+            if self._corr_rows >= CORR_FEED_ROWS:
+                self._feed()
+
+    def _feed(self) -> None:
+        """The rows gathered for the correlator, in one feed (see the module docstring)."""
+        self._corr_fed_at = time.monotonic()
+        if not self._corr_batches:
+            return
+        b, self._corr_batches, self._corr_rows = self._corr_batches, [], 0
+        self._verdicts(self.corr.feed(pd.concat(b, ignore_index=True) if len(b) > 1 else b[0]))
 
     def _verdicts(self, v) -> None:
         if v is not None and len(v) and self.on_verdicts is not None:

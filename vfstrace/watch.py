@@ -35,6 +35,7 @@ import click
 import numpy as np
 
 from vfstrace.correlate import SUSPECT_VERDICTS, StreamingCorrelator
+from vfstrace.correlate.batch import count_verdicts
 from vfstrace.errors import PrivilegeError, VfstraceError
 from vfstrace.options import Duration
 from vfstrace.report.answer import answer, first_paths
@@ -205,14 +206,14 @@ class Session:
         self.recorder = Recorder(self.tracer, writer=self.writer, correlator=_correlator(), on_verdicts=self._verdicts)
 
     def _verdicts(self, vdf) -> None:
-        for v in vdf.to_dict("records"):
-            name = str(v.get("verdict"))
-            # Judged lookups: a record the kernel folded stands for ``count`` of them.
-            self.verdict_counts[name] = self.verdict_counts.get(name, 0) + max(1, int(v.get("count", 1) or 1))
-            if name in SUSPECT_VERDICTS:
-                self.suspects.append(v)
-                if not self.quiet_verdicts:
-                    click.echo(json.dumps({"type": "verdict", **_jsonable(v)}) if self.as_json else _fmt_verdict(v))
+        count_verdicts(self.verdict_counts, vdf)
+        sus = vdf["verdict"].astype(str).isin(SUSPECT_VERDICTS).to_numpy()
+        if not sus.any():
+            return
+        for v in vdf.loc[sus].to_dict("records"):
+            self.suspects.append(v)
+            if not self.quiet_verdicts:
+                click.echo(json.dumps({"type": "verdict", **_jsonable(v)}) if self.as_json else _fmt_verdict(v))
 
     # -- main loop ---------------------------------------------------------
     def run(self, workload=None, cmd=(), status_every=STATUS_EVERY, hard_stop=None):

@@ -205,9 +205,9 @@ class StreamingCorrelator:
             bd = ps["before_done"].to_numpy()
             _, rts = recheck_of(ps, E, win)
             done = bd & ((final_at(ps, win, rts) < safe) | final)
-            if done.any():
+            if done.any():  # else the pending rows stay as they are: no copy of them per feed
                 parts.append(judge_syscalls(ps.loc[done].reset_index(drop=True), E, win, self.unplaced_lost))
-            self._pending_sc = ps.loc[~done].reset_index(drop=True)
+                self._pending_sc = ps.loc[~done].reset_index(drop=True)
         out = _finish(parts)
         self._emitted += len(out)
         return out

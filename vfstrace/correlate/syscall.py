@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from vfstrace.correlate.existence import CREATING_OPS, Creators, components, recheck_of
+from vfstrace.correlate.paths import ancestor_keys, nonempty, texts
 from vfstrace.events import EBADF, ENOENT, ESRCH, Flag, Kind, Op, op_name
 
 ACTIVITY_KINDS = np.array([Kind.D_FREE, Kind.SHRINK_START, Kind.SHRINK_END], dtype=np.uint8)
@@ -65,7 +66,8 @@ def judged_syscalls(df: pd.DataFrame) -> np.ndarray:
 def successes(df: pd.DataFrame) -> np.ndarray:
     m = (df["kind"].to_numpy() == Kind.PATH_SYSCALL) & (df["ret"].to_numpy() >= 0)
     rows = np.flatnonzero(m)  # paths compared on these rows only (a string comparison per row is slow)
-    m[rows] = df["path"].to_numpy(dtype=object)[rows] != ""
+    if len(rows):
+        m[rows] = nonempty(df["path"].iloc[rows])
     return m
 
 
@@ -141,7 +143,10 @@ def neighbours(S: pd.DataFrame, succ, win, *, before=True, after=True) -> pd.Dat
     n = len(S)
     W = win.syscall_window_ns
     t = S["ts_ns"].to_numpy().astype(np.int64)
-    qc = idx.paths.get_indexer(S["path"].to_numpy(dtype=object)).astype(np.int64) if n else np.zeros(0, np.int64)
+    if n and len(idx.paths):
+        qc = idx.paths.get_indexer(S["path"].to_numpy(dtype=object)).astype(np.int64)
+    else:  # no success on any path: every failure's code is -1 (and no Python string per row is made)
+        qc = np.full(n, -1, dtype=np.int64)
     sc, sts, sid = idx.code, idx.ts, idx.sid
     found = {}
     if n and len(sc):
@@ -187,20 +192,9 @@ def final_at(S: pd.DataFrame, win, recheck_ts=None) -> np.ndarray:
     full = np.maximum.reduce([a + tail, near, t + win.activity_ns])
     out = np.where(b == _NONE, near, np.where(a == _NONE, np.maximum(near, waiting), full))
     rts = np.full(len(S), _NONE, dtype=np.int64) if recheck_ts is None else np.asarray(recheck_ts, dtype=np.int64)
-    named = S["path"].to_numpy(dtype=object) != ""
+    named = nonempty(S["path"])
     upto = np.where(rts != _NONE, rts, np.where(named, waiting, _NONE))
     return np.where(upto != _NONE, np.maximum.reduce([out, upto + tail, t + win.activity_ns]), out)
-
-
-def _ancestors(p):
-    out = [p]
-    while True:
-        i = p.rfind("/")
-        if i <= 0:
-            break
-        p = p[:i]
-        out.append(p)
-    return out
 
 
 def _removals(S, E, win, b, flicker):
@@ -210,23 +204,23 @@ def _removals(S, E, win, b, flicker):
     removes neither, only what lay below them (a directory swapped for
     another)."""
     n = len(S)
-    t = S["ts_ns"].to_numpy().astype(np.int64)
-    paths = S["path"].to_numpy(dtype=object)
-    ns_ids = [[] for _ in range(n)]
+    ns_ids: dict[int, list[int]] = {}  # judged row -> the removals' event ids (only rows that have some)
     ns_op = np.zeros(n, dtype=np.int64)
     ekind = E["kind"].to_numpy()
     N = E.loc[(ekind == Kind.NS_OP) & np.isin(E["op"].to_numpy(), PATH_OPS) & (E["ret"].to_numpy() >= 0),
               ["event_id", "ts_ns", "op", "path", "path2", "flags"]]
-    keys = [(i, anc, k == 0) for i, p in enumerate(paths.tolist()) if p for k, anc in enumerate(_ancestors(p))]
-    if not len(N) or not keys:
+    if not len(N):  # no removal seen: no path's ancestors need listing
         return ns_ids, ns_op
-    K = pd.DataFrame(keys, columns=["_r", "key", "own"])
+    t = S["ts_ns"].to_numpy().astype(np.int64)
     # Only the name a rename moves away from (path); path2, the name it
     # lands on, existed before and after. An exchange: either name, above the path.
     xch = (N["flags"].to_numpy() & int(Flag.EXCHANGE)) != 0
     X = N[xch]
     N = pd.concat([N[~xch], X, X.assign(path=X["path2"])], ignore_index=True)
     N["strict"] = np.r_[np.zeros((~xch).sum(), bool), np.ones(2 * len(X), bool)]
+    K = ancestor_keys(S["path"], set(N["path"].tolist()) - {""})
+    if not len(K):
+        return ns_ids, ns_op
     m = K.merge(N[N["path"] != ""].rename(columns={"path": "key"}), on="key")
     m = m[~(m["own"].to_numpy() & m["strict"].to_numpy())]
     if not len(m):
@@ -242,7 +236,7 @@ def _removals(S, E, win, b, flicker):
     if len(m):
         m = m.drop_duplicates(["_r", "event_id"]).sort_values(["_r", "event_id"])
         for j, e in zip(m["_r"].tolist(), m["event_id"].tolist()):
-            ns_ids[j].append(int(e))
+            ns_ids.setdefault(j, []).append(int(e))
         first = m.drop_duplicates("_r")
         ns_op[first["_r"].to_numpy()] = first["op"].to_numpy()
     return ns_ids, ns_op
@@ -272,14 +266,19 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
     paths = S["path"].to_numpy(dtype=object)
     ekind = E["kind"].to_numpy()
     ns_ids, ns_op = _removals(S, E, win, b, (b != _NONE) & (a != _NONE))
-    explained = np.array([bool(x) for x in ns_ids])
+    explained = np.zeros(n, dtype=bool)
+    explained[list(ns_ids)] = True
     # Existed after: the tracer's re-check found it, or successes on the same absolute path before and after.
     rpos, rts = recheck_of(S, E, win)
     has_r = rpos != _NONE
     rp = np.maximum(rpos, 0)
     rret = np.where(has_r, E["ret"].to_numpy()[rp], 1) if len(E) else np.ones(n, np.int64)
     found = has_r & (rret == 0)
-    by_success = ~found & (b != _NONE) & (a != _NONE) & np.array([p.startswith("/") for p in paths.tolist()], bool)
+    both = (b != _NONE) & (a != _NONE)
+    absolute = np.zeros(n, dtype=bool)
+    if both.any():
+        absolute[both] = [p.startswith("/") for p in paths[both].tolist()]
+    by_success = ~found & both & absolute
     present = found | by_success
     # A trace recorded before re-checks were rows: the flag, and no time to rule creators out by.
     untimed = ((S["flags"].to_numpy() & int(Flag.EXISTS_AFTER)) != 0) & ~has_r & ~present
@@ -319,8 +318,17 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
     bid, aid = S["before_id"].to_numpy(), S["after_id"].to_numpy()
     rid = E["event_id"].to_numpy().astype(np.int64)
     at = np.searchsorted(ats, t, "left")  # per failure, the first activity at or after it
-    evidence, reason = [], []
-    for i in range(n):
+    # A failure with no removal, no re-check and no sign it existed after is
+    # a plain miss (or uncertain, for losses no LOST row places) whose only
+    # evidence is itself: in a storm of distinct absent names that is nearly
+    # every row, so those take one shared reason and no per-row branching.
+    simple = ~explained & ~present & ~untimed & ~has_r
+    plain = (f"no removal seen, but the trace reports {int(unplaced_lost)} lost event(s) that no LOST record "
+             "places in time (syscall level)" if unplaced_lost > 0 else
+             "plain miss (syscall level): no re-check found it and no later success on it")
+    reason = [plain] * n
+    evidence = eid.reshape(-1, 1).tolist()  # [[id], ...]: the lists made in C
+    for i in np.flatnonzero(~simple).tolist():
         v, ev, j = verdict[i], [], int(rid[rp[i]]) if has_r[i] else _NONE
         if found[i]:
             ev.append(j)
@@ -380,20 +388,23 @@ def judge_syscalls(S: pd.DataFrame, E: pd.DataFrame, win, unplaced_lost: int = 0
         else:
             r = "plain miss (syscall level): no re-check found it and no later success on it"
         ev.append(int(eid[i]))
-        evidence.append(sorted(set(ev)))
-        reason.append(r)
+        evidence[i] = sorted(set(ev))
+        reason[i] = r
     return pd.DataFrame({
         "event_id": eid.astype(np.uint64),
-        "verdict": verdict,
+        # Text columns as Python strings (object), the dtype verdicts carry
+        # (batch._finish): built so, pandas does not first convert them to
+        # its Arrow strings, row by row, only to be converted back.
+        "verdict": texts(verdict),
         "ts_ns": S["ts_ns"].to_numpy().astype(np.uint64),
         "tid": S["tid"].to_numpy().astype(np.uint32),
         "pid": S["pid"].to_numpy().astype(np.uint32),
-        "comm": S["comm"].to_numpy(dtype=object),
+        "comm": texts(S["comm"].to_numpy(dtype=object)),
         "dentry": np.zeros(n, dtype=np.uint64),
-        "name": [p.rsplit("/", 1)[-1] if p else "" for p in paths.tolist()],
-        "path": paths,
+        "name": texts([p.rsplit("/", 1)[-1] if p else "" for p in paths.tolist()]),
+        "path": texts(paths),
         "evidence": evidence,
-        "reason": reason,
+        "reason": texts(reason),
         "overlap": np.zeros(n, dtype=bool),
         # A folded record stands for its identical repeats (same task, path
         # and errno within the kernel's fold window): one verdict, count lookups.
