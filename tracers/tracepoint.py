@@ -67,9 +67,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
@@ -86,7 +84,6 @@ from tracers.stream import (
     counter_totals,
     poll_streams,
 )
-from tracers.text import records_to_frame
 from vfstrace.errors import MissingDependency, PrivilegeError, TierUnavailable, VfstraceError
 from vfstrace.events import (
     AT_FDCWD,
@@ -404,9 +401,6 @@ class TracepointTracer(StreamOwner, Tracer):
         self.mode: str | None = None
         self.mode_note: str | None = None
         self.rechecked = 0
-        # Re-checks made on the path ring's drain thread, by key (see _recheck_early), oldest first.
-        self._early: dict[tuple, deque] = {}
-        self._early_lock = threading.Lock()
         try:
             self.coalesce_ns = int(self.options.extra.get("coalesce_ns", COALESCE_NS))
         except (TypeError, ValueError):
@@ -537,8 +531,6 @@ class TracepointTracer(StreamOwner, Tracer):
                 RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
                 RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
-            if self.recheck:
-                self._streams[1].on_batch = self._recheck_early
             self._start_streams()
 
     def _compile(self, bcc, mode: str) -> str | None:
@@ -604,61 +596,6 @@ class TracepointTracer(StreamOwner, Tracer):
             df = self._recheck(df)
         return df
 
-    def _recheck_early(self, recs) -> None:
-        """Re-check the failed paths of a batch of path records as soon as the
-        drain thread reads them (RingStream.on_batch), not when the consumer
-        gets to them: a consumer seconds behind (a dentry-free burst, a slow
-        guest) would otherwise re-check after the task has exited (-ESRCH,
-        nothing to judge by) and after creators it then has to rule out. The
-        results wait, by key, for :meth:`_recheck` to pair them with their
-        failures."""
-        sel = (recs["kind"] == int(Kind.PATH_SYSCALL)) & (recs["ret"] == ENOENT)
-        if not sel.any():
-            return
-        sub = records_to_frame(recs[sel][:RECHECK_CAP])
-        stats: dict = {}
-        done = set()
-        for i in range(len(sub)):
-            key, args = self._recheck_key(sub, i)
-            if key in done or not args:
-                continue
-            done.add(key)
-            row = self._recheck_row(sub, i, args, stats)
-            with self._early_lock:
-                self._early.setdefault(key, deque()).append(row)
-
-    @staticmethod
-    def _recheck_key(df, i):
-        """The re-check's key of failure row ``i`` (task, dirfd, path, base inode), and resolve()'s arguments
-        (None for an empty path: "" names nothing, its ENOENT is the truth)."""
-        f = int(df["flags"].values[i])
-        dirfd = int(np.int32(np.uint32(df["seq"].values[i]))) if f & int(Flag.DIRFD) else AT_FDCWD
-        base_ino = int(df["ino"].values[i]) if f & int(Flag.BASE) else None
-        path = df["path"].values[i]
-        tid, pid = int(df["tid"].values[i]), int(df["pid"].values[i])
-        return (tid, dirfd, path, base_ino), ((tid, pid, path, dirfd, base_ino) if path else None)
-
-    def _recheck_row(self, df, i, args, stats) -> dict:
-        """Failure row ``i`` of ``df`` re-checked now: its RECHECK row."""
-        r = resolve(*args, stats, self._mounts)
-        f = int(df["flags"].values[i])
-        return {"ts_ns": time.monotonic_ns(), "pid": args[1], "tid": args[0],
-                "comm": df["comm"].values[i], "kind": int(Kind.RECHECK), "op": int(df["op"].values[i]),
-                "path": args[2], "path2": r.resolved, "name": r.chain, "ret": r.ret,
-                "seq": int(df["seq"].values[i]), "flags": (f & int(Flag.DIRFD)) | r.flags,
-                "cpu": int(df["cpu"].values[i]), "count": 1}
-
-    def _early_row(self, key):
-        """The oldest re-check the drain thread made for ``key`` and no failure took yet (None: none)."""
-        with self._early_lock:
-            q = self._early.get(key)
-            if not q:
-                return None
-            row = q.popleft()
-            if not q:
-                del self._early[key]
-            return row
-
     def _recheck(self, df):
         """Re-check every ENOENT row's path (up to RECHECK_CAP) as its task meant it; ``df`` with one
         RECHECK row per distinct (task, dirfd, path) appended, EXISTS_AFTER set on the failures found.
@@ -669,39 +606,39 @@ class TracepointTracer(StreamOwner, Tracer):
         creator, docs/verdicts.md). Where the kernel read the base
         directory (flag BASE), the /proc link must still name it: a cwd
         changed or an fd closed and reused since is unresolvable (-EBADF),
-        as is a task gone (-ESRCH). A failure the ring's drain thread has
-        re-checked already (_recheck_early) takes that re-check, the one made
-        closest to it. The drain thread makes one per key and batch read, so
-        each failure of a key takes the next of them, or finds its key done
-        in this poll and lets its own go."""
+        as is a task gone (-ESRCH)."""
         import pandas as pd
 
         mask = (df["kind"].values == int(Kind.PATH_SYSCALL)) & (df["ret"].values == ENOENT)
-        every = np.flatnonzero(mask)
-        idx = every[:RECHECK_CAP]
+        idx = np.flatnonzero(mask)[:RECHECK_CAP]
         if not len(idx):
             return df
-        if self._early:
-            for i in every[RECHECK_CAP:]:  # past the cap: their drain-time re-checks must not wait forever
-                self._early_row(self._recheck_key(df, i)[0])
         flags = df["flags"].values.copy()
+        paths, tids, pids = df["path"].values, df["tid"].values, df["pid"].values
+        seqs, inos = df["seq"].values, df["ino"].values
         done: dict[tuple, int] = {}
         rows = []
         stats: dict[str, os.stat_result | None] = {}
         for i in idx:
-            key, args = self._recheck_key(df, i)
-            early = self._early_row(key)
+            f = int(flags[i])
+            dirfd = int(np.int32(np.uint32(seqs[i]))) if f & int(Flag.DIRFD) else AT_FDCWD
+            base_ino = int(inos[i]) if f & int(Flag.BASE) else None
+            key = (int(tids[i]), dirfd, paths[i], base_ino)
             if key in done:
                 if rows[done[key]]["ret"] == 0:
                     flags[i] |= int(Flag.EXISTS_AFTER)
                 continue
-            if not args:
-                continue
-            row = early if early is not None else self._recheck_row(df, i, args, stats)
+            if not paths[i]:
+                continue  # "" names nothing: its ENOENT is the truth
+            r = resolve(int(tids[i]), int(pids[i]), paths[i], dirfd, base_ino, stats, self._mounts)
             self.rechecked += 1
-            rows.append(row)
+            rows.append({"ts_ns": time.monotonic_ns(), "pid": int(pids[i]), "tid": int(tids[i]),
+                         "comm": df["comm"].values[i], "kind": int(Kind.RECHECK), "op": int(df["op"].values[i]),
+                         "path": paths[i], "path2": r.resolved, "name": r.chain, "ret": r.ret,
+                         "seq": int(seqs[i]), "flags": (f & int(Flag.DIRFD)) | r.flags, "cpu": int(df["cpu"].values[i]),
+                         "count": 1})
             done[key] = len(rows) - 1
-            if row["ret"] == 0:
+            if r.ret == 0:
                 flags[i] |= int(Flag.EXISTS_AFTER)
         df["flags"] = flags
         if not rows:
