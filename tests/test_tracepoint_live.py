@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,7 +77,11 @@ def test_churn_enoent_explained_by_ns_ops_in_trace(churn_trace):
     assert len(enoent) > 0
     removals = [int(Op.UNLINK), int(Op.RMDIR), int(Op.RENAME)]
     removed = set(df[(df.kind == int(Kind.NS_OP)) & df.op.isin(removals)].path)
-    assert set(enoent.path) <= removed  # every churn ENOENT names a path the churn unlinked or renamed away
+    # Every churn ENOENT names a path the churn unlinked or renamed away, or
+    # the copy of one: `cp -a SRC DST` makes DST/REL of SRC/REL, so a name the
+    # churn took from SRC before cp reached it is missing from DST too, where
+    # the stress workload's own look at the copy stats it.
+    assert {re.sub(r"/copy\d+/r\d+/", "/src/", p, count=1) for p in enoent.path} <= removed
 
 
 def _correlate(df):
