@@ -309,8 +309,9 @@ def _mount_types(proc: str, cache: dict) -> dict[int, str]:
     return cache[ns]
 
 
-def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, stats: dict, mounts: dict) -> Resolved:
-    """The failed ``path`` of task ``tid`` as it meant it, checked now (see TracepointTracer._recheck)."""
+def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, stats: dict, mounts: dict) -> Resolved | None:
+    """The failed ``path`` of task ``tid`` as it meant it, checked now (see TracepointTracer._recheck);
+    None for a path under /proc, which is not re-checked."""
     proc = f"/proc/{tid}"
     if not os.path.isdir(proc):
         proc = f"/proc/{pid}"
@@ -337,6 +338,11 @@ def resolve(tid: int, pid: int, path: str, dirfd: int, base_ino: int | None, sta
     full = "/" + "/".join(c for c in (where.strip("/") + "/" + rel).split("/") if c)
     if path.startswith("/"):
         full = "/" + "/".join(c for c in rel.split("/") if c)
+    if full == "/proc" or full.startswith("/proc/"):
+        # procfs names come and go with tasks, no syscall creates them, and a
+        # re-check of one is itself a lookup under /proc/PID/root: two
+        # recorders would re-check each other's re-checks without end.
+        return None
     check = f"{proc}/root{full}"
     try:
         found = os.stat(check)  # followed, as the failing lookups follow a final symlink
@@ -631,6 +637,8 @@ class TracepointTracer(StreamOwner, Tracer):
             if not paths[i]:
                 continue  # "" names nothing: its ENOENT is the truth
             r = resolve(int(tids[i]), int(pids[i]), paths[i], dirfd, base_ino, stats, self._mounts)
+            if r is None:
+                continue
             self.rechecked += 1
             rows.append({"ts_ns": time.monotonic_ns(), "pid": int(pids[i]), "tid": int(tids[i]),
                          "comm": df["comm"].values[i], "kind": int(Kind.RECHECK), "op": int(df["op"].values[i]),
