@@ -19,6 +19,7 @@ Numbers only: nothing is asserted (a crash shows as the exit column).
     .venv/bin/python bench/soak.py --minutes 1 --kernel all     # CI size
     .venv/bin/python bench/soak.py --inside OUT --minutes 1     # on this kernel (needs kprobes)
     .venv/bin/python bench/soak.py --inside OUT --tier tracepoint --pressure none --minutes 3
+    .venv/bin/python bench/soak.py --inside OUT --command watch --tier tracepoint --minutes 60 --every 30
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -40,14 +43,23 @@ VFSTRACE = [PY, "-m", "vfstrace.cli"]
 
 
 def rss_kib(pid: int) -> int | None:
+    return rss_parts_kib(pid).get("VmRSS")
+
+
+def rss_parts_kib(pid: int) -> dict[str, int]:
+    """VmRSS and its parts (kB): RssAnon (heap, Python's and Arrow's memory: what a leak grows),
+    RssFile (the mapped libraries, LLVM's among them, and the BPF rings' double-mapped pages),
+    RssShmem."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[k] = int(v.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
 
 
 def exit_text(rc: int | None) -> str:
@@ -61,36 +73,65 @@ def exit_text(rc: int | None) -> str:
     return f"exit {rc}"
 
 
+def rss_marks(samples: list, marks=(60, 600, 1800, 3600)) -> dict:
+    """RSS (MiB) at each mark (seconds; the first sample at or after it) and the slope in MiB per
+    hour over the samples after the first five minutes (least squares): flat memory is a slope
+    near 0 there, whatever the start-up took."""
+    out = {}
+    for m in marks:
+        at = [r for t, r in samples if t >= m]
+        out[f"{m // 60} min"] = at[0] if at else None
+    late = [(t, r) for t, r in samples if t >= 300]
+    if len(late) >= 3:
+        ts = np.array([t for t, _ in late]) / 3600.0
+        rs = np.array([r for _, r in late])
+        out["slope MiB/h after 5 min"] = round(float(np.polyfit(ts, rs, 1)[0]), 2)
+    else:
+        out["slope MiB/h after 5 min"] = None
+    return out
+
+
 def inside(out: Path, minutes: float, every: float, tier: str = "kprobe", pressure: str = "drop_caches",
-           all_paths: bool = False) -> dict:
-    """Run the soak on the current kernel; the result also goes to OUT/soak.json."""
+           all_paths: bool = False, command: str = "record") -> dict:
+    """Run the soak on the current kernel; the result also goes to OUT/soak.json.
+
+    ``command`` is `record` (the trace only) or `watch` (the trace, the
+    streaming correlator and the live verdict lines: what a watch left
+    running for days holds)."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/var/tmp/vt-soak")
     work.mkdir(parents=True, exist_ok=True)
     seconds = minutes * 60
     trace = out / "soak.trace"
-    argv = VFSTRACE + ["record", "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json"]
+    argv = VFSTRACE + [command, "--tier", tier, "-o", str(trace), "-d", str(seconds + 120), "--json"]
     argv += (["--all-paths"] if all_paths else []) + ["--"] + VFSTRACE + [
         "stress", "-d", str(seconds), "--churn", "--pressure", pressure, "--files", "1500", "-j", "3",
         "--workdir", str(work), "--json"]
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     err_path = out / "record.stderr"
     t0 = time.monotonic()
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=str(ROOT))
-        samples = []
-        # stdout is read at the end; the summary is one JSON document, small
+    out_path = out / "command.stdout"  # a file, not a pipe: watch's verdict lines would fill a pipe read at the end
+    with open(err_path, "w") as err, open(out_path, "w") as sout:
+        proc = subprocess.Popen(argv, stdout=sout, stderr=err, text=True, env=env, cwd=str(ROOT))
+        samples, anon, parts = [], [], {}
         while proc.poll() is None:
-            r = rss_kib(proc.pid)
-            if r is not None:
-                samples.append([round(time.monotonic() - t0, 1), round(r / 1024, 1)])
+            got = rss_parts_kib(proc.pid)
+            if "VmRSS" in got:
+                t = round(time.monotonic() - t0, 1)
+                samples.append([t, round(got["VmRSS"] / 1024, 1)])
+                anon.append([t, round(got.get("RssAnon", 0) / 1024, 1)])
+                if got["VmRSS"] >= parts.get("VmRSS", 0):
+                    parts = got  # the parts at the largest RSS seen
             try:
                 proc.wait(timeout=every)
             except subprocess.TimeoutExpired:
                 pass
-        stdout = proc.stdout.read()
+    stdout = out_path.read_text(errors="replace")
     wall = time.monotonic() - t0
-    res = {"kernel_release": os.uname().release, "tier": tier, "pressure": pressure, "all_paths": all_paths,
+    res = {"kernel_release": os.uname().release, "command": command, "tier": tier, "pressure": pressure,
+           "all_paths": all_paths, "rss_marks": rss_marks(samples),
+           "anon_marks": rss_marks(anon), "rss_anon_mib": anon,
+           "peak_rss_parts_mib": {k: round(v / 1024, 1) for k, v in parts.items()},
            "minutes": minutes, "wall_s": round(wall, 1),
            "returncode": proc.returncode, "exit": exit_text(proc.returncode), "rss_mib": samples,
            "stderr_tail": err_path.read_text(errors="replace")[-4000:]}
@@ -136,6 +177,12 @@ def table(results: dict[str, dict]) -> str:
     for kernel, r in results.items():
         series = " ".join(f"{t:.0f}s:{m:.0f}" for t, m in (r.get("rss_mib") or []))
         out.append(f"{kernel} RSS MiB over time: {series or '-'}")
+        marks = r.get("rss_marks") or rss_marks(r.get("rss_mib") or [])
+        out.append(f"{kernel} {r.get('command', 'record')} RSS MiB at " + ", ".join(f"{k}: {v}" for k, v in marks.items()))
+        if r.get("anon_marks"):
+            out.append(f"{kernel} of which anonymous (RssAnon) MiB at "
+                       + ", ".join(f"{k}: {v}" for k, v in r["anon_marks"].items()))
+            out.append(f"{kernel} RSS parts at its peak, MiB: {r.get('peak_rss_parts_mib')}")
         if r.get("returncode") not in (0, None):
             out.append(f"{kernel} recorder stderr (tail):\n{r.get('stderr_tail', '')[-1500:]}")
     return "\n".join(out)
@@ -154,12 +201,14 @@ def main():
                     help="with --inside: stress's memory pressure (drop_caches empties every cache on the machine)")
     ap.add_argument("--all-paths", action="store_true",
                     help="with --inside --tier tracepoint: stream successful path syscalls too (the ring at full rate)")
+    ap.add_argument("--command", default="record", choices=["record", "watch"],
+                    help="with --inside: what runs under the stress (watch also runs the live correlator)")
     a = ap.parse_args()
     if not (0 < a.minutes <= 24 * 60):
         ap.error("--minutes must be in (0, 1440]")
     every = a.every or max(5.0, a.minutes * 3)
     if a.inside:
-        res = inside(Path(a.inside), a.minutes, every, a.tier, a.pressure, a.all_paths)
+        res = inside(Path(a.inside), a.minutes, every, a.tier, a.pressure, a.all_paths, a.command)
         print(json.dumps(res), flush=True)
         print(table({res["kernel_release"]: res}), flush=True)
         return
