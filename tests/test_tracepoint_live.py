@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +24,15 @@ def churn_trace(tmp_path_factory):
     d = tmp_path_factory.mktemp("tp")
     trace = d / "churn.trace"
     missing = str(d / f"missing-{uuid.uuid4().hex}")
+    # the workload's own directory: other tracers on the machine (a second
+    # recorder's re-checks, another stress) make churn paths too
+    work = f"/var/tmp/vt-tp-{uuid.uuid4().hex[:12]}"
+    os.mkdir(work)
     # the workload: 8 s of stress with churn (the workload's own -d)
     p = subprocess.Popen(
         [*VFSTRACE, "record", "--tier", "tracepoint", "-o", str(trace), "-d", "8", "--",
          sys.executable, "-m", "vfstrace.cli", "stress", "-d", "8", "--churn", "--files", "300", "-j", "2",
-         "--pressure", "none", "--workdir", "/var/tmp"],
+         "--pressure", "none", "--workdir", work],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 90
@@ -40,16 +45,17 @@ def churn_trace(tmp_path_factory):
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("2\n")
     out, err = p.communicate(timeout=180)
+    shutil.rmtree(work, ignore_errors=True)
     assert p.returncode == 0, err
     from vfstrace.store import load, read_meta
 
-    return load(trace), read_meta(trace), missing
+    return load(trace), read_meta(trace), missing, work
 
 
 def test_enoent_of_this_test_recorded_with_pid(churn_trace):
     from vfstrace.events import Kind
 
-    df, meta, missing = churn_trace
+    df, meta, missing, _ = churn_trace
     rows = df[(df.path == missing) & (df.kind == int(Kind.PATH_SYSCALL))]
     # three stat() calls: a record each, or identical repeats folded into
     # one record's count (bpf/tracepoint.c coalescing); three results either way
@@ -62,7 +68,7 @@ def test_enoent_of_this_test_recorded_with_pid(churn_trace):
 def test_dentry_frees_with_addresses_during_drop_caches(churn_trace):
     from vfstrace.events import Kind
 
-    df, meta, _ = churn_trace
+    df, meta, _, _ = churn_trace
     frees = df[df.kind == int(Kind.D_FREE)]
     assert len(frees) > 100
     assert (frees.dentry > 0xFFFF800000000000).all()  # kernel addresses (x86-64 direct map)
@@ -72,8 +78,9 @@ def test_dentry_frees_with_addresses_during_drop_caches(churn_trace):
 def test_churn_enoent_explained_by_ns_ops_in_trace(churn_trace):
     from vfstrace.events import Kind, Op
 
-    df, _, _ = churn_trace
-    enoent = df[(df.kind == int(Kind.PATH_SYSCALL)) & (df.ret == -2) & df.path.str.contains("/churn/c")]
+    df, _, _, work = churn_trace
+    enoent = df[(df.kind == int(Kind.PATH_SYSCALL)) & (df.ret == -2) & df.path.str.startswith(work + "/")
+                & df.path.str.contains("/churn/c")]
     assert len(enoent) > 0
     removals = [int(Op.UNLINK), int(Op.RMDIR), int(Op.RENAME)]
     removed = set(df[(df.kind == int(Kind.NS_OP)) & df.op.isin(removals)].path)
@@ -98,7 +105,7 @@ def _correlate(df):
 
 
 def test_verdicts_explained_for_churn(churn_trace):
-    df, _, _ = churn_trace
+    df, _, _, _ = churn_trace
     v = _correlate(df)
     churn = v[v.path.astype(str).str.contains("/churn/c")]
     assert (churn.verdict == "explained").sum() > 0

@@ -342,6 +342,9 @@ class RingStream:
         self.received = 0
         self.polls = 0
         self._thread: threading.Thread | None = None
+        # Called on the drain thread with each batch read, before it is queued, for work that
+        # cannot wait for the consumer; it must not wait itself (tracers/recheck.py hands over).
+        self.on_batch = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # wakes the thread from its idle sleep
         self._cond = threading.Condition()  # guards the queue and the rounds asked for / served
@@ -401,6 +404,8 @@ class RingStream:
                     asked = self._asked
                 full = self._queued_bytes >= self._max_queued  # the consumer is behind: the kernel drops, counted
                 recs = self._ring.drain() if not full or asked > self._served else np.empty(0, dtype=self.dtype)
+                if len(recs) and self.on_batch is not None:
+                    self.on_batch(recs)
                 with self._cond:
                     if len(recs):
                         self._queue.append(recs)

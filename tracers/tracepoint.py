@@ -407,6 +407,8 @@ class TracepointTracer(StreamOwner, Tracer):
         self.mode: str | None = None
         self.mode_note: str | None = None
         self.rechecked = 0
+        self._worker = None  # the re-check thread (tracers/recheck.py), with ring streams
+        self._seen_ts = 0  # the latest stamp the consumer has read
         try:
             self.coalesce_ns = int(self.options.extra.get("coalesce_ns", COALESCE_NS))
         except (TypeError, ValueError):
@@ -537,6 +539,12 @@ class TracepointTracer(StreamOwner, Tracer):
                 RingStream.from_bcc(self._bpf[b"events"], BPF_EVENT_DTYPE, _ring_bytes(self.ev_pages), counts, 0),
                 RingStream.from_bcc(self._bpf[b"pevents"], BPF_PATH_EVENT_DTYPE, _ring_bytes(self.path_pages), counts, 1),
             ]
+            if self.recheck:
+                from tracers.recheck import RecheckWorker
+                from tracers.text import records_to_frame
+
+                self._worker = RecheckWorker(self._worker_rows, records_to_frame)
+                self._streams[1].on_batch = self._worker.submit
             self._start_streams()
 
     def _compile(self, bcc, mode: str) -> str | None:
@@ -598,13 +606,39 @@ class TracepointTracer(StreamOwner, Tracer):
 
     def poll(self, timeout_ms: int = 100):
         df = batches_frame(self.poll_records(timeout_ms), BPF_EVENT_DTYPE)
+        if self._worker is not None:
+            # The re-checks of failures read so far (a trace holds each after its failure); on an idle
+            # poll or a drain, those of every failure handed over, once the worker has made them.
+            if len(df):
+                self._seen_ts = max(self._seen_ts, int(df["ts_ns"].values.max()))
+                rows = self._worker.take(self._seen_ts)
+            else:
+                rows = self._worker.take(None, wait_s=1.0 if timeout_ms == 0 else 0.0)
+            self.rechecked = self._worker.rechecked
+            return self._with_rows(df, rows)
         if self.recheck:
             df = self._recheck(df)
         return df
 
     def _recheck(self, df):
-        """Re-check every ENOENT row's path (up to RECHECK_CAP) as its task meant it; ``df`` with one
-        RECHECK row per distinct (task, dirfd, path) appended, EXISTS_AFTER set on the failures found.
+        """Re-check every ENOENT row's path (up to RECHECK_CAP) as its task meant it, on the consumer
+        (the perf-buffer streams, which have no drain thread to hand failures to a
+        :class:`~tracers.recheck.RecheckWorker`); ``df`` with the RECHECK rows appended and
+        EXISTS_AFTER set on the failures found."""
+        idx = np.flatnonzero((df["kind"].values == int(Kind.PATH_SYSCALL)) & (df["ret"].values == ENOENT))[:RECHECK_CAP]
+        if not len(idx):
+            return df
+        rows, found = self._recheck_rows(df, idx)
+        self.rechecked += len(rows)
+        if found.any():
+            flags = df["flags"].values.copy()
+            flags[found] |= int(Flag.EXISTS_AFTER)
+            df["flags"] = flags
+        return self._with_rows(df, rows)
+
+    def _recheck_rows(self, df, idx) -> tuple[list[dict], np.ndarray]:
+        """The RECHECK rows of failure rows ``idx`` of ``df`` (one per distinct task, dirfd, path and
+        base), and a mask of the rows found now; each row carries its failure's stamp (``_fail_ts``).
 
         The path is resolved through /proc/TID (the task's root for an
         absolute path, its cwd for AT_FDCWD, else the dirfd), checked there,
@@ -613,15 +647,10 @@ class TracepointTracer(StreamOwner, Tracer):
         directory (flag BASE), the /proc link must still name it: a cwd
         changed or an fd closed and reused since is unresolvable (-EBADF),
         as is a task gone (-ESRCH)."""
-        import pandas as pd
-
-        mask = (df["kind"].values == int(Kind.PATH_SYSCALL)) & (df["ret"].values == ENOENT)
-        idx = np.flatnonzero(mask)[:RECHECK_CAP]
-        if not len(idx):
-            return df
-        flags = df["flags"].values.copy()
+        flags = df["flags"].values
         paths, tids, pids = df["path"].values, df["tid"].values, df["pid"].values
-        seqs, inos = df["seq"].values, df["ino"].values
+        seqs, inos, ts = df["seq"].values, df["ino"].values, df["ts_ns"].values
+        found = np.zeros(len(df), dtype=bool)
         done: dict[tuple, int] = {}
         rows = []
         stats: dict[str, os.stat_result | None] = {}
@@ -631,34 +660,43 @@ class TracepointTracer(StreamOwner, Tracer):
             base_ino = int(inos[i]) if f & int(Flag.BASE) else None
             key = (int(tids[i]), dirfd, paths[i], base_ino)
             if key in done:
-                if rows[done[key]]["ret"] == 0:
-                    flags[i] |= int(Flag.EXISTS_AFTER)
+                found[i] = rows[done[key]]["ret"] == 0
                 continue
             if not paths[i]:
                 continue  # "" names nothing: its ENOENT is the truth
             r = resolve(int(tids[i]), int(pids[i]), paths[i], dirfd, base_ino, stats, self._mounts)
             if r is None:
                 continue
-            self.rechecked += 1
             rows.append({"ts_ns": time.monotonic_ns(), "pid": int(pids[i]), "tid": int(tids[i]),
                          "comm": df["comm"].values[i], "kind": int(Kind.RECHECK), "op": int(df["op"].values[i]),
                          "path": paths[i], "path2": r.resolved, "name": r.chain, "ret": r.ret,
                          "seq": int(seqs[i]), "flags": (f & int(Flag.DIRFD)) | r.flags, "cpu": int(df["cpu"].values[i]),
-                         "count": 1})
+                         "count": 1, "_fail_ts": int(ts[i])})
             done[key] = len(rows) - 1
-            if r.ret == 0:
-                flags[i] |= int(Flag.EXISTS_AFTER)
-        df["flags"] = flags
+            found[i] = r.ret == 0
+        return rows, found
+
+    def _worker_rows(self, frame) -> list[dict]:
+        """The re-check thread's work on the failures the drain thread handed over."""
+        return self._recheck_rows(frame, np.arange(len(frame)))[0]
+
+    @staticmethod
+    def _with_rows(df, rows: list[dict]):
+        """``df`` with RECHECK ``rows`` appended, in the event schema."""
+        import pandas as pd
+
         if not rows:
             return df
         rc = pd.DataFrame({c: [r.get(c, "" if c in STRING_COLUMNS else 0) for r in rows] for c in COLUMNS})
         rc = rc.astype({c: NUMPY_DTYPES[c] for c in COLUMNS})
-        return pd.concat([df, rc], ignore_index=True)
+        return pd.concat([df, rc], ignore_index=True) if len(df) else rc
 
     def counters(self) -> dict[str, int]:
         if self._bpf is None:
             return {}
         out = counter_totals(self._bpf[b"counts"], COUNTER_NAMES)
+        if self._worker is not None:
+            out["recheck_dropped"] = self._worker.dropped  # failures past the re-check backlog (tracers/recheck.py)
         if not self.dentry_allocs:
             out.pop("dentry_allocs", None)  # not probed: a 0 would read as "none happened"
         # The kernel counts each path syscall once, in the slot of its outcome
@@ -669,3 +707,8 @@ class TracepointTracer(StreamOwner, Tracer):
 
     def attached(self) -> list[str]:
         return list(self._attached)
+
+    def close(self) -> None:
+        super().close()  # the streams first: their drain threads hand nothing over after this
+        if self._worker is not None:
+            self._worker.stop()
