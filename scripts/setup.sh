@@ -2,7 +2,8 @@
 # Install everything vfstrace needs on a fresh Debian 12 machine, idempotently:
 # system packages (BCC, bpftrace, bpftool, qemu for the VM tests, kernel
 # headers BCC can fall back on, chromium for the test that renders the HTML
-# report headless) and a venv that sees Debian's python3-bpfcc.
+# report headless, prometheus for the test that scrapes the metrics
+# endpoint) and a venv that sees Debian's python3-bpfcc.
 # Run as root. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ APT_PACKAGES=(
   linux-headers-amd64 kmod
   qemu-system-x86 busybox-static cpio xz-utils zstd
   chromium
+  # tests/test_metrics_prometheus.py: a real Prometheus server scrapes `watch --metrics`
+  prometheus
   # vfstrace vm build: the 6.1-prepatch and 6.1-control kernels from source
   build-essential bc bison flex libelf-dev libssl-dev dwarves patch
 )

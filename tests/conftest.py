@@ -210,3 +210,24 @@ def write_parts(path: Path, df, rows: int, meta: dict | None = None) -> Path:
                            "last_event_id": int(ids.max())})
     (path / store.META_FILE).write_text(json.dumps(m))
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice), for a server a test starts on loopback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict:
+    """A Prometheus text page as {(metric name, ((label, value), ...)): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}

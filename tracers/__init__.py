@@ -56,6 +56,12 @@ class Tracer(abc.ABC):
         """Probe points attached (for the trace's metadata)."""
         return []
 
+    def ring_fill(self) -> dict[str, float]:
+        """How full each BPF ring buffer is now, 0..1, by ring (``events``, ``paths``); read from
+        another thread (``watch --metrics``' scrapes). Empty where the tier reads perf buffers,
+        which offer no such reading."""
+        return {}
+
     @abc.abstractmethod
     def close(self) -> None:
         """Detach every probe and free the program. Safe to call twice."""

@@ -599,6 +599,12 @@ class KprobeTracer(Tracer):
     def lost(self) -> dict[int, int]:
         return self._stream.lost() if self._stream is not None else {}
 
+    def ring_fill(self) -> dict[str, float]:
+        from tracers.stream import RingStream
+
+        stream = getattr(self, "_stream", None)
+        return {"events": stream.fill()} if isinstance(stream, RingStream) else {}
+
     def counters(self) -> dict[str, int]:
         if self.bpf is None:
             return {}

@@ -279,6 +279,15 @@ class RingView:
         cons, prod = self.positions()
         return prod - cons
 
+    def fill(self) -> float:
+        """The share of the ring holding records not consumed yet, for a reader on another thread:
+        its two loads may straddle a drain, so the difference is clamped to the ring, never checked
+        as the consumer's own read is (a gauge, not a bound anything is read within)."""
+        cons, prod = self._cons, self._prod
+        if self._data is None or cons is None or prod is None:
+            return 0.0
+        return min(max(int(prod[0]) - int(cons[0]), 0), self.size) / self.size
+
     def drain(self) -> np.ndarray:
         """Take every committed record now in the ring, in order, without waiting."""
         cons, prod = self.positions()
@@ -370,6 +379,9 @@ class RingStream:
 
     def pending_bytes(self) -> int:
         return self._ring.pending_bytes()
+
+    def fill(self) -> float:
+        return self._ring.fill()
 
     def drain(self) -> np.ndarray:
         """Take every committed record now in the ring (and, once started, every
@@ -548,6 +560,12 @@ class StreamOwner:
 
     def lost(self) -> dict[int, int]:
         return merge_lost(*(s.lost() for s in self._streams))
+
+    def ring_fill(self) -> dict[str, float]:
+        from vfstrace.events import BPF_PATH_EVENT_DTYPE
+
+        return {"paths" if s.dtype == BPF_PATH_EVENT_DTYPE else "events": s.fill()
+                for s in self._streams if isinstance(s, RingStream)}
 
     def _start_streams(self) -> None:
         """Every ring stream drains on its own thread from now on (RingStream.start)."""

@@ -21,6 +21,7 @@ EXAMPLES
   vfstrace watch -c cp --path-prefix /srv    # only cp's lookups under /srv
   vfstrace record -o cp.trace -- cp -a /usr/share/doc /var/tmp/doc-copy
   vfstrace watch --tier tracepoint --dry-run # what would attach here
+  vfstrace watch -o run.vft --metrics 9464   # Prometheus metrics on 127.0.0.1:9464
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from vfstrace.correlate import SUSPECT_VERDICTS, StreamingCorrelator
 from vfstrace.correlate.batch import count_verdicts
 from vfstrace.errors import PrivilegeError, VfstraceError
+from vfstrace.metrics import options as metrics_options
 from vfstrace.options import Duration
 from vfstrace.report.answer import answer, first_paths
 from vfstrace.report.terminal import term
@@ -148,7 +150,7 @@ class Session:
     """
 
     def __init__(self, tier="auto", pid=None, comm=None, path_prefix=None, duration=None, output=None,
-                 as_json=False, quiet_verdicts=False, extra=None, ring_pages=256, shared=False):
+                 as_json=False, quiet_verdicts=False, extra=None, ring_pages=256, shared=False, metrics=None):
         from vfstrace.options import TraceOptions
 
         self.tier = tier
@@ -168,6 +170,8 @@ class Session:
         self.stop_reason = None
         self.workload_rc = None
         self.counters: dict = {}
+        self.metrics_spec = metrics  # --metrics [HOST:]PORT (vfstrace/metrics.py)
+        self.metrics = self.endpoint = None
 
     # -- setup -------------------------------------------------------------
     def prepare(self):
@@ -201,12 +205,19 @@ class Session:
                 },
                 shared=self.shared,
             )
+        if self.metrics_spec and self.endpoint is None:
+            from vfstrace.metrics import open_endpoint
+
+            self.metrics, self.endpoint = open_endpoint(self.metrics_spec, self.choice.tier, os.uname().release)
+            self.endpoint.start()
         from vfstrace.recorder import Recorder
 
         self.recorder = Recorder(self.tracer, writer=self.writer, correlator=_correlator(), on_verdicts=self._verdicts)
 
     def _verdicts(self, vdf) -> None:
         count_verdicts(self.verdict_counts, vdf)
+        if self.metrics is not None:
+            self.metrics.add_verdicts(vdf)
         sus = vdf["verdict"].astype(str).isin(SUSPECT_VERDICTS).to_numpy()
         if not sus.any():
             return
@@ -232,6 +243,8 @@ class Session:
                     raise
                 if self.writer is not None:
                     self.writer.update_meta(probes=tracer.attached())
+                if self.metrics is not None:
+                    self.metrics.watch_rings(tracer)
                 proc = None if stop.reason else _start_workload(argv)
                 start = time.monotonic()
                 last_status, last_events = start, 0
@@ -239,7 +252,7 @@ class Session:
                 if proc is not None and limit:
                     limit = limit + (hard_stop if hard_stop is not None else 60.0)  # the workload's own -d ends it first
                 while True:
-                    rec.poll(POLL_MS)
+                    self._observe([rec.poll(POLL_MS)])
                     now = time.monotonic()
                     if stop.reason:
                         self.stop_reason = stop.reason
@@ -261,12 +274,32 @@ class Session:
                 self.workload_rc = _stop_workload(proc)
                 proc = None
                 # What the kernel produced up to now, including the workload's last moments.
-                rec.drain()
+                self._observe(rec.drain())
             finally:
                 if proc is not None:  # an error mid-run: the workload must not outlive us
                     self.workload_rc = _stop_workload(proc, grace=5.0)
                 self.finish()
         return self.summary()
+
+    def _observe(self, batches) -> None:
+        """The batches' rows and the loss count so far into the metrics (--metrics)."""
+        if self.metrics is not None:
+            for df in batches:
+                self.metrics.add_events(df)
+            self.metrics.set_lost(self.recorder.lost_total)
+
+    def close_metrics(self, linger_s=None, *, linger=False) -> None:
+        """Serve the final counts (``linger``: for ``linger_s`` seconds, or until a signal), then stop serving."""
+        if self.endpoint is None:
+            return
+        from vfstrace.metrics import linger as serve_on
+
+        try:
+            if linger:
+                serve_on(self.endpoint, linger_s)
+        finally:
+            self.endpoint.close()
+            self.endpoint = None
 
     def _discard_empty_trace(self) -> None:
         """Nothing was recorded (load failed): remove the trace directory we created."""
@@ -280,6 +313,8 @@ class Session:
     def finish(self) -> None:
         tracer = self.tracer
         if tracer is not None:
+            if self.metrics is not None:
+                self.metrics.forget_rings()  # no scrape reads the rings once they are unmapped
             try:
                 self.counters = tracer.counters()
             except Exception:  # noqa: BLE001 - counters are best effort at teardown
@@ -342,14 +377,14 @@ def render_summary(s: dict) -> str:
 
 
 def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-         ring_pages=256, shared=False, dentry_allocs=False, creators=True):
+         ring_pages=256, shared=False, dentry_allocs=False, creators=True, metrics_spec=None, linger=None):
     extra = {"stream_success": True} if stream_success else {}
     if not creators:
         extra["creators"] = False
     if dentry_allocs:
         extra["dentry_allocs"] = True
     sess = Session(tier, pid, comm, path_prefix, duration, output, as_json, extra=extra, ring_pages=ring_pages,
-                   shared=shared)
+                   shared=shared, metrics=None if (dry_run or ebpf) else metrics_spec)
     if os.geteuid() != 0 and not ebpf:
         raise PrivilegeError("tracing needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN): run as root")
     tracer = sess.prepare()
@@ -372,9 +407,13 @@ def _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf,
         return 0
     if not as_json:
         click.echo(f"vfstrace: tier {sess.choice.tier} ({sess.choice.reason.split(' — ')[0]}); Ctrl-C to stop", err=True)
-    s = sess.run(workload=workload, cmd=cmd)
-    s["answer"] = sess.answer()
-    click.echo(json.dumps({"type": "summary", **s}) if as_json else render_summary(s))
+    try:
+        s = sess.run(workload=workload, cmd=cmd)
+        s["answer"] = sess.answer()
+        click.echo(json.dumps({"type": "summary", **s}) if as_json else render_summary(s))
+        sess.close_metrics(linger, linger=linger is not None)
+    finally:
+        sess.close_metrics()
     return 0
 
 
@@ -414,20 +453,24 @@ _EXAMPLES = "\b\nExamples:" + __doc__.split("EXAMPLES", 1)[1]
 
 @click.command("watch", epilog=_EXAMPLES)
 @_with_common
+@metrics_options("With --metrics: once the watch ends, keep serving its final counts this long (a signal ends it).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the events to this trace directory.")
 @click.option("--workload", type=click.Choice(["stress"]), help="Run `vfstrace stress` as the workload; stop when it ends.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def watch_cmd(tier, pid, comm, path_prefix, duration, ring_pages, as_json, dry_run, ebpf, stream_success, dentry_allocs,
-              creators, shared, output, workload, cmd):
+              creators, shared, metrics_spec, linger, output, workload, cmd):
     """Watch path lookups and dentry pruning live; print suspects as they happen.
 
     \b
     Runs until Ctrl-C, SIGTERM, -d SECONDS, or the workload (--workload
     stress, or -- CMD ARGS...) exits; then detaches every probe, closes the
     trace (-o) and prints a summary of events, verdicts and lost events.
+    --metrics [HOST:]PORT serves its counts to Prometheus meanwhile.
     """
+    if linger is not None and not metrics_spec:
+        raise VfstraceError("--linger needs --metrics")
     return _run(tier, pid, comm, path_prefix, duration, output, as_json, dry_run, ebpf, workload, cmd, stream_success,
-                ring_pages, shared, dentry_allocs, creators)
+                ring_pages, shared, dentry_allocs, creators, metrics_spec, linger)
 
 
 @click.command("record", epilog=_EXAMPLES)

@@ -20,6 +20,7 @@ import pandas as pd
 from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
+from vfstrace.metrics import options as metrics_options
 from vfstrace.report.terminal import term, term_tree
 from vfstrace.report.counts import (  # noqa: F401 (MAX_RATE_BUCKETS: part of this module's interface)
     MAX_RATE_BUCKETS,
@@ -419,19 +420,31 @@ def analyze_parts(path, *, verdicts: bool = True, top: int = 10) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Rows in top-N tables.")
 @click.option("--no-verdicts", is_flag=True, help="Skip the correlator (counts and rates only).")
-def analyze(trace, as_json, top, no_verdicts):
+@metrics_options("With --metrics: serve the trace's counts this long after the analysis (default: until a signal).")
+def analyze(trace, as_json, top, no_verdicts, metrics_spec, linger):
     """Summarise a trace: counts, rates, lost events, -ENOENT hot spots, verdicts.
 
     \b
     Examples:
       vfstrace analyze run.vft
       vfstrace analyze run.vft --json | jq .verdicts.counts
+      vfstrace analyze run.vft --metrics 9464 --linger 60   # its counts to Prometheus
     """
-    s = analyze_parts(trace, verdicts=not no_verdicts, top=top)
-    if as_json:
-        click.echo(json.dumps(s, indent=1, default=_json_default))
+    def run():
+        s = analyze_parts(trace, verdicts=not no_verdicts, top=top)
+        if as_json:
+            click.echo(json.dumps(s, indent=1, default=_json_default))
+        else:
+            click.echo(render_text(term_tree(s)), nl=False)  # trace text escaped for the terminal
+
+    if linger is not None and not metrics_spec:
+        raise VfstraceError("--linger needs --metrics")
+    if metrics_spec:
+        from vfstrace.metrics import serve_trace
+
+        serve_trace(trace, metrics_spec, linger, run)
     else:
-        click.echo(render_text(term_tree(s)), nl=False)  # trace text escaped for the terminal
+        run()
 
 
 def _json_default(o):
