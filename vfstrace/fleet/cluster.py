@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from vfstrace.errors import MissingDependency, VfstraceError
+from vfstrace.store.files import _one_line
 
 _ADDRESS = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 CONNECT_SECONDS = 10
@@ -23,11 +24,6 @@ def check_address(address: str) -> str:
     if not m or not 0 < int(m.group(2)) < 65536:
         raise VfstraceError(f"--scheduler: {address!r} is not a scheduler address: give tcp://HOST:PORT", exit_code=2)
     return address
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def rows_on_cluster(address: str, paths: list[str], *, connect_s: float = CONNECT_SECONDS) -> list[dict]:

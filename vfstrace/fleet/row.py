@@ -16,13 +16,9 @@ import logging
 
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind, kind_name
+from vfstrace.store.files import _one_line
 
 log = logging.getLogger("vfstrace.fleet")
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def fleet_row(path) -> dict:
