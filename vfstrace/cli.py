@@ -30,6 +30,8 @@ COMMANDS = [
     ("vfstrace.workload.simulate", "simulate_cmd"),
     ("vfstrace.workload.stress", "stress_cmd"),
     ("vfstrace.selftest.cli", "selftest_cmd"),
+    ("vfstrace.fleet.cli", "fleet_cmd"),
+    ("vfstrace.fleet.sql", "sql_cmd"),
 
 ]
 

@@ -180,14 +180,7 @@ class TraceCounts:
                 self.lost_rows[c] = self.lost_rows.get(c, 0) + k
 
     def lost(self, meta: dict) -> dict:
-        rows = {c: n for c, n in self.lost_rows.items() if n}
-        from_meta = {int(c): int(n) for c, n in dict(meta.get("lost_per_cpu") or {}).items()}
-        # The recorder writes each drop both ways (a LOST row and lost_per_cpu);
-        # a trace cut down or written by hand may hold only one of them, so take
-        # whichever saw more per CPU.
-        per_cpu = {c: max(rows.get(c, 0), from_meta.get(c, 0)) for c in sorted(set(rows) | set(from_meta))}
-        total = sum(per_cpu.values())
-        return {"total": int(total), "per_cpu": {str(c): n for c, n in per_cpu.items()}, "records": self.lost_records}
+        return merge_lost(self.lost_rows, self.lost_records, meta)
 
     def summary(self, meta: dict, rate: dict, verdicts: dict, top: int) -> dict:
         counts = self.counts
@@ -216,6 +209,20 @@ class TraceCounts:
                                    lost=summary["lost"]["total"], first=first_paths(verdicts["suspects"]),
                                    events=self.n)
         return summary
+
+
+def merge_lost(rows: dict, records: int, meta: dict) -> dict:
+    """The lost-event summary from the LOST rows' sums per CPU (``rows``) and the metadata's ``lost_per_cpu``.
+
+    The recorder writes each drop both ways (a LOST row and lost_per_cpu);
+    a trace cut down or written by hand may hold only one of them, so take
+    whichever saw more per CPU. `analyze` and `fleet` both say it this way.
+    """
+    rows = {int(c): int(n) for c, n in rows.items() if n}
+    from_meta = {int(c): int(n) for c, n in dict(meta.get("lost_per_cpu") or {}).items()}
+    per_cpu = {c: max(rows.get(c, 0), from_meta.get(c, 0)) for c in sorted(set(rows) | set(from_meta))}
+    total = sum(per_cpu.values())
+    return {"total": int(total), "per_cpu": {str(c): n for c, n in per_cpu.items()}, "records": int(records)}
 
 
 def arrow_strings(t):
