@@ -34,6 +34,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian's prometheus package starts a server on every interface where
+# systemd runs; vfstrace's tests start their own on loopback, so the
+# package's own service is not left listening.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled -q prometheus 2>/dev/null; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 # The venv uses Debian's python3 so that Debian's bcc module is importable.
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
   rm -rf .venv
