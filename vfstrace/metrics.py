@@ -346,3 +346,15 @@ def serve_trace(path, spec: str, seconds: float | None, analyse) -> None:
         linger(endpoint.start(), seconds)
     finally:
         endpoint.close()
+
+
+def analyse_or_serve(path, spec: str | None, seconds: float | None, analyse) -> None:
+    """``analyze``'s run: ``analyse()`` alone, or with ``--metrics`` through :func:`serve_trace`."""
+    from vfstrace.errors import VfstraceError
+
+    if seconds is not None and not spec:
+        raise VfstraceError("--linger needs --metrics")
+    if spec:
+        serve_trace(path, spec, seconds, analyse)
+    else:
+        analyse()

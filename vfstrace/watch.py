@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 
@@ -42,6 +41,10 @@ from vfstrace.metrics import options as metrics_options
 from vfstrace.options import Duration
 from vfstrace.report.answer import answer, first_paths
 from vfstrace.report.terminal import term
+from vfstrace.workload.child import Stop as _Stop
+from vfstrace.workload.child import start_workload as _start_workload
+from vfstrace.workload.child import stop_workload as _stop_workload
+from vfstrace.workload.child import workload_argv as _workload_argv
 
 STATUS_EVERY = 5.0
 POLL_MS = 200
@@ -49,53 +52,6 @@ POLL_MS = 200
 
 def _correlator():
     return StreamingCorrelator()
-
-
-class _Stop:
-    """Turns SIGINT/SIGTERM into a flag the poll loop checks (never a traceback mid-write)."""
-
-    def __init__(self):
-        self.reason = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.reason = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
-
-
-def _workload_argv(workload: str | None, cmd: tuple[str, ...], duration: float | None):
-    if workload and cmd:
-        raise VfstraceError("give either --workload or -- CMD, not both")
-    if workload == "stress":
-        argv = [sys.executable, "-m", "vfstrace.cli", "stress"]
-        return argv + (["-d", str(duration)] if duration else [])
-    return list(cmd) or None
-
-
-def _start_workload(argv):
-    """The workload in a session of its own (Ctrl-C reaches vfstrace, which
-    stops it with SIGTERM), tied to our life: `vfstrace stress` gets SIGTERM
-    if we die (it cleans up), any other command SIGKILL."""
-    if not argv:
-        return None
-    from vfstrace.workload import child
-
-    stress = argv[:4] == [sys.executable, "-m", "vfstrace.cli", "stress"]
-    return child.start(argv, signal.SIGTERM if stress else signal.SIGKILL)
-
-
-def _stop_workload(proc, grace: float = 20.0) -> int | None:
-    from vfstrace.workload import child
-
-    return child.stop(proc, grace)
 
 
 def check_output(path) -> None:

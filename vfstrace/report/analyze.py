@@ -20,7 +20,7 @@ import pandas as pd
 from vfstrace.correlate import SUSPECT_VERDICTS, correlate
 from vfstrace.errors import VfstraceError
 from vfstrace.events import Kind
-from vfstrace.metrics import options as metrics_options
+from vfstrace.metrics import analyse_or_serve, options as metrics_options
 from vfstrace.report.terminal import term, term_tree
 from vfstrace.report.counts import (  # noqa: F401 (MAX_RATE_BUCKETS: part of this module's interface)
     MAX_RATE_BUCKETS,
@@ -437,14 +437,7 @@ def analyze(trace, as_json, top, no_verdicts, metrics_spec, linger):
         else:
             click.echo(render_text(term_tree(s)), nl=False)  # trace text escaped for the terminal
 
-    if linger is not None and not metrics_spec:
-        raise VfstraceError("--linger needs --metrics")
-    if metrics_spec:
-        from vfstrace.metrics import serve_trace
-
-        serve_trace(trace, metrics_spec, linger, run)
-    else:
-        run()
+    analyse_or_serve(trace, metrics_spec, linger, run)
 
 
 def _json_default(o):

@@ -231,3 +231,48 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# What `watch` and `record` run: the command line, its start and stop, and
+# the signals that end a recording.
+class Stop:
+    """Turns SIGINT/SIGTERM into a flag the poll loop checks (never a traceback mid-write)."""
+
+    def __init__(self):
+        self.reason = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def workload_argv(workload: str | None, cmd: tuple[str, ...], duration: float | None):
+    if workload and cmd:
+        raise VfstraceError("give either --workload or -- CMD, not both")
+    if workload == "stress":
+        argv = [sys.executable, "-m", "vfstrace.cli", "stress"]
+        return argv + (["-d", str(duration)] if duration else [])
+    return list(cmd) or None
+
+
+def start_workload(argv):
+    """The workload in a session of its own (Ctrl-C reaches vfstrace, which
+    stops it with SIGTERM), tied to our life: `vfstrace stress` gets SIGTERM
+    if we die (it cleans up), any other command SIGKILL."""
+    if not argv:
+        return None
+    stress = argv[:4] == [sys.executable, "-m", "vfstrace.cli", "stress"]
+    return start(argv, signal.SIGTERM if stress else signal.SIGKILL)
+
+
+def stop_workload(proc, grace: float = 20.0) -> int | None:
+    return stop(proc, grace)
