@@ -15,6 +15,8 @@ APT_PACKAGES=(
   chromium
   # tests/test_metrics_prometheus.py: a real Prometheus server scrapes `watch --metrics`
   prometheus
+  # tests/test_service_unit.py: systemd-analyze verify of the example unit
+  systemd
   # vfstrace vm build: the 6.1-prepatch and 6.1-control kernels from source
   build-essential bc bison flex libelf-dev libssl-dev dwarves patch
 )

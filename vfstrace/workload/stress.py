@@ -61,6 +61,7 @@ import click
 
 from vfstrace.errors import PrivilegeError, VfstraceError
 from vfstrace.options import Duration
+from vfstrace.workload.child import Stop
 
 CP_ENOENT = re.compile(r"^cp: .*?'(?P<path>.*)'.*: No such file or directory$")
 STATTER_COMM = "vfs-statter"
@@ -724,26 +725,16 @@ class Stress:
         }
 
 
-class _Signals:
+class _Signals(Stop):
     """SIGINT/SIGTERM end the run early; cleanup then runs as for the duration."""
 
     def __init__(self, ev: threading.Event):
+        super().__init__()
         self.ev = ev
-        self.reason = None
-        self._old = {}
 
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._h)
-        return self
-
-    def _h(self, signum, frame):
-        self.reason = signal.Signals(signum).name
+    def _handle(self, signum, frame):
+        super()._handle(signum, frame)
         self.ev.set()
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def render(r: dict) -> str:
